@@ -1,0 +1,74 @@
+//! The payload codec: user types through serde, as bincode 2 with its standard configuration.
+//!
+//! This is the one place that names bincode, so the codec can be swapped without touching
+//! any other layer.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, PartialEq, Debug)]
+//! struct Hello { message: String }
+//!
+//! let mut buf = Vec::new();
+//! mesh_wire::codec::encode_into(&Hello { message: "hi".into() }, &mut buf).unwrap();
+//! let back: Hello = mesh_wire::codec::decode(&buf).unwrap();
+//! assert_eq!(back, Hello { message: "hi".into() });
+//! ```
+//!
+//! Decoding untrusted bytes is bounded. bincode 2 preallocates a string or byte buffer of the
+//! length the input *claims*, so [`decode`] gives it a byte limit of at most four times the
+//! input's length (at least 4 KiB): a 10-byte input that claims a 4 GiB string fails with
+//! `LimitExceeded` before anything is allocated. The whole input must be used.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::CodecError;
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Appends the encoding of `value` to `out` and returns the bytes written.
+pub fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<usize, CodecError> {
+    Ok(bincode::serde::encode_into_std_write(value, out, config())?)
+}
+
+/// Encodes `value` into a new vector.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    encode_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes with a limit of `4^k` KiB, the smallest at least as large as the input.
+macro_rules! decode_with_limit {
+    ($bytes:expr, $($limit:literal),+) => {{
+        let len = $bytes.len();
+        $(
+            if len <= $limit {
+                bincode::serde::decode_from_slice($bytes, config().with_limit::<{ 4 * $limit }>())
+            } else
+        )+
+        {
+            bincode::serde::decode_from_slice($bytes, config().with_limit::<{ 1 << 32 }>())
+        }
+    }};
+}
+
+/// Decodes a `T` that must use every byte of `bytes`.
+///
+/// Allocates at most about four times `bytes.len()` (and at least 4 KiB) however the bytes
+/// lie about lengths; see the module docs.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used): (T, usize) = decode_with_limit!(
+        bytes, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864, 268435456
+    )?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(value)
+}

@@ -1,0 +1,240 @@
+//! The datagram: a fixed header, a CRC-32, and one or more frames.
+
+use crate::bytes::{put_u32, put_u64, put_u8, Reader};
+use crate::frame::Frame;
+use crate::{DecodeError, EncodeError};
+
+/// The two bytes every mesh datagram starts with: `"ML"`.
+pub const MAGIC: [u8; 2] = *b"ML";
+/// The protocol version this build writes and accepts.
+pub const VERSION: u8 = 1;
+/// Bytes of the datagram header, checksum included.
+pub const HEADER_LEN: usize = 24;
+/// Offset of the CRC-32 field in the header.
+const CRC_OFFSET: usize = 20;
+/// Header flags defined by this version: none. Every bit is reserved and must be zero.
+const KNOWN_FLAGS: u8 = 0;
+/// The largest datagram that fits in one UDP/IPv4 packet.
+pub const MAX_DATAGRAM_LEN: usize = 65_507;
+
+/// The datagram header minus the fixed fields (magic, version, checksum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Header {
+    /// Reserved flag bits; zero in version 1.
+    pub flags: u8,
+    /// Random id of the sending endpoint's current session, fixed for its lifetime.
+    /// A restarted process picks a new one, so its peers see a new member.
+    pub src_session: u64,
+    /// The session of the receiver as the sender knows it, or 0 when it does not know it yet.
+    /// A receiver drops datagrams addressed to a session other than its own.
+    pub dst_session: u64,
+}
+
+impl Header {
+    /// A header with no flags.
+    pub fn new(src_session: u64, dst_session: u64) -> Self {
+        Self {
+            flags: 0,
+            src_session,
+            dst_session,
+        }
+    }
+}
+
+fn checksum(datagram: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&datagram[..CRC_OFFSET]);
+    h.update(&datagram[HEADER_LEN..]);
+    h.finalize()
+}
+
+/// Writes frames into a caller-owned buffer, up to a size limit, then seals the datagram.
+///
+/// ```
+/// use mesh_wire::{DatagramWriter, Datagram, Frame, Header};
+///
+/// let mut buf = Vec::new();
+/// let mut w = DatagramWriter::new(&mut buf, Header::new(7, 0), 1200);
+/// w.push(&Frame::Ping { token: 42 }).unwrap();
+/// let bytes = w.finish();
+///
+/// let d = Datagram::decode(bytes).unwrap();
+/// assert_eq!(d.header().src_session, 7);
+/// assert_eq!(d.frames().next(), Some(Frame::Ping { token: 42 }));
+/// ```
+#[derive(Debug)]
+pub struct DatagramWriter<'b> {
+    out: &'b mut Vec<u8>,
+    max_len: usize,
+    frames: usize,
+}
+
+impl<'b> DatagramWriter<'b> {
+    /// Clears `out` and writes the header. `max_len` caps the whole datagram (header included)
+    /// and is itself capped at [`MAX_DATAGRAM_LEN`].
+    pub fn new(out: &'b mut Vec<u8>, header: Header, max_len: usize) -> Self {
+        out.clear();
+        out.extend_from_slice(&MAGIC);
+        put_u8(out, VERSION);
+        put_u8(out, header.flags);
+        put_u64(out, header.src_session);
+        put_u64(out, header.dst_session);
+        put_u32(out, 0); // checksum, filled in by finish()
+        Self {
+            out,
+            max_len: max_len.clamp(HEADER_LEN, MAX_DATAGRAM_LEN),
+            frames: 0,
+        }
+    }
+
+    /// Bytes still free under the size limit.
+    pub fn remaining(&self) -> usize {
+        self.max_len - self.out.len()
+    }
+
+    /// Frames written so far.
+    pub fn frame_count(&self) -> usize {
+        self.frames
+    }
+
+    /// Whether no frame has been written yet.
+    pub fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// Appends a frame if it fits; otherwise leaves the datagram unchanged.
+    pub fn push(&mut self, frame: &Frame<'_>) -> Result<(), EncodeError> {
+        let needed = frame.encoded_len();
+        if needed > self.remaining() {
+            return Err(EncodeError::Full {
+                needed,
+                available: self.remaining(),
+            });
+        }
+        frame.encode(self.out)?;
+        self.frames += 1;
+        Ok(())
+    }
+
+    /// Writes the checksum and returns the finished datagram.
+    pub fn finish(self) -> &'b [u8] {
+        let crc = checksum(self.out);
+        self.out[CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        self.out
+    }
+}
+
+/// A datagram whose header, checksum and frames have all been checked.
+///
+/// Decoding borrows from the input: payloads are slices of it, nothing is copied.
+#[derive(Debug, Clone)]
+pub struct Datagram<'a> {
+    header: Header,
+    frames: &'a [u8],
+    count: usize,
+}
+
+impl<'a> Datagram<'a> {
+    /// Checks and decodes a datagram. Every frame is validated before this returns, so
+    /// [`Datagram::frames`] cannot fail. Consumes the whole input (trailing bytes would be a
+    /// malformed frame).
+    ///
+    /// Cost of a rejection: at most one CRC-32 over the input plus a bounds-checked walk.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let header = Self::decode_header(bytes)?;
+        let stored = u32::from_le_bytes([
+            bytes[CRC_OFFSET],
+            bytes[CRC_OFFSET + 1],
+            bytes[CRC_OFFSET + 2],
+            bytes[CRC_OFFSET + 3],
+        ]);
+        if checksum(bytes) != stored {
+            return Err(DecodeError::Checksum);
+        }
+        let body = &bytes[HEADER_LEN..];
+        let mut r = Reader::new(body);
+        let mut count = 0;
+        while !r.is_empty() {
+            Frame::read(&mut r)?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(DecodeError::Empty);
+        }
+        Ok(Self {
+            header,
+            frames: body,
+            count,
+        })
+    }
+
+    /// Reads only the header fields (magic, version, flags, sessions) without checking the
+    /// checksum or the frames: the cheap first look a receiver takes to route or reject.
+    pub fn decode_header(bytes: &[u8]) -> Result<Header, DecodeError> {
+        let mut r = Reader::new(bytes);
+        if r.take(2)? != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let flags = r.u8()?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(DecodeError::UnknownFlags(flags));
+        }
+        let src_session = r.u64()?;
+        let dst_session = r.u64()?;
+        r.u32()?;
+        Ok(Header {
+            flags,
+            src_session,
+            dst_session,
+        })
+    }
+
+    /// The header.
+    pub fn header(&self) -> Header {
+        self.header
+    }
+
+    /// Number of frames.
+    pub fn frame_count(&self) -> usize {
+        self.count
+    }
+
+    /// Bytes of the whole datagram (header included).
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.frames.len()
+    }
+
+    /// Always false: a valid datagram holds at least one frame.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The frames, in order.
+    pub fn frames(&self) -> Frames<'a> {
+        Frames {
+            reader: Reader::new(self.frames),
+        }
+    }
+}
+
+/// Iterator over the frames of a checked [`Datagram`].
+#[derive(Debug, Clone)]
+pub struct Frames<'a> {
+    reader: Reader<'a>,
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Frame<'a>;
+
+    fn next(&mut self) -> Option<Frame<'a>> {
+        if self.reader.is_empty() {
+            return None;
+        }
+        // Validated in Datagram::decode; an error here cannot happen, and would end iteration.
+        Frame::read(&mut self.reader).ok()
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of mesh-wire: one test binary, one module per subject.
+
+mod codec;
+mod golden;
+mod props;

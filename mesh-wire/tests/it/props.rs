@@ -1,0 +1,334 @@
+//! Property tests: every frame kind and packed datagrams round-trip, `encoded_len` is exact,
+//! a flipped bit is always rejected, and arbitrary bytes never panic the decoders.
+
+use mesh_wire::{
+    AckFrame, AckRanges, CloseFrame, DataFrame, Datagram, DatagramWriter, DecodeError, Envelope,
+    EnvelopeKind, ErrorBody, ErrorCode, Fragment, Frame, Header, SeqRange, UnreliableFrame,
+    MAX_ACK_RANGES, MAX_DATAGRAM_LEN,
+};
+use proptest::prelude::*;
+
+/// An owned description of a frame, so strategies can produce it and tests borrow from it.
+#[derive(Debug, Clone)]
+enum OwnedFrame {
+    Data {
+        channel: u8,
+        seq: u32,
+        message: u32,
+        order: Option<u32>,
+        fragment: Option<Fragment>,
+        payload: Vec<u8>,
+    },
+    Ack {
+        cumulative: u32,
+        delay: u32,
+        ranges: Vec<SeqRange>,
+    },
+    Unreliable(Vec<u8>),
+    Ping(u64),
+    Pong(u64),
+    Close(u8),
+}
+
+impl OwnedFrame {
+    fn frame(&self) -> Frame<'_> {
+        match self {
+            OwnedFrame::Data {
+                channel,
+                seq,
+                message,
+                order,
+                fragment,
+                payload,
+            } => Frame::Data(DataFrame {
+                channel: *channel,
+                seq: *seq,
+                message: *message,
+                order: *order,
+                fragment: *fragment,
+                payload,
+            }),
+            OwnedFrame::Ack {
+                cumulative,
+                delay,
+                ranges,
+            } => Frame::Ack(AckFrame {
+                cumulative: *cumulative,
+                delay_micros: *delay,
+                ranges: AckRanges::List(ranges),
+            }),
+            OwnedFrame::Unreliable(p) => Frame::Unreliable(UnreliableFrame { payload: p }),
+            OwnedFrame::Ping(t) => Frame::Ping { token: *t },
+            OwnedFrame::Pong(t) => Frame::Pong { token: *t },
+            OwnedFrame::Close(r) => Frame::Close(CloseFrame { reason: *r }),
+        }
+    }
+}
+
+fn payload() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..1500)
+}
+
+fn fragment() -> impl Strategy<Value = Option<Fragment>> {
+    prop::option::of(
+        (2u32..=u32::MAX)
+            .prop_flat_map(|count| (0..count).prop_map(move |index| Fragment { index, count })),
+    )
+}
+
+fn frame() -> impl Strategy<Value = OwnedFrame> {
+    prop_oneof![
+        (
+            any::<u8>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<Option<u32>>(),
+            fragment(),
+            payload()
+        )
+            .prop_map(|(channel, seq, message, order, fragment, payload)| {
+                OwnedFrame::Data {
+                    channel,
+                    seq,
+                    message,
+                    order,
+                    fragment,
+                    payload,
+                }
+            }),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            prop::collection::vec(
+                (any::<u32>(), any::<u32>()).prop_map(|(start, end)| SeqRange { start, end }),
+                0..=MAX_ACK_RANGES
+            )
+        )
+            .prop_map(|(cumulative, delay, ranges)| OwnedFrame::Ack {
+                cumulative,
+                delay,
+                ranges
+            }),
+        payload().prop_map(OwnedFrame::Unreliable),
+        any::<u64>().prop_map(OwnedFrame::Ping),
+        any::<u64>().prop_map(OwnedFrame::Pong),
+        any::<u8>().prop_map(OwnedFrame::Close),
+    ]
+}
+
+fn header() -> impl Strategy<Value = Header> {
+    (any::<u64>(), any::<u64>()).prop_map(|(s, d)| Header::new(s, d))
+}
+
+fn write(header: Header, frames: &[OwnedFrame]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = DatagramWriter::new(&mut buf, header, MAX_DATAGRAM_LEN);
+    for f in frames {
+        w.push(&f.frame()).expect("fits");
+    }
+    w.finish().to_vec()
+}
+
+proptest! {
+    #[test]
+    fn every_frame_kind_round_trips(f in frame()) {
+        let frame = f.frame();
+        let mut out = Vec::new();
+        frame.encode(&mut out).unwrap();
+        prop_assert_eq!(out.len(), frame.encoded_len());
+        let (back, used) = Frame::decode(&out).unwrap();
+        prop_assert_eq!(used, out.len());
+        prop_assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn packed_datagrams_round_trip(h in header(), frames in prop::collection::vec(frame(), 1..12)) {
+        let bytes = write(h, &frames);
+        let expected_len: usize =
+            mesh_wire::HEADER_LEN + frames.iter().map(|f| f.frame().encoded_len()).sum::<usize>();
+        prop_assert_eq!(bytes.len(), expected_len);
+        let d = Datagram::decode(&bytes).unwrap();
+        prop_assert_eq!(d.header(), h);
+        prop_assert_eq!(d.len(), bytes.len());
+        let back: Vec<Frame<'_>> = d.frames().collect();
+        let want: Vec<Frame<'_>> = frames.iter().map(OwnedFrame::frame).collect();
+        prop_assert_eq!(back, want);
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_is_rejected(
+        h in header(),
+        frames in prop::collection::vec(frame(), 1..4),
+        pos in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let mut bytes = write(h, &frames);
+        let i = pos.index(bytes.len());
+        bytes[i] ^= 1 << bit;
+        prop_assert!(Datagram::decode(&bytes).is_err(), "flip at byte {} bit {} accepted", i, bit);
+    }
+
+    #[test]
+    fn writer_respects_its_size_limit(limit in 24usize..2000, frames in prop::collection::vec(frame(), 1..20)) {
+        let mut buf = Vec::new();
+        let mut w = DatagramWriter::new(&mut buf, Header::new(1, 2), limit);
+        for f in &frames {
+            let before = w.remaining();
+            match w.push(&f.frame()) {
+                Ok(()) => prop_assert_eq!(before - w.remaining(), f.frame().encoded_len()),
+                Err(_) => prop_assert_eq!(before, w.remaining()),
+            }
+        }
+        prop_assert!(w.finish().len() <= limit);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        mesh_wire::fuzzing::decode_datagram(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_bytes_behind_a_valid_header_never_panic(body in prop::collection::vec(any::<u8>(), 0..300)) {
+        // Put a correct checksum on random frames so the frame parser itself is exercised.
+        let mut bytes = write(Header::new(3, 4), &[OwnedFrame::Ping(0)]);
+        bytes.truncate(mesh_wire::HEADER_LEN);
+        bytes.extend_from_slice(&body);
+        let mut h = crc32fast::Hasher::new();
+        h.update(&bytes[..20]);
+        h.update(&bytes[24..]);
+        let crc = h.finalize().to_le_bytes();
+        bytes[20..24].copy_from_slice(&crc);
+        mesh_wire::fuzzing::decode_datagram(&bytes);
+    }
+
+    #[test]
+    fn generated_roundtrip_entry_point(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        mesh_wire::fuzzing::roundtrip(&bytes);
+    }
+
+    #[test]
+    fn envelopes_round_trip(kind in 0u8..4, handler in any::<u16>(), rid in any::<u64>(), p in payload()) {
+        let kind = EnvelopeKind::from_byte(kind).unwrap();
+        let env = Envelope {
+            kind,
+            handler,
+            request_id: if kind.has_request_id() { rid } else { 0 },
+            payload: &p,
+        };
+        let mut out = Vec::new();
+        env.encode(&mut out);
+        prop_assert_eq!(out.len(), env.encoded_len());
+        prop_assert_eq!(Envelope::decode(&out).unwrap(), env);
+    }
+
+    #[test]
+    fn error_bodies_round_trip(code in any::<u16>(), msg in ".{0,64}") {
+        let body = ErrorBody { code: ErrorCode(code), message: &msg };
+        let mut out = Vec::new();
+        body.encode(&mut out);
+        prop_assert_eq!(ErrorBody::decode(&out).unwrap(), body);
+    }
+}
+
+#[test]
+fn truncation_at_every_length_is_reported_not_panicked() {
+    let frames = [
+        OwnedFrame::Data {
+            channel: 1,
+            seq: 2,
+            message: 3,
+            order: Some(4),
+            fragment: Some(Fragment { index: 1, count: 3 }),
+            payload: vec![9; 40],
+        },
+        OwnedFrame::Ack {
+            cumulative: 5,
+            delay: 6,
+            ranges: vec![SeqRange { start: 8, end: 10 }],
+        },
+    ];
+    let bytes = write(Header::new(1, 2), &frames);
+    for n in 0..bytes.len() {
+        assert!(
+            Datagram::decode(&bytes[..n]).is_err(),
+            "prefix of {n} bytes accepted"
+        );
+    }
+    assert!(Datagram::decode(&bytes).is_ok());
+}
+
+#[test]
+fn specific_rejections_have_specific_errors() {
+    let good = write(Header::new(1, 2), &[OwnedFrame::Ping(1)]);
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'X';
+    assert_eq!(
+        Datagram::decode(&bad_magic).unwrap_err(),
+        DecodeError::BadMagic
+    );
+    let mut bad_version = good.clone();
+    bad_version[2] = 9;
+    assert_eq!(
+        Datagram::decode(&bad_version).unwrap_err(),
+        DecodeError::UnsupportedVersion(9)
+    );
+    let mut bad_flags = good.clone();
+    bad_flags[3] = 0x80;
+    assert_eq!(
+        Datagram::decode(&bad_flags).unwrap_err(),
+        DecodeError::UnknownFlags(0x80)
+    );
+    let header_only = &good[..mesh_wire::HEADER_LEN];
+    // A header-only datagram fails its checksum (computed over the frames too) or is empty.
+    assert!(Datagram::decode(header_only).is_err());
+    assert_eq!(
+        Frame::decode(&[0x7f]).unwrap_err(),
+        DecodeError::UnknownFrame(0x7f)
+    );
+    // A data frame whose fragment index is not below its count.
+    let mut d = vec![0x01, 0b10, 0];
+    d.extend_from_slice(&[0; 8]);
+    d.extend_from_slice(&5u32.to_le_bytes());
+    d.extend_from_slice(&5u32.to_le_bytes());
+    d.extend_from_slice(&0u16.to_le_bytes());
+    assert_eq!(
+        Frame::decode(&d).unwrap_err(),
+        DecodeError::Invalid("fragment index/count")
+    );
+    // An ack claiming more ranges than allowed is refused before its ranges are read.
+    let mut a = vec![0x02];
+    a.extend_from_slice(&[0; 8]);
+    a.push(200);
+    assert_eq!(
+        Frame::decode(&a).unwrap_err(),
+        DecodeError::Invalid("ack range count")
+    );
+    assert_eq!(
+        Envelope::decode(&[9, 0, 0]).unwrap_err(),
+        DecodeError::UnknownKind(9)
+    );
+}
+
+#[test]
+fn empty_datagram_with_valid_checksum_is_rejected() {
+    let mut buf = Vec::new();
+    let w = DatagramWriter::new(&mut buf, Header::new(1, 2), 1200);
+    let bytes = w.finish().to_vec();
+    assert_eq!(Datagram::decode(&bytes).unwrap_err(), DecodeError::Empty);
+}
+
+#[test]
+fn too_large_fields_are_refused_by_the_encoder() {
+    let big = vec![0u8; 70_000];
+    let f = Frame::Unreliable(UnreliableFrame { payload: &big });
+    let mut out = Vec::new();
+    assert!(f.encode(&mut out).is_err());
+    assert!(out.is_empty(), "nothing written on error");
+    let ranges = vec![SeqRange { start: 0, end: 1 }; MAX_ACK_RANGES + 1];
+    let a = Frame::Ack(AckFrame {
+        cumulative: 0,
+        delay_micros: 0,
+        ranges: AckRanges::List(&ranges),
+    });
+    assert!(a.encode(&mut out).is_err());
+}
