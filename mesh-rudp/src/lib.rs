@@ -1,9 +1,81 @@
-//! Reliable UDP for mesh-link (work in progress).
+//! Reliable UDP for mesh-link: a sans-IO protocol core and a thin tokio driver.
 //!
-//! This crate will own the transport: a sans-IO protocol core (`Endpoint`: sequence numbers,
-//! selective acknowledgements, one retransmission timer per peer, fragmentation with bounded
-//! reassembly, congestion control, liveness) and a thin tokio driver that owns the socket and
-//! the clock. It builds on `mesh-wire` for every byte it sends. Not implemented yet.
+//! # What this crate does not do
+//! The protocol core, [`Endpoint`], does no I/O at all: no sockets, no clock, no OS
+//! randomness. It takes datagrams and the current time as arguments and hands back datagrams to
+//! send, the next instant it needs to be woken, and events. [`Transport`] (feature `tokio`, on by
+//! default) is the thin driver that owns a `tokio::net::UdpSocket` and one timer. With the
+//! `testing` feature, [`sim`] runs many endpoints over a simulated lossy network on a virtual
+//! clock.
+//!
+//! # The protocol
+//! - **Per-peer reliability**: every data frame has a sequence number; the receiver answers
+//!   with cumulative + selective acknowledgements (up to 16 ranges), delayed up to
+//!   `max_ack_delay` to be coalesced, at once when data arrives out of order.
+//! - **One retransmission timer per peer**, from measured RTT (RFC 6298: SRTT, RTTVAR, Karn's
+//!   rule, exponential backoff between `min_rto` and `max_rto`), and **fast retransmit** when
+//!   three later frames are acknowledged.
+//! - **Congestion control**, NewReno-style in bytes: slow start from 32 datagrams, additive
+//!   increase of one datagram per window, halving on loss once per recovery epoch, two
+//!   datagrams after a timeout. At most 4096 frames in flight; a bounded per-peer send queue
+//!   refuses with [`SendError::QueueFull`] when full (back-pressure).
+//! - **Fragmentation** of messages up to `max_message_size` (16 MiB by default), reassembly in
+//!   any order under per-peer and global byte caps; a fragment that does not fit is dropped
+//!   unacknowledged, so the sender retries rather than losing it.
+//! - **Exactly-once delivery** of reliable messages, [`Delivery::Unordered`] (no head-of-line
+//!   blocking) or [`Delivery::Ordered`] per channel. Small messages never wait behind the
+//!   fragments of a large one.
+//! - **Packing**: frames for one peer share datagrams up to the MTU (1200 bytes by default),
+//!   optionally held for `flush_interval` to pack more.
+//! - **Liveness**: idle peers are pinged every `keepalive_interval`; a peer that answers nothing,
+//!   or acknowledges nothing while data is in flight, for `peer_timeout` is reported
+//!   [`Event::PeerDown`], and every message pending to it [`Event::Failed`]. Nothing is lost
+//!   silently.
+//! - **Sessions**: each side names its session with a random id; a restarted peer is a new
+//!   session, so no stale duplicate is ever delivered across a restart.
+//!
+//! # Example: two endpoints over tokio
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use mesh_rudp::{Transport, TransportConfig};
+//!
+//! let a = Transport::bind("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+//! let b = Transport::bind("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+//! a.send(b.local_addr(), &b"hello"[..]).await?;      // resolves once b acknowledged it
+//! let msg = b.recv().await.expect("open");
+//! assert_eq!((msg.from, &msg.data[..]), (a.local_addr(), &b"hello"[..]));
+//! a.close().await;
+//! b.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The same exchange without any I/O is on [`Endpoint`].
+//!
+//! # Crate features
+//! - `tokio` (default): [`Transport`], the tokio driver.
+//! - `testing`: [`sim`], the deterministic network simulator, for this and other crates' tests.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod config;
+mod endpoint;
+mod peer;
+mod ranges;
+mod rng;
+mod rtt;
+#[cfg(feature = "testing")]
+pub mod sim;
+#[cfg(feature = "tokio")]
+mod transport;
+mod types;
+
+pub use config::EndpointConfig;
+pub use endpoint::{Endpoint, Transmit};
+pub use ranges::RangeSet;
+#[cfg(feature = "tokio")]
+pub use transport::{CloseReport, Received, Transport, TransportConfig, TransportError};
+pub use types::{
+    ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, PeerStats, SendError,
+};

@@ -22,11 +22,12 @@ pub const MAX_DATAGRAM_LEN: usize = 65_507;
 pub struct Header {
     /// Reserved flag bits; zero in version 1.
     pub flags: u8,
-    /// Random id of the sending endpoint's current session, fixed for its lifetime.
-    /// A restarted process picks a new one, so its peers see a new member.
+    /// Random non-zero id the sender chose for its session with the receiver. A sender that
+    /// restarts, or drops and re-creates its state for the receiver, picks a new one, so the
+    /// receiver can tell a new session from a stale one.
     pub src_session: u64,
-    /// The session of the receiver as the sender knows it, or 0 when it does not know it yet.
-    /// A receiver drops datagrams addressed to a session other than its own.
+    /// The receiver's id for this session as the sender knows it, or 0 when it does not know
+    /// it yet. A receiver drops datagrams addressed to a session other than its current one.
     pub dst_session: u64,
 }
 

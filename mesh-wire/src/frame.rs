@@ -167,6 +167,9 @@ pub const CLOSE_NORMAL: u8 = 0;
 pub const CLOSE_PROTOCOL_ERROR: u8 = 1;
 /// [`CloseFrame::reason`]: the sender has no room for this peer.
 pub const CLOSE_NO_RESOURCES: u8 = 2;
+/// [`CloseFrame::reason`]: the datagram answered named a session the sender does not have
+/// (it restarted, or dropped its state for the receiver): start a new session.
+pub const CLOSE_UNKNOWN_SESSION: u8 = 3;
 
 fn payload_len(payload: &[u8]) -> Result<u16, EncodeError> {
     u16::try_from(payload.len()).map_err(|_| EncodeError::TooLarge("payload over 65535 bytes"))

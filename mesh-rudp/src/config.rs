@@ -1,0 +1,204 @@
+//! Endpoint configuration: `Default` plus chainable setters, each default stated.
+
+use std::time::Duration;
+
+use crate::ConfigError;
+
+/// How an [`crate::Endpoint`] behaves. Every field has a default suited to a private data-centre
+/// network; each setter documents it.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub(crate) mtu: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_peers: usize,
+    pub(crate) new_peers_per_second: u32,
+    pub(crate) reassembly_per_peer: usize,
+    pub(crate) reassembly_total: usize,
+    pub(crate) send_queue_per_peer: usize,
+    pub(crate) max_incoming_messages: usize,
+    pub(crate) initial_rto: Duration,
+    pub(crate) min_rto: Duration,
+    pub(crate) max_rto: Duration,
+    pub(crate) fixed_rto: Option<Duration>,
+    pub(crate) max_ack_delay: Duration,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) peer_timeout: Duration,
+    pub(crate) flush_interval: Option<Duration>,
+    pub(crate) initial_cwnd_datagrams: usize,
+    pub(crate) max_cwnd_bytes: usize,
+    pub(crate) unreliable_queue: usize,
+    pub(crate) seed: u64,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            mtu: 1200,
+            max_message_size: 16 << 20,
+            max_peers: 4096,
+            new_peers_per_second: 1024,
+            reassembly_per_peer: 32 << 20,
+            reassembly_total: 256 << 20,
+            send_queue_per_peer: 64 << 20,
+            max_incoming_messages: 65_536,
+            initial_rto: Duration::from_millis(100),
+            min_rto: Duration::from_millis(10),
+            max_rto: Duration::from_secs(2),
+            fixed_rto: None,
+            max_ack_delay: Duration::ZERO,
+            keepalive_interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(5),
+            flush_interval: None,
+            initial_cwnd_datagrams: 32,
+            max_cwnd_bytes: 16 << 20,
+            unreliable_queue: 1024,
+            seed: 0x6d65_7368_2d72_7564,
+        }
+    }
+}
+
+/// Generates a chainable setter with its documentation.
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(&mut self, value: $ty) -> &mut Self {
+            self.$name = value;
+            self
+        }
+    };
+}
+
+impl EndpointConfig {
+    setter!(
+        /// Largest UDP payload this endpoint sends, header included. Default 1200 bytes: safe
+        /// on common networks (IPv6 minimum MTU less headers). Range 256..=65507.
+        mtu: usize
+    );
+    setter!(
+        /// Largest reliable message, in bytes. Default 16 MiB. Larger sends are refused, and
+        /// fragments claiming more are dropped.
+        max_message_size: usize
+    );
+    setter!(
+        /// Most peers with state at once. Default 4096. Datagrams from further unknown senders
+        /// are dropped (counted); sends to further new peers fail with `TooManyPeers`.
+        max_peers: usize
+    );
+    setter!(
+        /// Most peer states created per second from unsolicited datagrams. Default 1024.
+        new_peers_per_second: u32
+    );
+    setter!(
+        /// Bytes of partial messages held per peer. Default 32 MiB (two maximum messages).
+        /// A fragment past it is dropped unacknowledged, so the sender retries later.
+        reassembly_per_peer: usize
+    );
+    setter!(
+        /// Bytes of partial messages held over all peers. Default 256 MiB.
+        reassembly_total: usize
+    );
+    setter!(
+        /// Bytes queued to send to one peer (not yet acknowledged). Default 64 MiB. Past it,
+        /// `send_reliable` refuses with `QueueFull`: back-pressure.
+        send_queue_per_peer: usize
+    );
+    setter!(
+        /// Received messages not yet taken with `poll_event`. Default 65 536. Past it, new data
+        /// is dropped unacknowledged, so a slow application slows its senders down.
+        max_incoming_messages: usize
+    );
+    setter!(
+        /// Retransmission timeout before any RTT sample. Default 100 ms.
+        initial_rto: Duration
+    );
+    setter!(
+        /// Lower bound of the retransmission timeout. Default 10 ms.
+        min_rto: Duration
+    );
+    setter!(
+        /// Upper bound of the retransmission timeout after backoff. Default 2 s.
+        max_rto: Duration
+    );
+    setter!(
+        /// Replace the adaptive RTO with the original mesh-link's schedule: a fixed base
+        /// interval with linear backoff and no RTT estimate. Default `None` (adaptive). Exists
+        /// so benches can show what the adaptive RTO buys.
+        fixed_rto: Option<Duration>
+    );
+    setter!(
+        /// Longest an acknowledgement is held to be coalesced. Default 0: acknowledge at once,
+        /// which still coalesces the acks of every datagram handled before the next
+        /// `poll_transmit` (the driver reads a batch, then flushes). Since `send` resolves on
+        /// acknowledgement, a delay here is added to every send's latency. Out-of-order data
+        /// and every second data frame are acknowledged at once whatever this says.
+        max_ack_delay: Duration
+    );
+    setter!(
+        /// A peer not heard from for this long is probed with a ping. Default 1 s.
+        keepalive_interval: Duration
+    );
+    setter!(
+        /// A peer that acknowledges nothing for this long while data is in flight, or answers no
+        /// probe for this long, is reported down and its messages fail. Default 5 s.
+        peer_timeout: Duration
+    );
+    setter!(
+        /// Hold new small frames up to this long to pack more per datagram (the original's
+        /// `sendInterval`). Default `None`: send at once; frames queued together are still packed.
+        flush_interval: Option<Duration>
+    );
+    setter!(
+        /// Initial congestion window, in full datagrams. Default 32.
+        initial_cwnd_datagrams: usize
+    );
+    setter!(
+        /// Upper bound of the congestion window, in bytes. Default 16 MiB.
+        max_cwnd_bytes: usize
+    );
+    setter!(
+        /// Unreliable messages queued per peer before the oldest is dropped. Default 1024.
+        unreliable_queue: usize
+    );
+    setter!(
+        /// Seed of the endpoint's random choices (session id, ping tokens). Give each endpoint
+        /// its own, e.g. from the OS; tests fix it to replay a run. Default: a constant.
+        seed: u64
+    );
+
+    /// Checks the values against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(256..=mesh_wire::MAX_DATAGRAM_LEN).contains(&self.mtu) {
+            return Err(ConfigError::Invalid("mtu must be within 256..=65507"));
+        }
+        if self.max_message_size == 0 {
+            return Err(ConfigError::Invalid("max_message_size must be positive"));
+        }
+        if self.reassembly_per_peer < self.max_message_size
+            || self.reassembly_total < self.reassembly_per_peer
+        {
+            return Err(ConfigError::Invalid(
+                "reassembly caps must hold at least one maximum message",
+            ));
+        }
+        if self.send_queue_per_peer < self.max_message_size {
+            return Err(ConfigError::Invalid(
+                "send_queue_per_peer must hold at least one maximum message",
+            ));
+        }
+        if self.min_rto.is_zero() || self.min_rto > self.max_rto {
+            return Err(ConfigError::Invalid("need 0 < min_rto <= max_rto"));
+        }
+        if self.peer_timeout <= self.min_rto || self.keepalive_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "peer_timeout must exceed min_rto and keepalive_interval must be positive",
+            ));
+        }
+        if self.max_peers == 0 || self.max_incoming_messages == 0 || self.unreliable_queue == 0 {
+            return Err(ConfigError::Invalid("caps must be positive"));
+        }
+        if self.initial_cwnd_datagrams < 2 || self.max_cwnd_bytes < 2 * self.mtu {
+            return Err(ConfigError::Invalid("congestion window too small"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,648 @@
+//! The sans-IO endpoint: all peers of one UDP socket.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use mesh_wire::{
+    Datagram, DatagramWriter, Frame, Header, SeqRange, UnreliableFrame, CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR, CLOSE_UNKNOWN_SESSION, HEADER_LEN,
+};
+use tracing::{debug, trace};
+
+use crate::config::EndpointConfig;
+use crate::peer::{Peer, RecvOutcome, Refused, Room};
+use crate::rng::Rng;
+use crate::types::{
+    ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, PeerStats, SendError,
+};
+
+/// Close datagrams owed to addresses we hold no state for (bounded).
+const MAX_STRAY: usize = 64;
+
+/// A datagram to send, written into the caller's buffer by [`Endpoint::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// Its length: the datagram is `buf[..size]`.
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stray {
+    to: SocketAddr,
+    src: u64,
+    dst: u64,
+    reason: u8,
+}
+
+/// A reliable-UDP endpoint: the protocol state for every peer of one socket, with no I/O.
+///
+/// It never reads a clock, a socket or the OS random generator: time comes in as `now`,
+/// datagrams come in through [`handle_datagram`](Self::handle_datagram), and everything it
+/// wants done comes out of the `poll_*` methods. The same code therefore runs under the tokio
+/// driver ([`crate::Transport`]) and under the deterministic simulator (feature `testing`).
+///
+/// # Methods by kind
+/// - **input**: [`handle_datagram`](Self::handle_datagram), [`handle_timeout`](Self::handle_timeout);
+/// - **commands**: [`send_reliable`](Self::send_reliable),
+///   [`send_unreliable`](Self::send_unreliable), [`close_peer`](Self::close_peer),
+///   [`close_all`](Self::close_all);
+/// - **output**: [`poll_transmit`](Self::poll_transmit), [`poll_timeout`](Self::poll_timeout),
+///   [`poll_event`](Self::poll_event);
+/// - **getters**: [`stats`](Self::stats), [`peer_stats`](Self::peer_stats), ...
+///
+/// # Drain order
+/// After any input or command, call [`poll_transmit`](Self::poll_transmit) until it returns
+/// `None` (sending each datagram), then [`poll_event`](Self::poll_event) until `None`, then
+/// arm a timer for [`poll_timeout`](Self::poll_timeout) and call
+/// [`handle_timeout`](Self::handle_timeout) when it passes (a spurious call is harmless).
+/// `now` must never go backwards.
+///
+/// # Example: two endpoints, in memory
+/// ```
+/// use std::time::Instant;
+/// use bytes::Bytes;
+/// use mesh_rudp::{Delivery, Endpoint, EndpointConfig, Event};
+///
+/// let a_addr = "127.0.0.1:4001".parse().unwrap();
+/// let b_addr = "127.0.0.1:4002".parse().unwrap();
+/// let mut a = Endpoint::new(EndpointConfig::default().seed(1).clone()).unwrap();
+/// let mut b = Endpoint::new(EndpointConfig::default().seed(2).clone()).unwrap();
+/// let now = Instant::now();
+///
+/// let id = a.send_reliable(now, b_addr, Bytes::from_static(b"hello"), Delivery::Unordered).unwrap();
+/// let mut buf = Vec::new();
+/// // Carry datagrams both ways until both sides are quiet.
+/// for _ in 0..4 {
+///     while let Some(t) = a.poll_transmit(now, &mut buf) {
+///         b.handle_datagram(now, a_addr, &buf[..t.size]);
+///     }
+///     while let Some(t) = b.poll_transmit(now, &mut buf) {
+///         a.handle_datagram(now, b_addr, &buf[..t.size]);
+///     }
+///     // b's ack is delayed a little to be coalesced: let its timer run.
+///     if let Some(t) = b.poll_timeout() { b.handle_timeout(t.min(now + std::time::Duration::from_millis(2))); }
+/// }
+/// assert_eq!(
+///     b.poll_event(),
+///     Some(Event::Message { from: a_addr, data: Bytes::from_static(b"hello"), reliable: true })
+/// );
+/// assert_eq!(a.poll_event(), Some(Event::Delivered { peer: b_addr, id }));
+/// ```
+#[derive(Debug)]
+pub struct Endpoint {
+    config: EndpointConfig,
+    rng: Rng,
+    peers: HashMap<SocketAddr, Peer>,
+    timers: BTreeSet<(Instant, SocketAddr)>,
+    ready: VecDeque<SocketAddr>,
+    events: VecDeque<Event>,
+    incoming: usize,
+    backlog: usize,
+    stray: VecDeque<Stray>,
+    next_message_id: u64,
+    reassembly_total: usize,
+    peer_tokens: u32,
+    tokens_refilled: Option<Instant>,
+    closing: bool,
+    stats: EndpointStats,
+    ack_scratch: Vec<SeqRange>,
+    delivered_scratch: Vec<MessageId>,
+}
+
+impl Endpoint {
+    /// An endpoint with no peers.
+    pub fn new(config: EndpointConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            rng: Rng::new(config.seed),
+            peer_tokens: config.new_peers_per_second,
+            config,
+            peers: HashMap::new(),
+            timers: BTreeSet::new(),
+            ready: VecDeque::new(),
+            events: VecDeque::new(),
+            incoming: 0,
+            backlog: 0,
+            stray: VecDeque::new(),
+            next_message_id: 0,
+            reassembly_total: 0,
+            tokens_refilled: None,
+            closing: false,
+            stats: EndpointStats::default(),
+            ack_scratch: Vec::new(),
+            delivered_scratch: Vec::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    /// Largest unreliable message that fits one datagram.
+    pub fn max_unreliable_size(&self) -> usize {
+        self.config.mtu - HEADER_LEN - UnreliableFrame::OVERHEAD
+    }
+
+    /// Queues a reliable message. The returned id comes back in exactly one
+    /// [`Event::Delivered`] or [`Event::Failed`].
+    pub fn send_reliable(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        data: Bytes,
+        delivery: Delivery,
+    ) -> Result<MessageId, SendError> {
+        if self.closing {
+            return Err(SendError::Closed);
+        }
+        if data.len() > self.config.max_message_size {
+            return Err(SendError::TooLarge {
+                size: data.len(),
+                limit: self.config.max_message_size,
+            });
+        }
+        self.ensure_peer(now, peer)?;
+        let id = MessageId(self.next_message_id);
+        let p = self.peers.get_mut(&peer).expect("ensured");
+        if !p.queue_reliable(now, id, data, delivery, &self.config) {
+            return Err(SendError::QueueFull);
+        }
+        self.next_message_id += 1;
+        self.touch(peer, now);
+        Ok(id)
+    }
+
+    /// Queues an unreliable message: sent once, never retransmitted, maybe lost. It must fit
+    /// one datagram ([`max_unreliable_size`](Self::max_unreliable_size)). When the peer's
+    /// unreliable queue is full the oldest queued message is dropped (counted).
+    pub fn send_unreliable(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        data: Bytes,
+    ) -> Result<(), SendError> {
+        if self.closing {
+            return Err(SendError::Closed);
+        }
+        if data.len() > self.max_unreliable_size() {
+            return Err(SendError::TooLarge {
+                size: data.len(),
+                limit: self.max_unreliable_size(),
+            });
+        }
+        self.ensure_peer(now, peer)?;
+        let p = self.peers.get_mut(&peer).expect("ensured");
+        if !p.queue_unreliable(now, data, &self.config) {
+            self.stats.dropped_unreliable += 1;
+        }
+        self.touch(peer, now);
+        Ok(())
+    }
+
+    fn ensure_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), SendError> {
+        if self.peers.contains_key(&peer) {
+            return Ok(());
+        }
+        if self.peers.len() >= self.config.max_peers {
+            return Err(SendError::TooManyPeers);
+        }
+        let id = self.rng.next_id();
+        self.peers.insert(peer, Peer::new(id, 0, now, &self.config));
+        self.stats.peers = self.peers.len();
+        Ok(())
+    }
+
+    /// Re-evaluates a peer after a change: transmit readiness and its timer.
+    fn touch(&mut self, addr: SocketAddr, now: Instant) {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        if !p.in_ready && p.wants_transmit(now, &self.config) {
+            p.in_ready = true;
+            self.ready.push_back(addr);
+        }
+        self.update_timer(addr);
+    }
+
+    fn update_timer(&mut self, addr: SocketAddr) {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        let deadline = p.deadline(&self.config);
+        if p.timer != Some(deadline) {
+            if let Some(old) = p.timer.take() {
+                self.timers.remove(&(old, addr));
+            }
+            p.timer = Some(deadline);
+            self.timers.insert((deadline, addr));
+        }
+    }
+
+    fn take_new_peer_token(&mut self, now: Instant) -> bool {
+        let refill = match self.tokens_refilled {
+            None => true,
+            Some(t) => now.saturating_duration_since(t).as_secs() >= 1,
+        };
+        if refill {
+            self.peer_tokens = self.config.new_peers_per_second;
+            self.tokens_refilled = Some(now);
+        }
+        if self.peer_tokens == 0 {
+            return false;
+        }
+        self.peer_tokens -= 1;
+        true
+    }
+
+    fn push_stray(&mut self, s: Stray) {
+        if self.stray.len() < MAX_STRAY {
+            self.stray.push_back(s);
+        }
+    }
+
+    /// Takes one received datagram. Invalid input is counted in [`stats`](Self::stats) and
+    /// dropped before any peer state is created.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        let datagram = match Datagram::decode(bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                trace!(%from, error = %e, "invalid datagram");
+                self.stats.dropped_invalid += 1;
+                return;
+            }
+        };
+        let h = datagram.header();
+        if h.src_session == 0 {
+            self.stats.dropped_invalid += 1;
+            return;
+        }
+        let is_close = datagram.frames().any(|f| matches!(f, Frame::Close(_)));
+        match self.peers.get(&from) {
+            Some(p) => {
+                if h.dst_session != 0 && h.dst_session != p.local_id {
+                    self.stats.dropped_stale_session += 1;
+                    if !is_close {
+                        let src = p.local_id;
+                        self.push_stray(Stray {
+                            to: from,
+                            src,
+                            dst: h.src_session,
+                            reason: CLOSE_UNKNOWN_SESSION,
+                        });
+                    }
+                    return;
+                }
+                if h.src_session != p.remote_id {
+                    if is_close && h.dst_session == p.local_id {
+                        // A close on our session is honoured whoever's session it names.
+                        self.peer_down(from, DownReason::Closed);
+                        return;
+                    }
+                    if p.remote_id == 0 {
+                        self.peers.get_mut(&from).expect("present").remote_id = h.src_session;
+                    } else if h.src_session == p.retired_remote || h.dst_session != 0 || is_close {
+                        self.stats.dropped_stale_session += 1;
+                        return;
+                    } else {
+                        // A new session from the same address: the peer restarted or reset.
+                        let retired = p.remote_id;
+                        self.peer_down(from, DownReason::Reset);
+                        if !self.create_remote_peer(now, from, h.src_session) {
+                            return;
+                        }
+                        self.peers.get_mut(&from).expect("created").retired_remote = retired;
+                    }
+                }
+            }
+            None => {
+                if h.dst_session != 0 {
+                    self.stats.dropped_stale_session += 1;
+                    if !is_close {
+                        let src = self.rng.next_id();
+                        self.push_stray(Stray {
+                            to: from,
+                            src,
+                            dst: h.src_session,
+                            reason: CLOSE_UNKNOWN_SESSION,
+                        });
+                    }
+                    return;
+                }
+                if is_close || !self.create_remote_peer(now, from, h.src_session) {
+                    return;
+                }
+            }
+        }
+        self.process_frames(now, from, &datagram, bytes.len());
+        self.touch(from, now);
+    }
+
+    fn create_remote_peer(&mut self, now: Instant, from: SocketAddr, remote: u64) -> bool {
+        if self.closing
+            || self.peers.len() >= self.config.max_peers
+            || !self.take_new_peer_token(now)
+        {
+            self.stats.dropped_peer_limit += 1;
+            return false;
+        }
+        let id = self.rng.next_id();
+        self.peers
+            .insert(from, Peer::new(id, remote, now, &self.config));
+        self.stats.peers = self.peers.len();
+        debug!(peer = %from, "new peer");
+        true
+    }
+
+    fn process_frames(&mut self, now: Instant, from: SocketAddr, d: &Datagram<'_>, len: usize) {
+        let mut out = RecvOutcome::default();
+        let mut delivered = std::mem::take(&mut self.delivered_scratch);
+        delivered.clear();
+        let mut violation = false;
+        let mut closed = false;
+        {
+            let p = self.peers.get_mut(&from).expect("caller ensured");
+            p.last_recv = now;
+            p.stats.bytes_received += len as u64;
+            for frame in d.frames() {
+                match frame {
+                    Frame::Data(data) => {
+                        let room = Room {
+                            incoming_full: self.incoming + self.backlog
+                                >= self.config.max_incoming_messages,
+                            reassembly_left: self
+                                .config
+                                .reassembly_total
+                                .saturating_sub(self.reassembly_total),
+                        };
+                        match p.on_data(now, &data, room, &self.config, &mut out) {
+                            Ok(()) => {}
+                            Err(Refused::Duplicate) => self.stats.duplicates += 1,
+                            Err(Refused::OutOfWindow) => {
+                                p.stats.dropped += 1;
+                                self.stats.dropped_out_of_window += 1;
+                            }
+                            Err(Refused::NoRoom) => {
+                                p.stats.dropped += 1;
+                                self.stats.dropped_no_room += 1;
+                            }
+                            Err(Refused::Violation) => {
+                                violation = true;
+                                break;
+                            }
+                        }
+                        self.reassembly_total =
+                            (self.reassembly_total as isize + out.charge).max(0) as usize;
+                        out.charge = 0;
+                        for data in out.delivered.drain(..) {
+                            self.incoming += 1;
+                            self.stats.messages_received += 1;
+                            self.events.push_back(Event::Message {
+                                from,
+                                data,
+                                reliable: true,
+                            });
+                        }
+                    }
+                    Frame::Ack(ack) => match p.on_ack(now, &ack, &self.config, &mut delivered) {
+                        Ok(()) => {}
+                        Err(()) => self.stats.dropped_out_of_window += 1,
+                    },
+                    Frame::Unreliable(u) => {
+                        if self.incoming + self.backlog >= self.config.max_incoming_messages {
+                            self.stats.dropped_unreliable += 1;
+                        } else {
+                            self.incoming += 1;
+                            self.events.push_back(Event::Message {
+                                from,
+                                data: Bytes::copy_from_slice(u.payload),
+                                reliable: false,
+                            });
+                        }
+                    }
+                    Frame::Ping { token } => p.queue_pong(token),
+                    Frame::Pong { token } if p.pong_matches(token) => p.ping_now = false,
+                    Frame::Close(_) => {
+                        closed = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for id in delivered.drain(..) {
+            self.stats.messages_delivered += 1;
+            self.events.push_back(Event::Delivered { peer: from, id });
+        }
+        self.delivered_scratch = delivered;
+        if violation {
+            debug!(peer = %from, "protocol violation; closing");
+            self.close_peer_with(from, CLOSE_PROTOCOL_ERROR, DownReason::ProtocolError);
+        } else if closed {
+            self.peer_down(from, DownReason::Closed);
+        }
+    }
+
+    /// Runs the timers that are due: delayed acks, retransmissions, keep-alives, timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Take every due peer first: each is processed once per call, even if its next
+        // deadline is also already due.
+        let mut due = Vec::new();
+        while let Some(&(at, addr)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            due.push(addr);
+        }
+        for addr in due {
+            let Some(p) = self.peers.get_mut(&addr) else {
+                continue;
+            };
+            p.timer = None;
+            if p.on_timeout(now, &self.config) {
+                debug!(peer = %addr, "peer timed out");
+                self.peer_down(addr, DownReason::Timeout);
+                continue;
+            }
+            self.touch(addr, now);
+        }
+    }
+
+    /// Removes a peer's state, failing everything pending to it.
+    fn peer_down(&mut self, addr: SocketAddr, reason: DownReason) {
+        let Some(p) = self.peers.remove(&addr) else {
+            return;
+        };
+        if let Some(t) = p.timer {
+            self.timers.remove(&(t, addr));
+        }
+        self.reassembly_total = self.reassembly_total.saturating_sub(p.reassembly_bytes);
+        let error = match reason {
+            DownReason::Timeout => SendError::Timeout,
+            DownReason::LocalClose if self.closing => SendError::Closed,
+            other => SendError::PeerGone(other),
+        };
+        let mut ids: Vec<MessageId> = p.pending_ids().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.stats.messages_failed += 1;
+            self.events.push_back(Event::Failed {
+                peer: addr,
+                id,
+                error,
+            });
+        }
+        self.events
+            .push_back(Event::PeerDown { peer: addr, reason });
+        self.stats.peers = self.peers.len();
+    }
+
+    fn close_peer_with(&mut self, addr: SocketAddr, code: u8, reason: DownReason) {
+        if let Some(p) = self.peers.get(&addr) {
+            let (src, dst) = (p.local_id, p.remote_id);
+            self.push_stray(Stray {
+                to: addr,
+                src,
+                dst,
+                reason: code,
+            });
+            self.peer_down(addr, reason);
+        }
+    }
+
+    /// Ends the session with a peer now: tells it so, and fails what is still pending to it.
+    pub fn close_peer(&mut self, peer: SocketAddr) {
+        self.close_peer_with(peer, CLOSE_NORMAL, DownReason::LocalClose);
+    }
+
+    /// Refuses new sends from now on; what is queued keeps going. Use
+    /// [`is_idle`](Self::is_idle) to see when all is acknowledged, then
+    /// [`close_all`](Self::close_all).
+    pub fn start_closing(&mut self) {
+        self.closing = true;
+    }
+
+    /// Closes every session now, failing what is still pending (each gets
+    /// [`Event::Failed`] with [`SendError::Closed`]).
+    pub fn close_all(&mut self) {
+        self.closing = true;
+        let addrs: Vec<SocketAddr> = self.peers.keys().copied().collect();
+        for a in addrs {
+            self.close_peer_with(a, CLOSE_NORMAL, DownReason::LocalClose);
+        }
+    }
+
+    /// Whether no reliable message is queued or unacknowledged to any peer.
+    pub fn is_idle(&self) -> bool {
+        self.peers.values().all(|p| !p.has_outstanding())
+    }
+
+    /// Messages queued or in flight, over all peers.
+    pub fn pending_messages(&self) -> usize {
+        self.peers.values().map(|p| p.pending_ids().count()).sum()
+    }
+
+    /// Writes the next datagram to send into `buf` (cleared first), or returns `None` when
+    /// there is nothing to send now.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if let Some(s) = self.stray.pop_front() {
+            let mut w = DatagramWriter::new(buf, Header::new(s.src, s.dst), self.config.mtu);
+            w.push(&Peer::close_frame(s.reason)).ok()?;
+            let size = w.finish().len();
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += size as u64;
+            return Some(Transmit {
+                destination: s.to,
+                size,
+            });
+        }
+        while let Some(addr) = self.ready.pop_front() {
+            let Some(p) = self.peers.get_mut(&addr) else {
+                continue;
+            };
+            p.in_ready = false;
+            let header = Header::new(p.local_id, p.remote_id);
+            let mut w = DatagramWriter::new(buf, header, self.config.mtu);
+            let mut retransmitted = 0;
+            p.write_datagram(
+                now,
+                &mut w,
+                &self.config,
+                &mut self.ack_scratch,
+                &mut retransmitted,
+            );
+            self.stats.retransmitted += retransmitted;
+            if w.is_empty() {
+                // Nothing fitted after all (the window closed): wait for an ack or a timer,
+                // rather than coming straight back to this peer.
+                self.update_timer(addr);
+                continue;
+            }
+            let size = w.finish().len();
+            p.stats.bytes_sent += size as u64;
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += size as u64;
+            self.touch(addr, now);
+            return Some(Transmit {
+                destination: addr,
+                size,
+            });
+        }
+        None
+    }
+
+    /// The earliest instant [`handle_timeout`](Self::handle_timeout) has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(t, _)| t)
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let e = self.events.pop_front()?;
+        if matches!(e, Event::Message { .. }) {
+            self.incoming -= 1;
+        }
+        Some(e)
+    }
+
+    /// Tells the endpoint how many received messages the layer above holds and has not
+    /// consumed yet. They count against `max_incoming_messages` with the undrained events, so a
+    /// slow application slows its senders instead of growing a queue.
+    pub fn set_backlog(&mut self, messages: usize) {
+        self.backlog = messages;
+    }
+
+    /// Counters over all peers.
+    pub fn stats(&self) -> EndpointStats {
+        let mut s = self.stats.clone();
+        s.peers = self.peers.len();
+        s.reassembly_bytes = self.reassembly_total;
+        s
+    }
+
+    /// Counters and estimates for one peer, if it has state.
+    pub fn peer_stats(&self, peer: SocketAddr) -> Option<PeerStats> {
+        self.peers
+            .get(&peer)
+            .map(|p| p.snapshot_stats(&self.config))
+    }
+
+    /// Peers with state.
+    pub fn peers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// Forgets a peer at once, as if it had timed out (the layer above learned from elsewhere
+    /// that it is gone). Pending messages fail with [`SendError::Timeout`].
+    pub fn mark_down(&mut self, peer: SocketAddr) {
+        self.peer_down(peer, DownReason::Timeout);
+    }
+}

@@ -1,0 +1,432 @@
+//! A deterministic network simulator for [`Endpoint`]s (feature `testing`).
+//!
+//! Virtual clock, any number of endpoints, and per-link seeded loss, duplication, corruption,
+//! delay with jitter (which reorders), an MTU, and partitions. Nothing sleeps: time jumps to the
+//! next arrival or timer, so thousands of virtual seconds run per real second. Every random
+//! choice comes from one seed, printed in every [`SimError`], so a failing run can be replayed.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use mesh_rudp::sim::{LinkConfig, Sim};
+//! use mesh_rudp::{Delivery, EndpointConfig, Event};
+//!
+//! let mut sim = Sim::new(7);
+//! let a = sim.add_endpoint(EndpointConfig::default());
+//! let b = sim.add_endpoint(EndpointConfig::default());
+//! sim.set_all_links(LinkConfig { loss: 0.2, ..LinkConfig::default() });
+//! for i in 0..100u32 {
+//!     sim.send(a, b, Bytes::from(i.to_le_bytes().to_vec()), Delivery::Unordered).unwrap();
+//! }
+//! sim.run_until_idle(100_000).unwrap();
+//! let got = sim.take_events(b).into_iter().filter(|e| matches!(e, Event::Message { .. })).count();
+//! assert_eq!(got, 100);
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::rng::Rng;
+use crate::{Delivery, Endpoint, EndpointConfig, Event, MessageId, SendError};
+
+/// Faults and timing of one direction of one link.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkConfig {
+    /// Probability that a datagram is dropped.
+    pub loss: f64,
+    /// Probability that a datagram is delivered twice.
+    pub duplicate: f64,
+    /// Probability that one random bit of a datagram is flipped.
+    pub corrupt: f64,
+    /// One-way delay.
+    pub delay: Duration,
+    /// Extra delay drawn uniformly from `0..jitter` per datagram; reorders them.
+    pub jitter: Duration,
+    /// Datagrams larger than this are dropped.
+    pub mtu: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            loss: 0.0,
+            duplicate: 0.0,
+            corrupt: 0.0,
+            delay: Duration::from_micros(250),
+            jitter: Duration::ZERO,
+            mtu: 65_535,
+        }
+    }
+}
+
+/// The simulation did not settle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimError {
+    /// The seed to replay it.
+    pub seed: u64,
+    /// What happened.
+    pub what: String,
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (replay with seed {})", self.what, self.seed)
+    }
+}
+
+impl std::error::Error for SimError {}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at: Instant,
+    order: u64,
+    to: usize,
+    from: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// One simulated endpoint.
+#[derive(Debug)]
+struct Node {
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    config: EndpointConfig,
+    events: Vec<Event>,
+}
+
+/// Counters of what the simulated network did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetStats {
+    /// Datagrams handed to the network.
+    pub sent: u64,
+    /// Datagrams delivered (duplicates included).
+    pub delivered: u64,
+    /// Datagrams dropped (loss, MTU, partition).
+    pub dropped: u64,
+    /// Datagrams duplicated.
+    pub duplicated: u64,
+    /// Datagrams corrupted.
+    pub corrupted: u64,
+}
+
+/// The simulated network and its endpoints.
+#[derive(Debug)]
+pub struct Sim {
+    seed: u64,
+    rng: Rng,
+    start: Instant,
+    now: Instant,
+    nodes: Vec<Node>,
+    queue: BinaryHeap<Reverse<InFlight>>,
+    order: u64,
+    default_link: LinkConfig,
+    links: HashMap<(usize, usize), LinkConfig>,
+    cut: HashSet<(usize, usize)>,
+    drop_next: HashMap<(usize, usize), usize>,
+    buf: Vec<u8>,
+    /// What the network did so far.
+    pub net: NetStats,
+}
+
+impl Sim {
+    /// An empty network whose random choices all derive from `seed`.
+    pub fn new(seed: u64) -> Self {
+        let start = Instant::now();
+        Self {
+            seed,
+            rng: Rng::new(seed),
+            start,
+            now: start,
+            nodes: Vec::new(),
+            queue: BinaryHeap::new(),
+            order: 0,
+            default_link: LinkConfig::default(),
+            links: HashMap::new(),
+            cut: HashSet::new(),
+            drop_next: HashMap::new(),
+            buf: Vec::with_capacity(65_536),
+            net: NetStats::default(),
+        }
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Adds an endpoint at `127.0.0.1:(10000 + index)`; its seed is derived from the sim's.
+    pub fn add_endpoint(&mut self, mut config: EndpointConfig) -> usize {
+        let i = self.nodes.len();
+        config.seed(self.rng.next_u64());
+        let endpoint = Endpoint::new(config.clone()).expect("valid config");
+        self.nodes.push(Node {
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10_000 + i as u16),
+            endpoint,
+            config,
+            events: Vec::new(),
+        });
+        i
+    }
+
+    /// Replaces endpoint `i` with a fresh one at the same address: a process restart.
+    pub fn restart(&mut self, i: usize) {
+        let mut config = self.nodes[i].config.clone();
+        config.seed(self.rng.next_u64());
+        self.nodes[i].endpoint = Endpoint::new(config).expect("valid config");
+        self.nodes[i].events.clear();
+    }
+
+    /// The address of endpoint `i`.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+
+    /// Endpoint `i`.
+    pub fn endpoint(&mut self, i: usize) -> &mut Endpoint {
+        &mut self.nodes[i].endpoint
+    }
+
+    /// The virtual time now.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Virtual time elapsed since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Sets every link that has no link of its own.
+    pub fn set_all_links(&mut self, link: LinkConfig) {
+        self.default_link = link;
+    }
+
+    /// Sets the direction `from → to`.
+    pub fn set_link(&mut self, from: usize, to: usize, link: LinkConfig) {
+        self.links.insert((from, to), link);
+    }
+
+    /// Cuts (or heals) both directions between `a` and `b`.
+    pub fn partition(&mut self, a: usize, b: usize, cut: bool) {
+        for k in [(a, b), (b, a)] {
+            if cut {
+                self.cut.insert(k);
+            } else {
+                self.cut.remove(&k);
+            }
+        }
+    }
+
+    /// Drops the next `count` datagrams sent `from → to` (scripted loss).
+    pub fn drop_next(&mut self, from: usize, to: usize, count: usize) {
+        self.drop_next.insert((from, to), count);
+    }
+
+    /// Queues a reliable message from `from` to `to`.
+    pub fn send(
+        &mut self,
+        from: usize,
+        to: usize,
+        data: Bytes,
+        delivery: Delivery,
+    ) -> Result<MessageId, SendError> {
+        let dest = self.nodes[to].addr;
+        let now = self.now;
+        self.nodes[from]
+            .endpoint
+            .send_reliable(now, dest, data, delivery)
+    }
+
+    /// Queues an unreliable message from `from` to `to`.
+    pub fn send_unreliable(
+        &mut self,
+        from: usize,
+        to: usize,
+        data: Bytes,
+    ) -> Result<(), SendError> {
+        let dest = self.nodes[to].addr;
+        let now = self.now;
+        self.nodes[from].endpoint.send_unreliable(now, dest, data)
+    }
+
+    /// Injects raw bytes as if `from` had sent them to endpoint `to` (for hostile input).
+    pub fn inject(&mut self, from: SocketAddr, to: usize, bytes: &[u8]) {
+        let now = self.now;
+        self.nodes[to].endpoint.handle_datagram(now, from, bytes);
+    }
+
+    /// Events endpoint `i` has produced so far, taken.
+    pub fn take_events(&mut self, i: usize) -> Vec<Event> {
+        std::mem::take(&mut self.nodes[i].events)
+    }
+
+    fn index_of(&self, addr: SocketAddr) -> Option<usize> {
+        self.nodes.iter().position(|n| n.addr == addr)
+    }
+
+    /// Moves every pending transmit onto the network and every event into the node's list.
+    fn drain(&mut self) {
+        for i in 0..self.nodes.len() {
+            let now = self.now;
+            while let Some(t) = self.nodes[i].endpoint.poll_transmit(now, &mut self.buf) {
+                self.net.sent += 1;
+                let Some(to) = self.index_of(t.destination) else {
+                    self.net.dropped += 1;
+                    continue;
+                };
+                let link = *self.links.get(&(i, to)).unwrap_or(&self.default_link);
+                if let Some(n) = self.drop_next.get_mut(&(i, to)).filter(|n| **n > 0) {
+                    *n -= 1;
+                    self.net.dropped += 1;
+                    continue;
+                }
+                if self.cut.contains(&(i, to)) || t.size > link.mtu || self.chance(link.loss) {
+                    self.net.dropped += 1;
+                    continue;
+                }
+                let copies = if self.chance(link.duplicate) {
+                    self.net.duplicated += 1;
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..copies {
+                    let mut bytes = self.buf[..t.size].to_vec();
+                    if self.chance(link.corrupt) && !bytes.is_empty() {
+                        let bit = self.rng.next_u64() as usize % (bytes.len() * 8);
+                        bytes[bit / 8] ^= 1 << (bit % 8);
+                        self.net.corrupted += 1;
+                    }
+                    let jitter = if link.jitter.is_zero() {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_nanos(self.rng.next_u64() % link.jitter.as_nanos() as u64)
+                    };
+                    self.order += 1;
+                    let from = self.nodes[i].addr;
+                    self.queue.push(Reverse(InFlight {
+                        at: now + link.delay + jitter,
+                        order: self.order,
+                        to,
+                        from,
+                        bytes,
+                    }));
+                }
+            }
+            while let Some(e) = self.nodes[i].endpoint.poll_event() {
+                self.nodes[i].events.push(e);
+            }
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// Drains output, then advances virtual time to the next arrival or timer and processes
+    /// it. Returns false when nothing at all is scheduled.
+    pub fn step(&mut self) -> bool {
+        self.drain();
+        let next_arrival = self.queue.peek().map(|Reverse(f)| f.at);
+        let next_timer = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.endpoint.poll_timeout())
+            .min();
+        let Some(next) = [next_arrival, next_timer].into_iter().flatten().min() else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        while let Some(Reverse(f)) = self.queue.peek() {
+            if f.at > self.now {
+                break;
+            }
+            let Reverse(f) = self.queue.pop().expect("peeked");
+            self.net.delivered += 1;
+            let now = self.now;
+            self.nodes[f.to]
+                .endpoint
+                .handle_datagram(now, f.from, &f.bytes);
+        }
+        for n in &mut self.nodes {
+            if n.endpoint.poll_timeout().is_some_and(|t| t <= self.now) {
+                n.endpoint.handle_timeout(self.now);
+            }
+        }
+        self.drain();
+        true
+    }
+
+    /// Steps until `done(self)` holds. Fails after `max_steps` steps (livelock or a stuck
+    /// protocol), naming the seed.
+    pub fn run_until(
+        &mut self,
+        max_steps: usize,
+        mut done: impl FnMut(&mut Sim) -> bool,
+    ) -> Result<(), SimError> {
+        for _ in 0..max_steps {
+            if done(self) {
+                return Ok(());
+            }
+            if !self.step() {
+                break;
+            }
+        }
+        if done(self) {
+            return Ok(());
+        }
+        Err(SimError {
+            seed: self.seed,
+            what: format!(
+                "not settled after {max_steps} steps ({:?} virtual)",
+                self.elapsed()
+            ),
+        })
+    }
+
+    /// Steps until no datagram is in flight and no endpoint has a reliable message pending.
+    pub fn run_until_idle(&mut self, max_steps: usize) -> Result<(), SimError> {
+        self.run_until(max_steps, |s| {
+            s.drain();
+            s.queue.is_empty() && s.nodes.iter().all(|n| n.endpoint.is_idle())
+        })
+    }
+
+    /// Steps until `duration` of virtual time has passed; time jumps to the end when nothing
+    /// is scheduled before it.
+    pub fn run_for(&mut self, duration: Duration, max_steps: usize) -> Result<(), SimError> {
+        let until = self.now + duration;
+        for _ in 0..max_steps {
+            self.drain();
+            let next = [
+                self.queue.peek().map(|Reverse(f)| f.at),
+                self.nodes
+                    .iter()
+                    .filter_map(|n| n.endpoint.poll_timeout())
+                    .min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match next {
+                Some(t) if t <= until => {
+                    self.step();
+                }
+                _ => {
+                    self.now = until;
+                    return Ok(());
+                }
+            }
+        }
+        Err(SimError {
+            seed: self.seed,
+            what: format!("{max_steps} steps did not cover {duration:?}"),
+        })
+    }
+}

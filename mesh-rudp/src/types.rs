@@ -1,0 +1,196 @@
+//! Events, errors, ids and statistics of the protocol core.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+/// Identifies one reliable message sent by an endpoint (unique for the endpoint's lifetime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub u64);
+
+/// How a reliable message is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// Delivered as soon as it is complete, whatever arrived before it: no head-of-line
+    /// blocking. What the original offers, and the default.
+    #[default]
+    Unordered,
+    /// Delivered in send order among the ordered messages to the same peer on the same
+    /// channel. Channels do not block each other.
+    Ordered {
+        /// The channel, 0..=255.
+        channel: u8,
+    },
+}
+
+/// Something the application must learn, drained with [`crate::Endpoint::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A whole message arrived. Reliable messages arrive exactly once.
+    Message {
+        /// Who sent it.
+        from: SocketAddr,
+        /// The message bytes.
+        data: Bytes,
+        /// Whether it came reliably (or as an unreliable datagram).
+        reliable: bool,
+    },
+    /// Every fragment of a reliable message was acknowledged by the peer.
+    Delivered {
+        /// The destination.
+        peer: SocketAddr,
+        /// The message.
+        id: MessageId,
+    },
+    /// A reliable message will not be acknowledged; it may or may not have reached the peer's
+    /// transport, and it was not delivered by this session if the peer restarted.
+    Failed {
+        /// The destination.
+        peer: SocketAddr,
+        /// The message.
+        id: MessageId,
+        /// Why.
+        error: SendError,
+    },
+    /// A peer stopped answering, closed, or restarted; its state is gone and every message in
+    /// flight to it has been reported [`Event::Failed`] just before.
+    PeerDown {
+        /// The peer.
+        peer: SocketAddr,
+        /// Why.
+        reason: DownReason,
+    },
+}
+
+/// Why a peer's state ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DownReason {
+    /// Nothing acknowledged or answered for the configured peer timeout.
+    Timeout,
+    /// The peer closed its session with us.
+    Closed,
+    /// The peer started a new session (it restarted, or reset its state for us).
+    Reset,
+    /// The peer broke the protocol (for example, a message larger than our maximum).
+    ProtocolError,
+    /// We closed the session ourselves.
+    LocalClose,
+}
+
+/// Why a send was refused or a message failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The message is larger than the configured maximum (reliable) or than one datagram
+    /// (unreliable). Permanent for this message.
+    #[error("message of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// The message size.
+        size: usize,
+        /// The limit it broke.
+        limit: usize,
+    },
+    /// The peer's send queue is full. Transient: retry after some messages are delivered.
+    #[error("send queue to this peer is full")]
+    QueueFull,
+    /// The endpoint has state for as many peers as it may. Transient.
+    #[error("too many peers")]
+    TooManyPeers,
+    /// The peer stopped acknowledging for the configured timeout.
+    #[error("peer did not acknowledge within the timeout")]
+    Timeout,
+    /// The peer closed, restarted or broke the protocol before acknowledging.
+    #[error("peer session ended ({0:?}) before acknowledging")]
+    PeerGone(DownReason),
+    /// The endpoint is closing or closed.
+    #[error("endpoint closed")]
+    Closed,
+}
+
+/// Invalid configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid configuration: {0}")]
+    Invalid(&'static str),
+}
+
+/// Counters of one endpoint, over all peers. Pull them with [`crate::Endpoint::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Datagrams handed to the network.
+    pub datagrams_sent: u64,
+    /// Bytes handed to the network.
+    pub bytes_sent: u64,
+    /// Datagrams received (valid or not).
+    pub datagrams_received: u64,
+    /// Bytes received (valid or not).
+    pub bytes_received: u64,
+    /// Datagrams rejected by the wire decoder (bad magic, checksum, framing).
+    pub dropped_invalid: u64,
+    /// Datagrams addressed to an earlier session of ours, or from a retired peer session.
+    pub dropped_stale_session: u64,
+    /// Datagrams from unknown senders refused by the peer cap or the new-peer rate limit.
+    pub dropped_peer_limit: u64,
+    /// Data frames refused because reassembly caps or the incoming queue were full.
+    pub dropped_no_room: u64,
+    /// Data frames outside the receive window, or acks of data never sent.
+    pub dropped_out_of_window: u64,
+    /// Unreliable messages dropped because a queue was full.
+    pub dropped_unreliable: u64,
+    /// Current number of peers with state.
+    pub peers: usize,
+    /// Bytes of partial messages held, over all peers.
+    pub reassembly_bytes: usize,
+    /// Reliable messages delivered to this application.
+    pub messages_received: u64,
+    /// Reliable messages acknowledged by their peers.
+    pub messages_delivered: u64,
+    /// Reliable messages failed.
+    pub messages_failed: u64,
+    /// Data frames retransmitted.
+    pub retransmitted: u64,
+    /// Duplicate data frames received (and suppressed).
+    pub duplicates: u64,
+}
+
+/// Counters and estimates of one peer. Pull them with [`crate::Endpoint::peer_stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// Data frames sent for the first time.
+    pub frames_sent: u64,
+    /// Data frames retransmitted.
+    pub retransmitted: u64,
+    /// Data frames received, duplicates included.
+    pub frames_received: u64,
+    /// Duplicate data frames received.
+    pub duplicates: u64,
+    /// Frames dropped (no room, out of window).
+    pub dropped: u64,
+    /// Bytes sent to this peer.
+    pub bytes_sent: u64,
+    /// Bytes received from this peer.
+    pub bytes_received: u64,
+    /// Smoothed round-trip time.
+    pub srtt: Duration,
+    /// Round-trip time variation.
+    pub rttvar: Duration,
+    /// Current retransmission timeout.
+    pub rto: Duration,
+    /// Congestion window, bytes.
+    pub cwnd: usize,
+    /// Bytes of data in flight (sent, not acknowledged, not known lost).
+    pub in_flight_bytes: usize,
+    /// Data frames in flight.
+    pub in_flight_frames: usize,
+    /// Messages queued or in flight (not yet acknowledged).
+    pub pending_messages: usize,
+}

@@ -1,0 +1,8 @@
+//! mesh-rudp integration tests: one binary, a module per subject.
+
+mod hostile;
+mod models;
+mod scenarios;
+mod sockets;
+mod sweeps;
+mod util;

@@ -1,0 +1,223 @@
+//! Real sockets on 127.0.0.1: many small messages, a 16 MiB message, and everything through
+//! an in-process chaos relay that drops, duplicates and reorders.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_rudp::{Transport, TransportConfig};
+use tokio::net::UdpSocket;
+
+use crate::util::{payload, tag_of};
+
+async fn transport() -> Transport {
+    Transport::bind("127.0.0.1:0".parse().unwrap(), TransportConfig::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_small_messages_and_a_16_mib_one() {
+    let a = Arc::new(transport().await);
+    let b = transport().await;
+    let to = b.local_addr();
+    let n = 100_000u64;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut pending = Vec::with_capacity(1024);
+            for t in 0..n {
+                pending.push(
+                    a.queue(to, payload(t, 64), Default::default())
+                        .await
+                        .unwrap(),
+                );
+                if pending.len() == 1024 {
+                    for rx in pending.drain(..) {
+                        rx.await.unwrap().unwrap();
+                    }
+                }
+            }
+            for rx in pending {
+                rx.await.unwrap().unwrap();
+            }
+            a.send(to, payload(u64::MAX, 16 << 20)).await.unwrap();
+        })
+    };
+    let mut seen = HashSet::new();
+    let mut big = false;
+    while seen.len() < n as usize || !big {
+        let m = tokio::time::timeout(Duration::from_secs(60), b.recv())
+            .await
+            .expect("messages keep coming")
+            .unwrap();
+        let t = tag_of(&m.data);
+        if t == u64::MAX {
+            assert_eq!(m.data.len(), 16 << 20);
+            big = true;
+        } else {
+            assert!(seen.insert(t), "message {t} twice");
+        }
+    }
+    sender.await.unwrap();
+    assert!(b.try_recv().is_none(), "nothing extra");
+    assert!(a.close().await.undelivered.is_empty());
+    b.close().await;
+}
+
+/// Relays datagrams between two sockets, dropping, duplicating and reordering them.
+async fn chaos_relay(
+    a: SocketAddr,
+    b: SocketAddr,
+    loss: u64,
+    seed: u64,
+) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<()>) {
+    let to_b = UdpSocket::bind("127.0.0.1:0").await.unwrap(); // a talks to this one
+    let to_a = UdpSocket::bind("127.0.0.1:0").await.unwrap(); // b talks to this one
+    let (addr_for_a, addr_for_b) = (to_b.local_addr().unwrap(), to_a.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut x = seed | 1;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % 100
+        };
+        let mut held: Option<(bool, Vec<u8>)> = None;
+        let (mut ba, mut bb) = (vec![0u8; 65536], vec![0u8; 65536]);
+        loop {
+            // A held-back datagram waits for the next one, or 1 ms at most.
+            let wait = if held.is_some() {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_secs(3600)
+            };
+            let next = tokio::time::timeout(wait, async {
+                tokio::select! {
+                    r = to_b.recv_from(&mut ba) => { let (n, _) = r.unwrap(); (true, ba[..n].to_vec()) }
+                    r = to_a.recv_from(&mut bb) => { let (n, _) = r.unwrap(); (false, bb[..n].to_vec()) }
+                }
+            })
+            .await;
+            let Ok((from_a, bytes)) = next else {
+                if let Some((f, h)) = held.take() {
+                    if f {
+                        let _ = to_a.try_send_to(&h, b);
+                    } else {
+                        let _ = to_b.try_send_to(&h, a);
+                    }
+                }
+                continue;
+            };
+            let roll = rnd();
+            if roll < loss {
+                continue;
+            }
+            let send = |from_a: bool, bytes: &[u8]| {
+                if from_a {
+                    let _ = to_a.try_send_to(bytes, b);
+                } else {
+                    let _ = to_b.try_send_to(bytes, a);
+                }
+            };
+            if roll < loss + 5 {
+                send(from_a, &bytes); // duplicate
+            }
+            if roll >= 90 {
+                // Hold this one back behind the next: reorder.
+                if let Some((f, h)) = held.replace((from_a, bytes)) {
+                    send(f, &h);
+                }
+                continue;
+            }
+            send(from_a, &bytes);
+            if let Some((f, h)) = held.take() {
+                send(f, &h);
+            }
+        }
+    });
+    (addr_for_a, addr_for_b, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_chaos_relay_everything_arrives_exactly_once() {
+    let a = Arc::new(transport().await);
+    let b = Arc::new(transport().await);
+    let (via_for_a, via_for_b, relay) = chaos_relay(a.local_addr(), b.local_addr(), 10, 99).await;
+    let n = 1_000u64;
+    let sizes = [10usize, 500, 3000, 20_000];
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            for t in 0..n {
+                let size = sizes[(t % 4) as usize];
+                pending.push(
+                    a.queue(via_for_a, payload(t, size), Default::default())
+                        .await
+                        .unwrap(),
+                );
+            }
+            for rx in pending {
+                rx.await.unwrap().unwrap();
+            }
+        })
+    };
+    // b answers each message, through the relay too.
+    let mut seen = HashSet::new();
+    while seen.len() < n as usize {
+        let m = tokio::time::timeout(Duration::from_secs(60), b.recv())
+            .await
+            .expect("messages keep coming")
+            .unwrap();
+        assert_eq!(m.from, via_for_b, "b sees the relay as its peer");
+        assert!(seen.insert(tag_of(&m.data)), "duplicate delivery");
+    }
+    sender.await.unwrap();
+    let s = a.stats();
+    assert!(s.retransmitted > 0, "the relay did drop datagrams");
+    relay.abort();
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn raw_ping_is_answered_when_asked() {
+    let mut config = TransportConfig::default();
+    config.answer_raw_ping = true;
+    let t = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    probe.send_to(b"ping", t.local_addr()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), probe.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"PONG\n");
+    t.close().await;
+}
+
+#[tokio::test]
+async fn send_to_a_silent_address_fails_after_the_timeout() {
+    let mut config = TransportConfig::default();
+    config.endpoint.peer_timeout(Duration::from_millis(300));
+    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    // A bound socket that never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let r = a.send(silent.local_addr().unwrap(), &b"anyone?"[..]).await;
+    assert!(
+        matches!(
+            r,
+            Err(mesh_rudp::TransportError::Send(
+                mesh_rudp::SendError::Timeout
+            ))
+        ),
+        "{r:?}"
+    );
+    a.close().await;
+}
