@@ -6,11 +6,12 @@
 //! ```
 //!
 //! Criterion prints each group's timings side by side; the ratio of `encode`/`decode` to
-//! `memcpy` is the cost of the format over moving the bytes at all.
+//! `memcpy` is the cost of the format over moving the bytes at all; it is printed at the end.
+#![allow(clippy::print_stdout, reason = "a bench reports its ratios")]
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use mesh_wire::{DataFrame, Datagram, DatagramWriter, Frame, Header, HEADER_LEN};
 
 /// Datagram sizes: a small message, and a full 1200-byte datagram.
@@ -71,4 +72,21 @@ fn bench_wire(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_wire);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    println!("\n== ratios to memcpy of the same bytes (time; lower is better) ==");
+    for size in SIZES {
+        let base = format!("memcpy/{size}");
+        for l in mesh_benches::ratio_lines(
+            "wire",
+            &[
+                (&format!("encode/{size}"), &base),
+                (&format!("decode/{size}"), &base),
+            ],
+        ) {
+            println!("{l}");
+        }
+    }
+}

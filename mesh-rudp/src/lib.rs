@@ -61,6 +61,8 @@
 
 mod config;
 mod endpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 mod peer;
 mod ranges;
 mod rng;

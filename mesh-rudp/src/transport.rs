@@ -391,6 +391,12 @@ impl Drop for Transport {
 
 /// Sends what the endpoint has to send and routes its events. Called with the lock held.
 fn flush(shared: &Shared, st: &mut State) {
+    transmit(shared, st);
+    route_events(shared, st);
+}
+
+/// Hands every datagram the endpoint has ready to the socket.
+fn transmit(shared: &Shared, st: &mut State) {
     let now = Instant::now().into_std();
     let State {
         endpoint,
@@ -415,7 +421,13 @@ fn flush(shared: &Shared, st: &mut State) {
             Err(e) => debug!(to = %t.destination, error = %e, "send failed"),
         }
     }
+}
+
+/// Routes the endpoint's events: messages to the inbox, outcomes to their waiters. Returns
+/// whether any message was delivered.
+fn route_events(shared: &Shared, st: &mut State) -> bool {
     let mut progressed = false;
+    let mut messages = false;
     while let Some(e) = st.endpoint.poll_event() {
         progressed = true;
         match e {
@@ -423,11 +435,14 @@ fn flush(shared: &Shared, st: &mut State) {
                 from,
                 data,
                 reliable,
-            } => st.inbox.push_back(Received {
-                from,
-                data,
-                reliable,
-            }),
+            } => {
+                messages = true;
+                st.inbox.push_back(Received {
+                    from,
+                    data,
+                    reliable,
+                });
+            }
             Event::Delivered { id, .. } => {
                 if let Some(w) = st.waiters.remove(&id) {
                     let _ = w.send(Ok(()));
@@ -454,6 +469,7 @@ fn flush(shared: &Shared, st: &mut State) {
     if progressed {
         shared.progress.notify_waiters();
     }
+    messages
 }
 
 /// The driver task: receives, runs timers, retries blocked sends, until shutdown.
@@ -475,19 +491,27 @@ async fn drive(shared: Arc<Shared>) {
         };
         tokio::select! {
             r = shared.socket.recv_from(&mut rbuf) => {
-                let mut st = shared.state.lock();
-                match r {
-                    Ok((n, from)) => on_datagram(&shared, &mut st, from, &rbuf[..n]),
-                    Err(e) => debug!(error = %e, "recv failed"),
-                }
-                // Take what else is already waiting before flushing, to pack acks.
-                for _ in 1..RECV_BATCH {
-                    match shared.socket.try_recv_from(&mut rbuf) {
+                let delivered = {
+                    let mut st = shared.state.lock();
+                    match r {
                         Ok((n, from)) => on_datagram(&shared, &mut st, from, &rbuf[..n]),
-                        Err(_) => break,
+                        Err(e) => debug!(error = %e, "recv failed"),
                     }
+                    // Take what else is already waiting before flushing, to pack acks.
+                    for _ in 1..RECV_BATCH {
+                        match shared.socket.try_recv_from(&mut rbuf) {
+                            Ok((n, from)) => on_datagram(&shared, &mut st, from, &rbuf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                    route_events(&shared, &mut st)
+                };
+                if delivered {
+                    // Let the application run first: an answer it sends at once carries our
+                    // acknowledgement, which then costs no datagram of its own.
+                    tokio::task::yield_now().await;
                 }
-                flush(&shared, &mut st);
+                flush(&shared, &mut shared.state.lock());
             }
             () = sleep => {
                 let mut st = shared.state.lock();
