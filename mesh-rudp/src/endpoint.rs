@@ -97,7 +97,9 @@ struct Stray {
 pub struct Endpoint {
     config: EndpointConfig,
     rng: Rng,
-    peers: HashMap<SocketAddr, Peer>,
+    /// Boxed: an idle peer then costs its state plus one pointer in the table, not a whole
+    /// table slot (with the table's slack) of peer state.
+    peers: HashMap<SocketAddr, Box<Peer>>,
     timers: BTreeSet<(Instant, SocketAddr)>,
     ready: VecDeque<SocketAddr>,
     events: VecDeque<Event>,
@@ -213,7 +215,8 @@ impl Endpoint {
             return Err(SendError::TooManyPeers);
         }
         let id = self.rng.next_id();
-        self.peers.insert(peer, Peer::new(id, 0, now, &self.config));
+        self.peers
+            .insert(peer, Box::new(Peer::new(id, 0, now, &self.config)));
         self.stats.peers = self.peers.len();
         Ok(())
     }
@@ -355,7 +358,7 @@ impl Endpoint {
         }
         let id = self.rng.next_id();
         self.peers
-            .insert(from, Peer::new(id, remote, now, &self.config));
+            .insert(from, Box::new(Peer::new(id, remote, now, &self.config)));
         self.stats.peers = self.peers.len();
         debug!(peer = %from, "new peer");
         true

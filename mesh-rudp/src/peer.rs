@@ -192,7 +192,19 @@ pub(crate) struct Peer {
     pub(crate) reassembly_bytes: usize,
     channels: Vec<(u8, ChannelRecv)>,
 
-    pub(crate) stats: PeerStats,
+    pub(crate) stats: Counters,
+}
+
+/// The counters a peer keeps; estimates are added when [`PeerStats`] is built.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counters {
+    pub(crate) frames_sent: u64,
+    pub(crate) retransmitted: u64,
+    pub(crate) frames_received: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) dropped: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) bytes_received: u64,
 }
 
 impl Peer {
@@ -252,7 +264,7 @@ impl Peer {
             partials: HashMap::new(),
             reassembly_bytes: 0,
             channels: Vec::new(),
-            stats: PeerStats::default(),
+            stats: Counters::default(),
         }
     }
 
@@ -978,15 +990,23 @@ impl Peer {
     }
 
     pub(crate) fn snapshot_stats(&self, config: &EndpointConfig) -> PeerStats {
-        let mut s = self.stats.clone();
-        s.srtt = self.rtt.srtt();
-        s.rttvar = self.rtt.rttvar();
-        s.rto = self.rtt.rto(config.max_ack_delay);
-        s.cwnd = self.cwnd;
-        s.in_flight_bytes = self.in_flight_bytes;
-        s.in_flight_frames = self.in_flight_frames;
-        s.pending_messages = self.pending.len();
-        s
+        let c = self.stats;
+        PeerStats {
+            frames_sent: c.frames_sent,
+            retransmitted: c.retransmitted,
+            frames_received: c.frames_received,
+            duplicates: c.duplicates,
+            dropped: c.dropped,
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+            srtt: self.rtt.srtt(),
+            rttvar: self.rtt.rttvar(),
+            rto: self.rtt.rto(config.max_ack_delay),
+            cwnd: self.cwnd,
+            in_flight_bytes: self.in_flight_bytes,
+            in_flight_frames: self.in_flight_frames,
+            pending_messages: self.pending.len(),
+        }
     }
 
     /// Whether `token` answers our last ping.

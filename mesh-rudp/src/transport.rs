@@ -1,7 +1,7 @@
 //! The tokio driver: one UDP socket, one timer, one [`Endpoint`].
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +19,15 @@ use crate::{
     PeerStats, SendError,
 };
 
-/// Most datagrams read per wake-up before the driver flushes output.
-const RECV_BATCH: usize = 64;
-/// Most datagrams held for a socket that would block.
+/// Most `recvmmsg` calls per wake-up before the driver flushes output.
+const RECV_CALLS: usize = 8;
+/// Bytes of one receive slot: room for a GRO-coalesced run of datagrams.
+const RECV_SLOT: usize = 65_536;
+/// Most datagrams gathered before they are handed to the socket.
+const SEND_BATCH: usize = 256;
+/// Most bytes of one GSO send.
+const MAX_GSO_BYTES: usize = 65_000;
+/// Most datagram runs held for a socket that would block.
 const MAX_BLOCKED_TX: usize = 4096;
 /// Peer-down notices kept for [`Transport::next_peer_down`] (oldest dropped past this).
 const MAX_PEER_EVENTS: usize = 1024;
@@ -96,15 +102,29 @@ struct State {
     inbox: VecDeque<Received>,
     peer_events: VecDeque<(SocketAddr, DownReason)>,
     failed_on_close: Vec<(SocketAddr, MessageId)>,
-    blocked_tx: VecDeque<(SocketAddr, Vec<u8>)>,
+    blocked_tx: VecDeque<Run>,
     buf: Vec<u8>,
+    /// Datagrams gathered for one batch of sends, back to back.
+    out: Vec<u8>,
+    /// `(destination, length)` of each datagram in `out`.
+    out_meta: Vec<(SocketAddr, usize)>,
     shutdown: bool,
+}
+
+/// A run of equal-sized datagrams to one destination (the last may be shorter): one GSO send.
+#[derive(Debug)]
+struct Run {
+    to: SocketAddr,
+    bytes: Vec<u8>,
+    segment: usize,
 }
 
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
     socket: UdpSocket,
+    /// Batched I/O (GSO for sends, GRO and `recvmmsg` for receives) where the OS has it.
+    udp: quinn_udp::UdpSocketState,
     /// Wakes the driver: a command changed the timer, or the socket has blocked output.
     wake: Notify,
     /// Wakes receivers and anyone waiting for progress (deliveries, queue space, close).
@@ -167,6 +187,7 @@ impl Transport {
         }
         let endpoint = Endpoint::new(config.endpoint.clone())?;
         let local_addr = socket.local_addr()?;
+        let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 endpoint,
@@ -176,9 +197,12 @@ impl Transport {
                 failed_on_close: Vec::new(),
                 blocked_tx: VecDeque::new(),
                 buf: Vec::with_capacity(65_536),
+                out: Vec::with_capacity(SEND_BATCH * 1500),
+                out_meta: Vec::with_capacity(SEND_BATCH),
                 shutdown: false,
             }),
             socket,
+            udp,
             wake: Notify::new(),
             progress: Notify::new(),
             config,
@@ -395,30 +419,104 @@ fn flush(shared: &Shared, st: &mut State) {
     route_events(shared, st);
 }
 
-/// Hands every datagram the endpoint has ready to the socket.
+/// Hands every datagram the endpoint has ready to the socket, runs of same-sized datagrams to
+/// one destination as one GSO send.
 fn transmit(shared: &Shared, st: &mut State) {
     let now = Instant::now().into_std();
-    let State {
-        endpoint,
-        buf,
-        blocked_tx,
-        ..
-    } = st;
-    while let Some(t) = endpoint.poll_transmit(now, buf) {
-        let bytes = &buf[..t.size];
-        if !blocked_tx.is_empty() {
-            if blocked_tx.len() < MAX_BLOCKED_TX {
-                blocked_tx.push_back((t.destination, bytes.to_vec()));
-            }
-            continue;
+    let max_segments = shared.udp.max_gso_segments().max(1);
+    loop {
+        let State {
+            endpoint,
+            buf,
+            out,
+            out_meta,
+            blocked_tx,
+            ..
+        } = &mut *st;
+        out.clear();
+        out_meta.clear();
+        while out_meta.len() < SEND_BATCH {
+            let Some(t) = endpoint.poll_transmit(now, buf) else {
+                break;
+            };
+            out.extend_from_slice(&buf[..t.size]);
+            out_meta.push((t.destination, t.size));
         }
-        match shared.socket.try_send_to(bytes, t.destination) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                blocked_tx.push_back((t.destination, bytes.to_vec()));
+        if out_meta.is_empty() {
+            return;
+        }
+        let mut offset = 0;
+        let mut i = 0;
+        while i < out_meta.len() {
+            let (to, segment) = out_meta[i];
+            // Extend the run while the destination and size match; a shorter datagram ends it.
+            let mut len = segment;
+            let mut j = i + 1;
+            while j < out_meta.len()
+                && j - i < max_segments
+                && out_meta[j].0 == to
+                && out_meta[j].1 <= segment
+                && len + out_meta[j].1 <= MAX_GSO_BYTES
+            {
+                len += out_meta[j].1;
+                j += 1;
+                if out_meta[j - 1].1 < segment {
+                    break;
+                }
             }
-            // A send error is like a lost datagram: the protocol recovers or reports.
-            Err(e) => debug!(to = %t.destination, error = %e, "send failed"),
+            let bytes = &out[offset..offset + len];
+            if blocked_tx.is_empty() {
+                let t = quinn_udp::Transmit {
+                    destination: to,
+                    ecn: None,
+                    contents: bytes,
+                    segment_size: (j - i > 1).then_some(segment),
+                    src_ip: None,
+                };
+                match shared.socket.try_io(tokio::io::Interest::WRITABLE, || {
+                    shared.udp.try_send((&shared.socket).into(), &t)
+                }) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked_tx.push_back(Run {
+                        to,
+                        bytes: bytes.to_vec(),
+                        segment,
+                    }),
+                    // A send error is like a lost datagram: the protocol recovers or reports.
+                    Err(e) => debug!(%to, error = %e, "send failed"),
+                }
+            } else if blocked_tx.len() < MAX_BLOCKED_TX {
+                blocked_tx.push_back(Run {
+                    to,
+                    bytes: bytes.to_vec(),
+                    segment,
+                });
+            }
+            offset += len;
+            i = j;
+        }
+    }
+}
+
+/// Sends held runs until the socket would block again.
+fn send_blocked(shared: &Shared, st: &mut State) {
+    while let Some(run) = st.blocked_tx.pop_front() {
+        let t = quinn_udp::Transmit {
+            destination: run.to,
+            ecn: None,
+            contents: &run.bytes,
+            segment_size: (run.bytes.len() > run.segment).then_some(run.segment),
+            src_ip: None,
+        };
+        match shared.socket.try_io(tokio::io::Interest::WRITABLE, || {
+            shared.udp.try_send((&shared.socket).into(), &t)
+        }) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                st.blocked_tx.push_front(run);
+                return;
+            }
+            Err(e) => debug!(to = %run.to, error = %e, "send failed"),
         }
     }
 }
@@ -472,9 +570,38 @@ fn route_events(shared: &Shared, st: &mut State) -> bool {
     messages
 }
 
+/// Reads what the socket has (batched, GRO-split), feeding each datagram to the endpoint.
+fn receive(shared: &Shared, st: &mut State, storage: &mut [u8], metas: &mut [quinn_udp::RecvMeta]) {
+    for _ in 0..RECV_CALLS {
+        let r = {
+            let mut bufs: Vec<IoSliceMut<'_>> =
+                storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
+            shared.socket.try_io(tokio::io::Interest::READABLE, || {
+                shared.udp.recv((&shared.socket).into(), &mut bufs, metas)
+            })
+        };
+        let n = match r {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                debug!(error = %e, "recv failed");
+                return;
+            }
+        };
+        for (meta, slot) in metas.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
+            let stride = meta.stride.max(1);
+            for d in slot[..meta.len].chunks(stride) {
+                on_datagram(shared, st, meta.addr, d);
+            }
+        }
+    }
+}
+
 /// The driver task: receives, runs timers, retries blocked sends, until shutdown.
 async fn drive(shared: Arc<Shared>) {
-    let mut rbuf = vec![0u8; 65_536];
+    let slots = quinn_udp::BATCH_SIZE.max(1);
+    let mut storage = vec![0u8; RECV_SLOT * slots];
+    let mut metas = vec![quinn_udp::RecvMeta::default(); slots];
     loop {
         let (deadline, blocked) = {
             let st = shared.state.lock();
@@ -490,20 +617,14 @@ async fn drive(shared: Arc<Shared>) {
             }
         };
         tokio::select! {
-            r = shared.socket.recv_from(&mut rbuf) => {
+            r = shared.socket.readable() => {
+                if let Err(e) = r {
+                    warn!(error = %e, "socket not readable");
+                    continue;
+                }
                 let delivered = {
                     let mut st = shared.state.lock();
-                    match r {
-                        Ok((n, from)) => on_datagram(&shared, &mut st, from, &rbuf[..n]),
-                        Err(e) => debug!(error = %e, "recv failed"),
-                    }
-                    // Take what else is already waiting before flushing, to pack acks.
-                    for _ in 1..RECV_BATCH {
-                        match shared.socket.try_recv_from(&mut rbuf) {
-                            Ok((n, from)) => on_datagram(&shared, &mut st, from, &rbuf[..n]),
-                            Err(_) => break,
-                        }
-                    }
+                    receive(&shared, &mut st, &mut storage, &mut metas);
                     route_events(&shared, &mut st)
                 };
                 if delivered {
@@ -524,16 +645,7 @@ async fn drive(shared: Arc<Shared>) {
                     warn!(error = %e, "socket not writable");
                 }
                 let mut st = shared.state.lock();
-                while let Some((to, bytes)) = st.blocked_tx.pop_front() {
-                    match shared.socket.try_send_to(&bytes, to) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            st.blocked_tx.push_front((to, bytes));
-                            break;
-                        }
-                        Err(e) => debug!(%to, error = %e, "send failed"),
-                    }
-                }
+                send_blocked(&shared, &mut st);
                 flush(&shared, &mut st);
             }
         }

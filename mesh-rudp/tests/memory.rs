@@ -1,0 +1,107 @@
+//! Memory held by an endpoint, counted by a global allocator (dhat, in testing mode).
+//!
+//! An idle endpoint that knows 1000 peers, each of which sent it one reliable message, holds
+//! under 1 KiB per peer; and once traffic has finished, memory is back where it was after
+//! the first burst: nothing accumulates from one burst to the next.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mesh_rudp::sim::Sim;
+use mesh_rudp::{Delivery, Endpoint, EndpointConfig};
+use mesh_wire::{DataFrame, DatagramWriter, Frame, Header};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+fn heap() -> usize {
+    dhat::HeapStats::get().curr_bytes
+}
+
+fn peer(i: u32) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 2, (i >> 8) as u8, i as u8)),
+        7000,
+    )
+}
+
+#[test]
+fn memory() {
+    // One profiler per process: both checks run in this one test.
+    let _profiler = dhat::Profiler::builder().testing().build();
+    idle_peers_cost_under_1_kib_each();
+    traffic_leaves_no_growth();
+}
+
+fn idle_peers_cost_under_1_kib_each() {
+    let config = EndpointConfig::default()
+        .new_peers_per_second(10_000)
+        .clone();
+    let mut ep = Endpoint::new(config).unwrap();
+    let now = Instant::now();
+    let mut buf = Vec::new();
+    let mut datagram = Vec::new();
+    // Warm up the endpoint's own scratch buffers with one peer, then measure 1000 more.
+    let mut add = |ep: &mut Endpoint, i: u32| {
+        let mut w = DatagramWriter::new(&mut datagram, Header::new(u64::from(i) + 1, 0), 1200);
+        w.push(&Frame::Data(DataFrame {
+            channel: 0,
+            seq: 0,
+            message: 0,
+            order: None,
+            fragment: None,
+            payload: b"hello",
+        }))
+        .unwrap();
+        let bytes = w.finish().to_vec();
+        ep.handle_datagram(now, peer(i), &bytes);
+        while ep.poll_transmit(now, &mut buf).is_some() {}
+        while ep.poll_event().is_some() {}
+    };
+    add(&mut ep, 100_000);
+    let before = heap();
+    for i in 0..1000 {
+        add(&mut ep, i);
+    }
+    let per_peer = (heap() - before) / 1000;
+    assert_eq!(ep.stats().peers, 1001);
+    println!("idle state per peer: {per_peer} bytes");
+    assert!(per_peer < 1024, "{per_peer} bytes per idle peer");
+}
+
+fn traffic_leaves_no_growth() {
+    let mut sim = Sim::new(3);
+    let a = sim.add_endpoint(EndpointConfig::default());
+    let b = sim.add_endpoint(EndpointConfig::default());
+    let round = |sim: &mut Sim, r: u8| {
+        for i in 0..200u32 {
+            let size = [10usize, 3000, 100_000][(i % 3) as usize];
+            sim.send(
+                a,
+                b,
+                Bytes::from(vec![r; size]),
+                Delivery::Ordered { channel: 1 },
+            )
+            .unwrap();
+        }
+        sim.run_until_idle(1_000_000).unwrap();
+        sim.run_for(Duration::from_millis(10), 10_000).unwrap();
+        sim.take_events(a);
+        sim.take_events(b);
+    };
+    // The first round grows every queue (the simulator's included) to its working size.
+    round(&mut sim, 0);
+    let settled = heap();
+    for r in 1..4 {
+        round(&mut sim, r);
+    }
+    let after = heap();
+    println!("after 3 more rounds (~20 MB through): {after} bytes vs {settled} settled");
+    // What must not stay is the traffic itself: nothing accumulates from round to round.
+    assert!(
+        after < settled + 64 * 1024,
+        "memory grew by {} bytes over three rounds",
+        after.saturating_sub(settled)
+    );
+}
