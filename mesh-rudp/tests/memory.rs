@@ -4,6 +4,11 @@
 //! under 1 KiB per peer; and once traffic has finished, memory is back where it was after
 //! the first burst: nothing accumulates from one burst to the next.
 
+#![allow(
+    clippy::print_stdout,
+    reason = "the measured figures are shown with --nocapture"
+)]
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
