@@ -21,10 +21,8 @@ use std::path::PathBuf;
 /// `target/criterion/<group>/<id>/new/estimates.json`.
 pub fn median_ns(group: &str, id: &str) -> Option<f64> {
     let dir = criterion_dir()?;
-    let path = dir
-        .join(group.replace('/', "_"))
-        .join(id.replace('/', "_"))
-        .join("new/estimates.json");
+    // Criterion nests `function/parameter` ids as directories.
+    let path = dir.join(group).join(id).join("new/estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["median"]["point_estimate"].as_f64()
@@ -40,15 +38,26 @@ fn criterion_dir() -> Option<PathBuf> {
     Some(target.join("criterion"))
 }
 
+/// Nanoseconds in the unit that suits them.
+fn human(ns: f64) -> String {
+    if ns < 1e3 {
+        format!("{ns:.1} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{:.1} ms", ns / 1e6)
+    }
+}
+
 /// Lines comparing each `(candidate, baseline)` pair of one group: medians and their ratio.
 pub fn ratio_lines(group: &str, pairs: &[(&str, &str)]) -> Vec<String> {
     pairs
         .iter()
         .map(|(c, b)| match (median_ns(group, c), median_ns(group, b)) {
             (Some(x), Some(y)) => format!(
-                "{group}: {c} {:.1} µs vs {b} {:.1} µs: ratio {:.2}",
-                x / 1e3,
-                y / 1e3,
+                "{group}: {c} {} vs {b} {}: ratio {:.2}",
+                human(x),
+                human(y),
                 x / y
             ),
             _ => format!("{group}: {c} vs {b}: no estimate (bench filtered out?)"),

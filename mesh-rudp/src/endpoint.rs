@@ -9,7 +9,7 @@ use mesh_wire::{
     Datagram, DatagramWriter, Frame, Header, SeqRange, UnreliableFrame, CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR, CLOSE_UNKNOWN_SESSION, HEADER_LEN,
 };
-use tracing::{debug, trace};
+use tracing::{debug, trace, trace_span};
 
 use crate::config::EndpointConfig;
 use crate::peer::{Peer, RecvOutcome, Refused, Room};
@@ -272,6 +272,7 @@ impl Endpoint {
     /// Takes one received datagram. Invalid input is counted in [`stats`](Self::stats) and
     /// dropped before any peer state is created.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let _span = trace_span!("peer", peer = %from).entered();
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
         let datagram = match Datagram::decode(bytes) {
@@ -466,6 +467,7 @@ impl Endpoint {
             due.push(addr);
         }
         for addr in due {
+            let _span = trace_span!("peer", peer = %addr).entered();
             let Some(p) = self.peers.get_mut(&addr) else {
                 continue;
             };

@@ -594,6 +594,10 @@ fn receive(shared: &Shared, st: &mut State, storage: &mut [u8], metas: &mut [qui
                 on_datagram(shared, st, meta.addr, d);
             }
         }
+        if n < metas.len() {
+            // The queue was drained: another call would only say so, at a syscall's cost.
+            return;
+        }
     }
 }
 
