@@ -1,0 +1,267 @@
+//! mesh-discovery behaviour, on the in-memory registry (tokio's paused clock: intervals pass
+//! instantly and deterministically).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mesh_discovery::{
+    Membership, MembershipConfig, MembershipEvent, MemoryRegistry, NodeKey, NodeRecord,
+};
+use proptest::prelude::*;
+use tokio::sync::broadcast;
+
+fn key(port: u16) -> NodeKey {
+    NodeKey::new("127.0.0.1".parse().unwrap(), port)
+}
+
+async fn node(reg: &MemoryRegistry, port: u16, ty: &str) -> Membership<MemoryRegistry> {
+    node_with(reg, port, ty, MembershipConfig::default()).await
+}
+
+async fn node_with(
+    reg: &MemoryRegistry,
+    port: u16,
+    ty: &str,
+    config: MembershipConfig,
+) -> Membership<MemoryRegistry> {
+    Membership::start(
+        reg.clone(),
+        NodeRecord::new(key(port), ty, u64::from(port), 0),
+        config,
+    )
+    .await
+}
+
+/// The next event, waiting at most `secs` of (virtual) time.
+async fn next(events: &mut broadcast::Receiver<MembershipEvent>, secs: u64) -> MembershipEvent {
+    tokio::time::timeout(Duration::from_secs(secs), events.recv())
+        .await
+        .expect("an event in time")
+        .expect("open")
+}
+
+#[tokio::test(start_paused = true)]
+async fn join_update_and_leave_are_pushed() {
+    let reg = MemoryRegistry::new();
+    let a = node(&reg, 1, "game").await;
+    let mut ev = a.events();
+    let b = node(&reg, 2, "game").await;
+    let c = node(&reg, 3, "chat").await;
+    assert!(matches!(next(&mut ev, 1).await, MembershipEvent::Joined(r) if r.key == key(2)));
+    assert!(matches!(next(&mut ev, 1).await, MembershipEvent::Joined(r) if r.key == key(3)));
+    assert_eq!(a.nodes().len(), 3);
+    assert_eq!(a.nodes_by_type("game").len(), 2);
+    assert!(a.node_exists(key(3)) && a.is_local(key(1)) && !a.is_local(key(2)));
+
+    b.set_value("status", &"online").unwrap();
+    match next(&mut ev, 1).await {
+        MembershipEvent::Updated(r) => assert_eq!(r.values["status"], "online"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        a.node_value::<String>(key(2), "status").as_deref(),
+        Some("online")
+    );
+
+    c.stop().await;
+    assert!(matches!(next(&mut ev, 1).await, MembershipEvent::Left(r) if r.key == key(3)));
+    assert!(!a.node_exists(key(3)));
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_killed_node_expires_within_its_ttl() {
+    let reg = MemoryRegistry::new();
+    let a = node(&reg, 1, "game").await;
+    let b = node(&reg, 2, "game").await;
+    a.wait_for(|m| m.node_exists(key(2))).await;
+    let mut ev = a.events();
+    let killed_at = tokio::time::Instant::now();
+    drop(b); // like SIGKILL: no deregistration
+    assert!(matches!(next(&mut ev, 10).await, MembershipEvent::Left(r) if r.key == key(2)));
+    // Three intervals of liveness, noticed at the next interval: virtual time, not wall time.
+    assert!(
+        killed_at.elapsed() <= Duration::from_secs(4),
+        "{:?}",
+        killed_at.elapsed()
+    );
+    a.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn registry_down_keeps_the_view_and_recovers() {
+    let reg = MemoryRegistry::new();
+    let a = node(&reg, 1, "game").await;
+    let b = node(&reg, 2, "game").await;
+    a.wait_for(|m| m.node_exists(key(2))).await;
+    reg.set_down(true);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(a.node_exists(key(2)), "last known view kept");
+    assert!(a.stats().registry_errors > 0);
+    // While it was down, records expired; when it returns, both re-register.
+    reg.set_down(false);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let c = node(&reg, 3, "game").await;
+    c.wait_for(|m| m.node_exists(key(1)) && m.node_exists(key(2)))
+        .await;
+    a.wait_for(|m| m.node_exists(key(3))).await;
+    for m in [&a, &b, &c] {
+        m.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreadable_records_are_skipped_and_counted() {
+    let reg = MemoryRegistry::new();
+    let a = node(&reg, 1, "game").await;
+    reg.insert_raw(key(50), b"not json".to_vec(), Duration::from_secs(60));
+    reg.insert_raw(key(51), vec![b'x'; 100_000], Duration::from_secs(60));
+    let mut foreign = NodeRecord::new(key(52), "game", 1, 0);
+    foreign.version = 9;
+    reg.insert_raw(key(52), foreign.encode(), Duration::from_secs(60));
+    // A record stored under another node's key.
+    reg.insert_raw(
+        key(53),
+        NodeRecord::new(key(54), "game", 1, 0).encode(),
+        Duration::from_secs(60),
+    );
+    let b = node(&reg, 2, "game").await;
+    a.wait_for(|m| m.node_exists(key(2))).await;
+    assert!(a.stats().skipped_records >= 4);
+    assert_eq!(a.nodes().len(), 2, "only the real nodes");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn values_hold_any_characters_and_falsy_values() {
+    let reg = MemoryRegistry::new();
+    let a = node(&reg, 1, "game").await;
+    let b = node(&reg, 2, "game").await;
+    let tricky = "a`b;c\"d\n{e}";
+    b.set_value("tricky", &tricky).unwrap();
+    b.set_value("zero", &0).unwrap();
+    b.set_value("no", &false).unwrap();
+    b.set_value("empty", &"").unwrap();
+    b.set_value("map", &HashMap::from([("k", vec![1, 2])]))
+        .unwrap();
+    a.wait_for(|m| m.node_value::<String>(key(2), "empty").is_some())
+        .await;
+    assert_eq!(
+        a.node_value::<String>(key(2), "tricky").as_deref(),
+        Some(tricky)
+    );
+    assert_eq!(a.node_value::<i32>(key(2), "zero"), Some(0));
+    assert_eq!(a.node_value::<bool>(key(2), "no"), Some(false));
+    assert_eq!(
+        a.node_value::<HashMap<String, Vec<i32>>>(key(2), "map"),
+        Some(HashMap::from([("k".to_owned(), vec![1, 2])]))
+    );
+    assert_eq!(
+        a.node_value::<i32>(key(2), "tricky"),
+        None,
+        "wrong type is None"
+    );
+    // One record per node: changing values rewrites it, no stale duplicates.
+    b.set_value("zero", &1).unwrap();
+    a.wait_for(|m| m.node_value::<i32>(key(2), "zero") == Some(1))
+        .await;
+    assert_eq!(a.nodes().len(), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn backups_are_stable_replaced_and_used_by_prepare_nodes() {
+    let reg = MemoryRegistry::new();
+    let mut config = MembershipConfig::default();
+    config.backups.insert("game".to_owned(), 2);
+    let mut nodes = Vec::new();
+    for port in 1..=5 {
+        nodes.push(node_with(&reg, port, "game", config.clone()).await);
+    }
+    let chat = node(&reg, 9, "chat").await;
+    let a = nodes.remove(0);
+    a.wait_for(|m| m.backups_of(m.local_key()).len() == 2).await;
+    let first = a.backups_of(key(1));
+    assert!(
+        first.iter().all(|k| *k != key(1) && *k != key(9)),
+        "same type, not self"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(a.backups_of(key(1)), first, "stable while they live");
+    // Others learn a's backups from its record.
+    chat.wait_for(|m| m.backups_of(key(1)) == first).await;
+
+    // One backup leaves: it is replaced, the other is kept.
+    let gone = first[0];
+    let idx = nodes.iter().position(|m| m.local_key() == gone).unwrap();
+    nodes.remove(idx).stop().await;
+    a.wait_for(|m| {
+        let b = m.backups_of(key(1));
+        b.len() == 2 && !b.contains(&gone)
+    })
+    .await;
+    assert!(a.backups_of(key(1)).contains(&first[1]));
+
+    // The original's prepareNodes: a dead node is replaced by its first live backup.
+    let a_backups = a.backups_of(key(1));
+    chat.wait_for(|m| m.backups_of(key(1)) == a_backups).await;
+    a.stop().await;
+    chat.wait_for(|m| !m.node_exists(key(1))).await;
+    let prepared = chat.prepare_nodes("game", &[key(1), key(9)]);
+    assert_eq!(prepared, vec![a_backups[0], key(9)]);
+    assert!(
+        chat.prepare_nodes("game", &[key(77)]).is_empty(),
+        "unknown and dead: left out"
+    );
+    for m in nodes {
+        m.stop().await;
+    }
+    chat.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn mark_down_removes_now_and_a_live_node_comes_back() {
+    let reg = MemoryRegistry::new();
+    let mut config = MembershipConfig::default();
+    config.reconcile_every = 2;
+    let a = node_with(&reg, 1, "game", config).await;
+    let b = node(&reg, 2, "game").await;
+    a.wait_for(|m| m.node_exists(key(2))).await;
+    let mut ev = a.events();
+    a.mark_down(key(2));
+    assert!(!a.node_exists(key(2)));
+    assert!(matches!(next(&mut ev, 1).await, MembershipEvent::Left(_)));
+    // b is in fact alive: the next reconciliation brings it back.
+    assert!(matches!(next(&mut ev, 5).await, MembershipEvent::Joined(r) if r.key == key(2)));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_type_is_published() {
+    let reg = MemoryRegistry::new();
+    let a = node(&reg, 1, "game").await;
+    let b = node(&reg, 2, "game").await;
+    b.set_type("lobby");
+    a.wait_for(|m| m.nodes_by_type("lobby").len() == 1).await;
+    assert_eq!(b.node_type(), "lobby");
+    a.stop().await;
+    b.stop().await;
+}
+
+proptest! {
+    #[test]
+    fn record_decoding_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = NodeRecord::decode(&bytes);
+    }
+
+    #[test]
+    fn records_round_trip(ty in ".{0,16}", name in ".{0,8}", v in any::<i64>(), port in 1u16..) {
+        let mut r = NodeRecord::new(key(port), ty, 7, 9);
+        r.values.insert(name, serde_json::json!(v));
+        prop_assert_eq!(NodeRecord::decode(&r.encode()).unwrap(), r);
+    }
+}
