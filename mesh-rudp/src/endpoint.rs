@@ -292,16 +292,8 @@ impl Endpoint {
         match self.peers.get(&from) {
             Some(p) => {
                 if h.dst_session != 0 && h.dst_session != p.local_id {
-                    self.stats.dropped_stale_session += 1;
-                    if !is_close {
-                        let src = p.local_id;
-                        self.push_stray(Stray {
-                            to: from,
-                            src,
-                            dst: h.src_session,
-                            reason: CLOSE_UNKNOWN_SESSION,
-                        });
-                    }
+                    let src = p.local_id;
+                    self.stale_session(from, src, h.src_session, is_close);
                     return;
                 }
                 if h.src_session != p.remote_id {
@@ -328,16 +320,8 @@ impl Endpoint {
             }
             None => {
                 if h.dst_session != 0 {
-                    self.stats.dropped_stale_session += 1;
-                    if !is_close {
-                        let src = self.rng.next_id();
-                        self.push_stray(Stray {
-                            to: from,
-                            src,
-                            dst: h.src_session,
-                            reason: CLOSE_UNKNOWN_SESSION,
-                        });
-                    }
+                    let src = self.rng.next_id();
+                    self.stale_session(from, src, h.src_session, is_close);
                     return;
                 }
                 if is_close || !self.create_remote_peer(now, from, h.src_session) {
@@ -347,6 +331,20 @@ impl Endpoint {
         }
         self.process_frames(now, from, &datagram, bytes.len());
         self.touch(from, now);
+    }
+
+    /// A datagram named a session of ours that is gone: count it, and (unless it was itself a
+    /// close) tell the sender to start a new session.
+    fn stale_session(&mut self, from: SocketAddr, src: u64, their: u64, is_close: bool) {
+        self.stats.dropped_stale_session += 1;
+        if !is_close {
+            self.push_stray(Stray {
+                to: from,
+                src,
+                dst: their,
+                reason: CLOSE_UNKNOWN_SESSION,
+            });
+        }
     }
 
     fn create_remote_peer(&mut self, now: Instant, from: SocketAddr, remote: u64) -> bool {

@@ -297,25 +297,30 @@ impl Transport {
         Ok(())
     }
 
-    /// The next received message, or `None` once the transport is closed.
-    pub async fn recv(&self) -> Option<Received> {
+    /// Waits until `take` returns `Some`, checking it under the lock after every change.
+    async fn wait_until<T>(&self, mut take: impl FnMut(&mut State) -> Option<T>) -> T {
         loop {
             let progressed = self.shared.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            {
-                let mut st = self.shared.state.lock();
-                if let Some(m) = st.inbox.pop_front() {
-                    let n = st.inbox.len();
-                    st.endpoint.set_backlog(n);
-                    return Some(m);
-                }
-                if st.shutdown {
-                    return None;
-                }
+            if let Some(v) = take(&mut self.shared.state.lock()) {
+                return v;
             }
             progressed.await;
         }
+    }
+
+    /// The next received message, or `None` once the transport is closed.
+    pub async fn recv(&self) -> Option<Received> {
+        self.wait_until(|st| match st.inbox.pop_front() {
+            Some(m) => {
+                let n = st.inbox.len();
+                st.endpoint.set_backlog(n);
+                Some(Some(m))
+            }
+            None => st.shutdown.then_some(None),
+        })
+        .await
     }
 
     /// A received message if one is waiting.
@@ -329,21 +334,11 @@ impl Transport {
 
     /// The next peer reported down (timed out, closed, restarted), or `None` once closed.
     pub async fn next_peer_down(&self) -> Option<(SocketAddr, DownReason)> {
-        loop {
-            let progressed = self.shared.progress.notified();
-            tokio::pin!(progressed);
-            progressed.as_mut().enable();
-            {
-                let mut st = self.shared.state.lock();
-                if let Some(e) = st.peer_events.pop_front() {
-                    return Some(e);
-                }
-                if st.shutdown {
-                    return None;
-                }
-            }
-            progressed.await;
-        }
+        self.wait_until(|st| match st.peer_events.pop_front() {
+            Some(e) => Some(Some(e)),
+            None => st.shutdown.then_some(None),
+        })
+        .await
     }
 
     /// Forgets a peer now (the layer above knows it is gone); its pending sends fail.
