@@ -8,8 +8,8 @@
 //!
 //! # Pieces
 //! - [`Registry`]: where records live, with changes pushed to subscribers. Backends:
-//!   [`MemoryRegistry`] (in-process, for tests and the zero-setup example); the Redis backend
-//!   (fred) is the next step of this crate and is not written yet.
+//!   [`RedisRegistry`] (fred; key schema and command costs on its docs and in this crate's
+//!   README) and [`MemoryRegistry`] (in-process, for tests and the zero-setup example).
 //! - [`NodeRecord`]: what a node publishes, read back defensively ([`NodeRecord::decode`]).
 //! - [`Membership`]: one node's live view on top of a registry: `nodes()`, `nodes_by_type()`,
 //!   `node_value()`, events, `on_update`/`on_updated` hooks, backups and `prepare_nodes()`.
@@ -38,11 +38,13 @@
 mod membership;
 mod memory;
 mod record;
+mod redis;
 mod registry;
 
 pub use membership::{DiscoveryStats, Membership, MembershipConfig, MembershipEvent};
 pub use memory::MemoryRegistry;
 pub use record::{NodeKey, NodeRecord, MAX_RECORD_BYTES, RECORD_VERSION};
+pub use redis::RedisRegistry;
 pub use registry::{Notice, Registry};
 
 use thiserror::Error;

@@ -570,7 +570,7 @@ async fn run<R: Registry>(
                     }
                 }
                 Ok(Notice::Removed(k)) => depart(&shared, k),
-                Err(broadcast::error::RecvError::Lagged(_)) => need_full = true,
+                Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => need_full = true,
                 Err(broadcast::error::RecvError::Closed) => {
                     notices = shared.registry.subscribe();
                     need_full = true;

@@ -15,6 +15,8 @@ pub enum Notice {
     Changed(NodeKey),
     /// A record was removed or expired.
     Removed(NodeKey),
+    /// Notices may have been missed (a reconnect, a slow subscriber): read everything again.
+    Resync,
 }
 
 /// Where node records live. Implemented by [`crate::MemoryRegistry`] and (later) the Redis

@@ -1,5 +1,8 @@
 //! mesh-discovery behaviour, on the in-memory registry (tokio's paused clock: intervals pass
-//! instantly and deterministically).
+//! instantly and deterministically), and against real `redis-server` processes (`redis`).
+
+mod redis;
+mod redis_support;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,0 +1,318 @@
+//! The Redis registry (fred): one key per node, an expiry index, and pushed changes.
+//!
+//! Key schema (every key of one mesh shares the hash tag `{ml:<prefix>}`, so the same commands
+//! work on Redis Cluster):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{ml:P}:n:<addr:port>` | string, `PX` = 3 intervals | the node's record (JSON) |
+//! | `{ml:P}:idx` | sorted set | member `<addr:port>`, score = expiry in ms since the epoch |
+//! | `{ml:P}:ev` | pub/sub channel | `C <addr:port>` (written) and `R <addr:port>` (removed) |
+//!
+//! Cost per node per update interval: `PEXPIRE` + `ZADD XX` (refresh) + `ZRANGEBYSCORE`
+//! (finds expired members) = 3 commands, so the mesh's total grows linearly with its size. A
+//! change costs `SET` + `ZADD` + `PUBLISH`; every other node then does one `GET`. A full
+//! reconciliation (`ZRANGEBYSCORE` + `MGET`) runs every 30 intervals per node.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::prelude::{
+    Builder, Client, ClientLike, Config, EventInterface, Expiration, KeysInterface,
+    PubsubInterface, ReconnectPolicy, SetOptions, SortedSetsInterface,
+};
+use tokio::sync::broadcast;
+use tracing::{debug, warn};
+
+use crate::{NodeKey, Notice, Registry, RegistryError};
+
+/// Notices buffered per subscriber before a slow one lags (and then reconciles).
+const NOTICE_BUFFER: usize = 4096;
+/// Members read per expiry check.
+const EXPIRED_BATCH: i64 = 64;
+
+fn unavailable(e: fred::error::Error) -> RegistryError {
+    RegistryError::Unavailable(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A registry in Redis: standalone, master with replicas, Sentinel or Cluster, chosen by the
+/// URL (`redis://`, `redis-sentinel://…?sentinelServiceName=…`, `redis-cluster://…`).
+#[derive(Debug, Clone)]
+pub struct RedisRegistry {
+    client: Client,
+    notices: broadcast::Sender<Notice>,
+    tag: String,
+    subscriber: Client,
+}
+
+impl RedisRegistry {
+    /// Connects for the mesh named `prefix`. Fails if Redis cannot be reached now; once
+    /// connected, outages are survived (fred reconnects every 100 ms, membership backs off).
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, RegistryError> {
+        let config = Config::from_url(url).map_err(unavailable)?;
+        let build = || {
+            let mut b = Builder::from_config(config.clone());
+            b.set_policy(ReconnectPolicy::new_constant(0, 100))
+                .with_connection_config(|c| {
+                    c.connection_timeout = Duration::from_secs(1);
+                    c.internal_command_timeout = Duration::from_secs(1);
+                    c.max_command_attempts = 3;
+                })
+                .with_performance_config(|p| {
+                    p.default_command_timeout = Duration::from_secs(2);
+                });
+            b.build()
+        };
+        let client = build().map_err(unavailable)?;
+        client.init().await.map_err(unavailable)?;
+        let subscriber = build().map_err(unavailable)?;
+        subscriber.init().await.map_err(unavailable)?;
+        let tag = format!("{{ml:{prefix}}}");
+        let (notices, _) = broadcast::channel(NOTICE_BUFFER);
+        let registry = Self {
+            client,
+            notices,
+            tag,
+            subscriber,
+        };
+        registry.start_subscriber().await?;
+        Ok(registry)
+    }
+
+    fn node_key(&self, key: NodeKey) -> String {
+        format!("{}:n:{key}", self.tag)
+    }
+
+    fn index(&self) -> String {
+        format!("{}:idx", self.tag)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:ev", self.tag)
+    }
+
+    /// Forwards pub/sub messages as notices; after a reconnect, resubscribes and asks every
+    /// membership to reconcile (messages may have been missed meanwhile).
+    async fn start_subscriber(&self) -> Result<(), RegistryError> {
+        let channel = self.channel();
+        self.subscriber
+            .subscribe(channel.clone())
+            .await
+            .map_err(unavailable)?;
+        let mut messages = self.subscriber.message_rx();
+        let mut reconnects = self.subscriber.reconnect_rx();
+        let notices = self.notices.clone();
+        let subscriber = self.subscriber.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    m = messages.recv() => match m {
+                        Ok(m) => {
+                            let text: Option<String> = m.value.convert().ok();
+                            match text.as_deref().and_then(parse_notice) {
+                                Some(n) => { let _ = notices.send(n); }
+                                None => debug!("ignoring a foreign message on the mesh channel"),
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => { let _ = notices.send(Notice::Resync); }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    r = reconnects.recv() => match r {
+                        Ok(_) => {
+                            if let Err(e) = subscriber.subscribe(channel.clone()).await {
+                                warn!(error = %e, "resubscribe failed");
+                            }
+                            let _ = notices.send(Notice::Resync);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Removes index members whose records expired in Redis, and tells everyone.
+    async fn sweep_expired(&self) -> Result<(), RegistryError> {
+        let due: Vec<String> = self
+            .client
+            .zrangebyscore(
+                self.index(),
+                "-inf",
+                now_ms() as f64,
+                false,
+                Some((0, EXPIRED_BATCH)),
+            )
+            .await
+            .map_err(unavailable)?;
+        for member in due {
+            let Some(key) = parse_key(&member) else {
+                let _: i64 = self
+                    .client
+                    .zrem(self.index(), member)
+                    .await
+                    .map_err(unavailable)?;
+                continue;
+            };
+            // The index score is the writer's clock; the key's TTL is Redis's: trust Redis.
+            let exists: i64 = self
+                .client
+                .exists(self.node_key(key))
+                .await
+                .map_err(unavailable)?;
+            if exists == 1 {
+                continue;
+            }
+            let removed: i64 = self
+                .client
+                .zrem(self.index(), member)
+                .await
+                .map_err(unavailable)?;
+            if removed == 1 {
+                // Only the node that won the ZREM announces it.
+                let _: i64 = self
+                    .client
+                    .publish(self.channel(), format!("R {key}"))
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_key(s: &str) -> Option<NodeKey> {
+    s.parse::<std::net::SocketAddr>().ok().map(NodeKey::from)
+}
+
+fn parse_notice(s: &str) -> Option<Notice> {
+    let (kind, key) = s.split_once(' ')?;
+    let key = parse_key(key)?;
+    match kind {
+        "C" => Some(Notice::Changed(key)),
+        "R" => Some(Notice::Removed(key)),
+        _ => None,
+    }
+}
+
+impl Registry for RedisRegistry {
+    async fn publish(
+        &self,
+        key: NodeKey,
+        record: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), RegistryError> {
+        let ms = ttl.as_millis() as i64;
+        let _: () = self
+            .client
+            .set(
+                self.node_key(key),
+                record,
+                Some(Expiration::PX(ms)),
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        let _: i64 = self
+            .client
+            .zadd(
+                self.index(),
+                None,
+                None,
+                false,
+                false,
+                ((now_ms() + ms as u64) as f64, key.to_string()),
+            )
+            .await
+            .map_err(unavailable)?;
+        let _: i64 = self
+            .client
+            .publish(self.channel(), format!("C {key}"))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn refresh(&self, key: NodeKey, ttl: Duration) -> Result<(), RegistryError> {
+        let ms = ttl.as_millis() as i64;
+        let extended: i64 = self
+            .client
+            .pexpire(self.node_key(key), ms, None)
+            .await
+            .map_err(unavailable)?;
+        if extended == 0 {
+            return Err(RegistryError::Missing);
+        }
+        let _: i64 = self
+            .client
+            .zadd(
+                self.index(),
+                Some(SetOptions::XX),
+                None,
+                false,
+                false,
+                ((now_ms() + ms as u64) as f64, key.to_string()),
+            )
+            .await
+            .map_err(unavailable)?;
+        // Every live node refreshes once per interval, so expired members are found within an
+        // interval of their expiry.
+        self.sweep_expired().await
+    }
+
+    async fn remove(&self, key: NodeKey) -> Result<(), RegistryError> {
+        let _: i64 = self
+            .client
+            .del(self.node_key(key))
+            .await
+            .map_err(unavailable)?;
+        let _: i64 = self
+            .client
+            .zrem(self.index(), key.to_string())
+            .await
+            .map_err(unavailable)?;
+        let _: i64 = self
+            .client
+            .publish(self.channel(), format!("R {key}"))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get(&self, key: NodeKey) -> Result<Option<Vec<u8>>, RegistryError> {
+        self.client
+            .get(self.node_key(key))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn snapshot(&self) -> Result<Vec<(NodeKey, Vec<u8>)>, RegistryError> {
+        let members: Vec<String> = self
+            .client
+            .zrangebyscore(self.index(), "-inf", "+inf", false, None)
+            .await
+            .map_err(unavailable)?;
+        let keys: Vec<NodeKey> = members.iter().filter_map(|m| parse_key(m)).collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys.iter().map(|k| self.node_key(*k)).collect();
+        let values: Vec<Option<Vec<u8>>> = self.client.mget(names).await.map_err(unavailable)?;
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+}

@@ -1,0 +1,210 @@
+//! The same behaviours against a real `redis-server` that each test starts on a free port.
+
+use std::time::Duration;
+
+use mesh_discovery::{
+    Membership, MembershipConfig, MembershipEvent, NodeKey, NodeRecord, RedisRegistry,
+};
+use tokio::sync::broadcast;
+
+use crate::redis_support::RedisServer;
+
+fn key(port: u16) -> NodeKey {
+    NodeKey::new("127.0.0.1".parse().unwrap(), port)
+}
+
+fn fast() -> MembershipConfig {
+    let mut c = MembershipConfig::default();
+    c.update_interval = Duration::from_millis(100);
+    c
+}
+
+async fn node(url: &str, prefix: &str, port: u16) -> Membership<RedisRegistry> {
+    node_with(url, prefix, port, fast()).await
+}
+
+async fn node_with(
+    url: &str,
+    prefix: &str,
+    port: u16,
+    config: MembershipConfig,
+) -> Membership<RedisRegistry> {
+    let reg = RedisRegistry::connect(url, prefix)
+        .await
+        .expect("redis reachable");
+    Membership::start(
+        reg,
+        NodeRecord::new(key(port), "game", u64::from(port), 0),
+        config,
+    )
+    .await
+}
+
+async fn next(events: &mut broadcast::Receiver<MembershipEvent>) -> MembershipEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_update_leave_through_redis() {
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), "t", 1).await;
+    let mut ev = a.events();
+    let b = node(&redis.url(), "t", 2).await;
+    assert!(matches!(next(&mut ev).await, MembershipEvent::Joined(r) if r.key == key(2)));
+    b.set_value("v", &"a`b;c").unwrap();
+    match next(&mut ev).await {
+        MembershipEvent::Updated(r) => assert_eq!(r.values["v"], "a`b;c"),
+        other => panic!("{other:?}"),
+    }
+    b.stop().await;
+    assert!(matches!(next(&mut ev).await, MembershipEvent::Left(r) if r.key == key(2)));
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_expires() {
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), "t", 1).await;
+    let b = node(&redis.url(), "t", 2).await;
+    a.wait_for(|m| m.node_exists(key(2))).await;
+    let mut ev = a.events();
+    drop(b); // no deregistration: its key expires after 3 intervals
+    assert!(matches!(next(&mut ev).await, MembershipEvent::Left(r) if r.key == key(2)));
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_isolate_meshes() {
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), "one", 1).await;
+    let b = node(&redis.url(), "two", 2).await;
+    let c = node(&redis.url(), "one", 3).await;
+    a.wait_for(|m| m.node_exists(key(3))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!a.node_exists(key(2)) && !b.node_exists(key(1)) && !b.node_exists(key(3)));
+    for m in [a, b, c] {
+        m.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let url = redis.url();
+    let a = node(&url, "t", 1).await;
+    let b = node(&url, "t", 2).await;
+    a.wait_for(|m| m.node_exists(key(2))).await;
+    redis.kill();
+    // fred retries each command for up to its 2 s timeout before membership sees an error.
+    for _ in 0..100 {
+        if a.stats().registry_errors > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.stats().registry_errors > 0, "the outage was noticed");
+    assert!(
+        a.node_exists(key(2)) && b.node_exists(key(1)),
+        "last known view kept"
+    );
+    // A fresh, empty Redis on the same port: both re-register without a restart.
+    let redis = RedisServer::start_on(port);
+    let c = node(&url, "t", 3).await;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        c.wait_for(|m| m.node_exists(key(1)) && m.node_exists(key(2))),
+    )
+    .await
+    .expect("a and b re-registered");
+    a.wait_for(|m| m.node_exists(key(3))).await;
+    for m in [a, b, c] {
+        m.stop().await;
+    }
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_in_redis_are_skipped() {
+    let redis = RedisServer::start();
+    // Foreign writers: a bad record under the mesh's keys, listed in its index.
+    redis.command("SET {ml:t}:n:127.0.0.1:77 not-json");
+    redis.command("ZADD {ml:t}:idx 99999999999999 127.0.0.1:77");
+    redis.command("ZADD {ml:t}:idx 99999999999999 garbage-member");
+    let a = node(&redis.url(), "t", 1).await;
+    let b = node(&redis.url(), "t", 2).await;
+    a.wait_for(|m| m.node_exists(key(2))).await;
+    assert!(a.stats().skipped_records >= 1);
+    assert_eq!(a.nodes().len(), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Commands Redis processes per update interval, for `n` nodes in one process. The interval
+/// is 500 ms: hundreds of nodes share two cores here, and a shorter one (hence a shorter TTL)
+/// would make them miss their refreshes.
+async fn commands_per_interval(redis: &RedisServer, n: u16) -> f64 {
+    let prefix = format!("scale{n}");
+    let mut config = MembershipConfig::default();
+    config.update_interval = Duration::from_millis(500);
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(node_with(&redis.url(), &prefix, 1000 + i, config.clone()).await);
+    }
+    for m in &nodes {
+        if tokio::time::timeout(
+            Duration::from_secs(30),
+            m.wait_for(|m| m.nodes().len() == n as usize),
+        )
+        .await
+        .is_err()
+        {
+            let counts: Vec<usize> = nodes.iter().map(|m| m.nodes().len()).collect();
+            panic!(
+                "not every node sees every other: {counts:?} {:?}",
+                m.stats()
+            );
+        }
+    }
+    let intervals = 10u32;
+    let before = redis.commands_processed();
+    tokio::time::sleep(config.update_interval * intervals).await;
+    let after = redis.commands_processed();
+    for m in nodes {
+        m.stop().await;
+    }
+    (after - before) as f64 / f64::from(intervals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::print_stderr,
+    reason = "the measured figures are shown with --nocapture"
+)]
+async fn redis_commands_per_interval_grow_linearly() {
+    let redis = RedisServer::start();
+    let c50 = commands_per_interval(&redis, 50).await;
+    let c100 = commands_per_interval(&redis, 100).await;
+    let c200 = commands_per_interval(&redis, 200).await;
+    eprintln!(
+        "redis commands per interval: 50 nodes {c50:.0} ({:.2}/node), 100 nodes {c100:.0} ({:.2}/node), 200 nodes {c200:.0} ({:.2}/node)",
+        c50 / 50.0,
+        c100 / 100.0,
+        c200 / 200.0
+    );
+    // Linear: doubling the nodes doubles the load (quadratic would quadruple it).
+    for (small, big) in [(c50, c100), (c100, c200)] {
+        let ratio = big / small;
+        assert!(
+            ratio > 1.4 && ratio < 2.8,
+            "load grew {ratio:.2}x for 2x nodes"
+        );
+    }
+    assert!(
+        c200 / 200.0 < 6.0,
+        "per-node cost stays a few commands per interval"
+    );
+}
