@@ -15,7 +15,8 @@ fn key(port: u16) -> NodeKey {
 
 fn fast() -> MembershipConfig {
     let mut c = MembershipConfig::default();
-    c.update_interval = Duration::from_millis(100);
+    // 750 ms of liveness: short enough for quick tests, long enough for a loaded 2-core box.
+    c.update_interval = Duration::from_millis(250);
     c
 }
 
