@@ -3,6 +3,7 @@
 
 mod redis;
 mod redis_support;
+mod suite;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,6 +42,31 @@ async fn next(events: &mut broadcast::Receiver<MembershipEvent>, secs: u64) -> M
         .await
         .expect("an event in time")
         .expect("open")
+}
+
+/// The shared suite on the in-memory backend.
+struct Memory(MemoryRegistry);
+
+impl suite::Backend for Memory {
+    type R = MemoryRegistry;
+    async fn registry(&self) -> MemoryRegistry {
+        self.0.clone()
+    }
+}
+
+#[tokio::test]
+async fn suite_join_update_leave_in_memory() {
+    suite::join_update_leave(&Memory(MemoryRegistry::new())).await;
+}
+
+#[tokio::test]
+async fn suite_killed_node_expires_in_memory() {
+    suite::killed_node_expires(&Memory(MemoryRegistry::new())).await;
+}
+
+#[tokio::test]
+async fn suite_values_in_memory() {
+    suite::falsy_and_structured_values(&Memory(MemoryRegistry::new())).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,24 +1,14 @@
-//! The same behaviours against a real `redis-server` that each test starts on a free port.
+//! Against a real `redis-server` that each test starts on a free port: the shared suite, and
+//! what only Redis has (outages, prefixes, foreign keys, command counts).
 
 use std::time::Duration;
 
-use mesh_discovery::{
-    Membership, MembershipConfig, MembershipEvent, NodeKey, NodeRecord, RedisRegistry,
-};
-use tokio::sync::broadcast;
+use mesh_discovery::{Membership, MembershipConfig, NodeRecord, RedisRegistry};
 
 use crate::redis_support::RedisServer;
+use crate::suite;
 
-fn key(port: u16) -> NodeKey {
-    NodeKey::new("127.0.0.1".parse().unwrap(), port)
-}
-
-fn fast() -> MembershipConfig {
-    let mut c = MembershipConfig::default();
-    // 750 ms of liveness: short enough for quick tests, long enough for a loaded 2-core box.
-    c.update_interval = Duration::from_millis(250);
-    c
-}
+use crate::suite::{config as fast, key};
 
 async fn node(url: &str, prefix: &str, port: u16) -> Membership<RedisRegistry> {
     node_with(url, prefix, port, fast()).await
@@ -41,40 +31,34 @@ async fn node_with(
     .await
 }
 
-async fn next(events: &mut broadcast::Receiver<MembershipEvent>) -> MembershipEvent {
-    tokio::time::timeout(Duration::from_secs(10), events.recv())
-        .await
-        .expect("an event within 10 s")
-        .expect("open")
-}
+/// The shared suite on Redis: every node gets its own connection.
+struct Redis(String);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_update_leave_through_redis() {
-    let redis = RedisServer::start();
-    let a = node(&redis.url(), "t", 1).await;
-    let mut ev = a.events();
-    let b = node(&redis.url(), "t", 2).await;
-    assert!(matches!(next(&mut ev).await, MembershipEvent::Joined(r) if r.key == key(2)));
-    b.set_value("v", &"a`b;c").unwrap();
-    match next(&mut ev).await {
-        MembershipEvent::Updated(r) => assert_eq!(r.values["v"], "a`b;c"),
-        other => panic!("{other:?}"),
+impl suite::Backend for Redis {
+    type R = RedisRegistry;
+    async fn registry(&self) -> RedisRegistry {
+        RedisRegistry::connect(&self.0, "suite")
+            .await
+            .expect("redis reachable")
     }
-    b.stop().await;
-    assert!(matches!(next(&mut ev).await, MembershipEvent::Left(r) if r.key == key(2)));
-    a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_node_expires() {
+async fn suite_join_update_leave_on_redis() {
     let redis = RedisServer::start();
-    let a = node(&redis.url(), "t", 1).await;
-    let b = node(&redis.url(), "t", 2).await;
-    a.wait_for(|m| m.node_exists(key(2))).await;
-    let mut ev = a.events();
-    drop(b); // no deregistration: its key expires after 3 intervals
-    assert!(matches!(next(&mut ev).await, MembershipEvent::Left(r) if r.key == key(2)));
-    a.stop().await;
+    suite::join_update_leave(&Redis(redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_killed_node_expires_on_redis() {
+    let redis = RedisServer::start();
+    suite::killed_node_expires(&Redis(redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_values_on_redis() {
+    let redis = RedisServer::start();
+    suite::falsy_and_structured_values(&Redis(redis.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
