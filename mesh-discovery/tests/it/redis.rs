@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mesh_discovery::{Membership, MembershipConfig, NodeRecord, RedisRegistry};
 
-use crate::redis_support::RedisServer;
+use crate::redis_support::{RedisCluster, RedisSentinels, RedisServer};
 use crate::suite;
 
 use crate::suite::{config as fast, key};
@@ -192,4 +192,62 @@ async fn redis_commands_per_interval_grow_linearly() {
         c200 / 200.0 < 6.0,
         "per-node cost stays a few commands per interval"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    // One hash tag per mesh: every key in one slot, so MGET and the index work on a cluster.
+    suite::join_update_leave(&Redis(cluster.url())).await;
+    suite::falsy_and_structured_values(&Redis(cluster.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_during_the_test() {
+    let mut topo = RedisSentinels::start();
+    let url = topo.url();
+    suite::join_update_leave(&Redis(url.clone())).await;
+    let backend = Redis(url.clone());
+    let a = Membership::start(
+        suite::Backend::registry(&backend).await,
+        NodeRecord::new(key(11), "game", 11, 0),
+        fast(),
+    )
+    .await;
+    let b = Membership::start(
+        suite::Backend::registry(&backend).await,
+        NodeRecord::new(key(12), "game", 12, 0),
+        fast(),
+    )
+    .await;
+    a.wait_for(|m| m.node_exists(key(12))).await;
+    // The master dies; the sentinels promote the replica; fred follows them.
+    topo.master.kill();
+    assert!(
+        a.node_exists(key(12)),
+        "last known view kept through the failover"
+    );
+    b.set_value("after", &"failover").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        a.wait_for(|m| m.node_value::<String>(key(12), "after").is_some()),
+    )
+    .await
+    .expect("changes flow again once a replica is promoted");
+    let c = Membership::start(
+        suite::Backend::registry(&backend).await,
+        NodeRecord::new(key(13), "game", 13, 0),
+        fast(),
+    )
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        c.wait_for(|m| m.nodes().len() == 3),
+    )
+    .await
+    .expect("a node joining after the failover sees the others");
+    for m in [a, b, c] {
+        m.stop().await;
+    }
+    drop(topo.replica);
 }
