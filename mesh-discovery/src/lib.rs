@@ -44,7 +44,7 @@ mod registry;
 pub use membership::{DiscoveryStats, Membership, MembershipConfig, MembershipEvent};
 pub use memory::MemoryRegistry;
 pub use record::{NodeKey, NodeRecord, MAX_RECORD_BYTES, RECORD_VERSION};
-pub use redis::RedisRegistry;
+pub use redis::{RedisRegistry, RedisTopology};
 pub use registry::{Notice, Registry};
 
 use thiserror::Error;
@@ -59,6 +59,9 @@ pub enum RegistryError {
     /// The record to refresh is gone (it expired): publish it again.
     #[error("record missing")]
     Missing,
+    /// The registry's configuration is invalid. Permanent.
+    #[error("registry configuration: {0}")]
+    Config(String),
 }
 
 /// Why a record read from a registry was skipped.

@@ -564,7 +564,9 @@ async fn run<R: Registry>(
                         count(&shared, &r);
                         match r {
                             Ok(Some(bytes)) => upsert(&shared, k, &bytes),
-                            Ok(None) => depart(&shared, k),
+                            // Removed since, or not yet on the replica we read: a removal comes
+                            // as its own notice, and reconciliation catches the rest.
+                            Ok(None) => {}
                             Err(_) => need_full = true,
                         }
                     }

@@ -18,8 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fred::prelude::{
     Builder, Client, ClientLike, Config, EventInterface, Expiration, KeysInterface,
-    PubsubInterface, ReconnectPolicy, SetOptions, SortedSetsInterface,
+    PubsubInterface, ReconnectPolicy, ServerConfig, ServerInterface, SetOptions,
+    SortedSetsInterface,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
@@ -40,21 +42,140 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A registry in Redis: standalone, master with replicas, Sentinel or Cluster, chosen by the
-/// URL (`redis://`, `redis-sentinel://…?sentinelServiceName=…`, `redis-cluster://…`).
+/// Where a mesh's Redis is. Deserialisable (for config files) and parsed from a URL by
+/// [`RedisTopology::from_url`]:
+///
+/// | topology | URL form |
+/// |---|---|
+/// | standalone | `redis://127.0.0.1:6379` |
+/// | master with read replicas | `redis://127.0.0.1:6379?replicas=true` |
+/// | Sentinel | `redis-sentinel://127.0.0.1:26379?sentinelServiceName=mymaster&node=127.0.0.1:26380` |
+/// | Cluster | `redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002` |
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum RedisTopology {
+    /// One server.
+    Standalone {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A master and its replicas (found through `ROLE`): writes go to the master; reads are
+    /// sent through fred's replica routing (which, as measured in this crate's tests, still
+    /// serves them from the master: see the README), and each write waits (up to 100 ms) for a
+    /// replica to have it before it is announced.
+    MasterReplica {
+        /// The master's host.
+        host: String,
+        /// The master's port.
+        port: u16,
+    },
+    /// Sentinels watching a service: the client follows failovers.
+    Sentinel {
+        /// The sentinels' addresses.
+        sentinels: Vec<(String, u16)>,
+        /// The monitored service name.
+        service: String,
+    },
+    /// A Redis Cluster, from a few seed nodes.
+    Cluster {
+        /// Seed nodes.
+        seeds: Vec<(String, u16)>,
+    },
+}
+
+fn host_port(s: &str) -> Result<(String, u16), RegistryError> {
+    let bad = || RegistryError::Config(format!("not host:port: {s:?}"));
+    let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port = p.parse().map_err(|_| bad())?;
+    if h.is_empty() {
+        return Err(bad());
+    }
+    Ok((h.trim_matches(['[', ']']).to_owned(), port))
+}
+
+impl RedisTopology {
+    /// Parses one of the URL forms in the table above.
+    pub fn from_url(url: &str) -> Result<Self, RegistryError> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| RegistryError::Config(format!("not a URL: {url:?}")))?;
+        let (first, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let first = host_port(first.trim_end_matches('/'))?;
+        let mut nodes = vec![first.clone()];
+        let mut service = None;
+        let mut replicas = false;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("node", v)) => nodes.push(host_port(v)?),
+                Some(("sentinelServiceName", v)) => service = Some(v.to_owned()),
+                Some(("replicas", "true")) => replicas = true,
+                _ => {
+                    return Err(RegistryError::Config(format!(
+                        "unknown URL parameter {pair:?}"
+                    )))
+                }
+            }
+        }
+        match scheme {
+            "redis" if replicas => Ok(Self::MasterReplica {
+                host: first.0,
+                port: first.1,
+            }),
+            "redis" => Ok(Self::Standalone {
+                host: first.0,
+                port: first.1,
+            }),
+            "redis-sentinel" => Ok(Self::Sentinel {
+                sentinels: nodes,
+                service: service.ok_or_else(|| {
+                    RegistryError::Config("sentinel URL needs sentinelServiceName".into())
+                })?,
+            }),
+            "redis-cluster" => Ok(Self::Cluster { seeds: nodes }),
+            other => Err(RegistryError::Config(format!("unknown scheme {other:?}"))),
+        }
+    }
+
+    fn server_config(&self) -> ServerConfig {
+        match self {
+            Self::Standalone { host, port } | Self::MasterReplica { host, port } => {
+                ServerConfig::new_centralized(host.clone(), *port)
+            }
+            Self::Sentinel { sentinels, service } => {
+                ServerConfig::new_sentinel(sentinels.clone(), service.clone())
+            }
+            Self::Cluster { seeds } => ServerConfig::new_clustered(seeds.clone()),
+        }
+    }
+}
+
+/// A registry in Redis, on any [`RedisTopology`].
 #[derive(Debug, Clone)]
 pub struct RedisRegistry {
     client: Client,
     notices: broadcast::Sender<Notice>,
     tag: String,
     subscriber: Client,
+    replica_reads: bool,
 }
 
 impl RedisRegistry {
+    /// Connects for the mesh named `prefix`, from a URL ([`RedisTopology::from_url`]).
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, RegistryError> {
+        Self::connect_to(&RedisTopology::from_url(url)?, prefix).await
+    }
+
     /// Connects for the mesh named `prefix`. Fails if Redis cannot be reached now; once
     /// connected, outages are survived (fred reconnects every 100 ms, membership backs off).
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, RegistryError> {
-        let config = Config::from_url(url).map_err(unavailable)?;
+    pub async fn connect_to(topology: &RedisTopology, prefix: &str) -> Result<Self, RegistryError> {
+        let config = Config {
+            server: topology.server_config(),
+            ..Config::default()
+        };
+        let replica_reads = matches!(topology, RedisTopology::MasterReplica { .. });
         let build = || {
             let mut b = Builder::from_config(config.clone());
             b.set_policy(ReconnectPolicy::new_constant(0, 100))
@@ -62,6 +183,8 @@ impl RedisRegistry {
                     c.connection_timeout = Duration::from_secs(1);
                     c.internal_command_timeout = Duration::from_secs(1);
                     c.max_command_attempts = 3;
+                    c.replica.lazy_connections = false;
+                    c.replica.primary_fallback = true;
                 })
                 .with_performance_config(|p| {
                     p.default_command_timeout = Duration::from_secs(2);
@@ -70,6 +193,10 @@ impl RedisRegistry {
         };
         let client = build().map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
+        if replica_reads {
+            // Find the master's replicas (ROLE) now; reads fall back to the master meanwhile.
+            client.replicas().sync(true).await.map_err(unavailable)?;
+        }
         let subscriber = build().map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
         let tag = format!("{{ml:{prefix}}}");
@@ -79,6 +206,7 @@ impl RedisRegistry {
             notices,
             tag,
             subscriber,
+            replica_reads,
         };
         registry.start_subscriber().await?;
         Ok(registry)
@@ -232,6 +360,10 @@ impl Registry for RedisRegistry {
             )
             .await
             .map_err(unavailable)?;
+        if self.replica_reads {
+            // Readers go to a replica: let it have the record before anyone is told.
+            let _: i64 = self.client.wait(1, 100).await.map_err(unavailable)?;
+        }
         let _: i64 = self
             .client
             .publish(self.channel(), format!("C {key}"))
@@ -287,6 +419,14 @@ impl Registry for RedisRegistry {
     }
 
     async fn get(&self, key: NodeKey) -> Result<Option<Vec<u8>>, RegistryError> {
+        if self.replica_reads {
+            return self
+                .client
+                .replicas()
+                .get(self.node_key(key))
+                .await
+                .map_err(unavailable);
+        }
         self.client
             .get(self.node_key(key))
             .await
@@ -304,7 +444,12 @@ impl Registry for RedisRegistry {
             return Ok(Vec::new());
         }
         let names: Vec<String> = keys.iter().map(|k| self.node_key(*k)).collect();
-        let values: Vec<Option<Vec<u8>>> = self.client.mget(names).await.map_err(unavailable)?;
+        let values: Vec<Option<Vec<u8>>> = if self.replica_reads {
+            self.client.replicas().mget(names).await
+        } else {
+            self.client.mget(names).await
+        }
+        .map_err(unavailable)?;
         Ok(keys
             .into_iter()
             .zip(values)
