@@ -40,6 +40,8 @@ mod memory;
 mod record;
 mod redis;
 mod registry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use membership::{DiscoveryStats, Membership, MembershipConfig, MembershipEvent};
 pub use memory::MemoryRegistry;

@@ -2,7 +2,6 @@
 //! instantly and deterministically), and against real `redis-server` processes (`redis`).
 
 mod redis;
-mod redis_support;
 mod suite;
 
 use std::collections::HashMap;

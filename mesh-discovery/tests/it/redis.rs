@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use mesh_discovery::{Membership, MembershipConfig, NodeRecord, RedisRegistry};
 
-use crate::redis_support::{free_port, RedisCluster, RedisSentinels, RedisServer};
 use crate::suite;
+use mesh_discovery::testing::{free_port, RedisCluster, RedisSentinels, RedisServer};
 
 use crate::suite::{config as fast, key};
 

@@ -1,5 +1,8 @@
-//! Starts `redis-server` processes for tests on free loopback ports, and kills them (by pid,
-//! only the ones it started) when dropped.
+//! Redis topologies for tests and benches (feature `testing`): `redis-server` processes on
+//! free loopback ports, killed (by pid, only the ones started here) when dropped.
+//!
+//! Needs `redis-server` (and `redis-cli` for a cluster) on `PATH`; panics with a clear message
+//! otherwise.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -7,13 +10,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(crate) struct RedisServer {
+/// One `redis-server` process.
+#[derive(Debug)]
+pub struct RedisServer {
     child: Option<Child>,
-    pub(crate) port: u16,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
     dir: PathBuf,
 }
 
-pub(crate) fn free_port() -> u16 {
+/// A TCP port that was free a moment ago (bind to port 0, read it, release it).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -21,16 +28,18 @@ pub(crate) fn free_port() -> u16 {
 }
 
 impl RedisServer {
-    pub(crate) fn start() -> Self {
+    /// A standalone server on a free port, ready (answers `PING`).
+    pub fn start() -> Self {
         Self::start_on(free_port())
     }
 
-    pub(crate) fn start_on(port: u16) -> Self {
+    /// A standalone server on `port`, ready.
+    pub fn start_on(port: u16) -> Self {
         Self::start_with(port, &[])
     }
 
     /// Starts a server with extra `--name value` arguments (cluster mode, replicaof, sentinel).
-    pub(crate) fn start_with(port: u16, extra: &[&str]) -> Self {
+    pub fn start_with(port: u16, extra: &[&str]) -> Self {
         let server = Self::spawn(port, extra);
         let deadline = Instant::now() + Duration::from_secs(10);
         while server.command("PING").as_deref() != Some("+PONG") {
@@ -81,7 +90,7 @@ impl RedisServer {
     }
 
     /// Waits until `check` holds for this server, or panics after 20 s naming `what`.
-    pub(crate) fn wait_until(&self, what: &str, mut check: impl FnMut(&Self) -> bool) {
+    pub fn wait_until(&self, what: &str, mut check: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !check(self) {
             assert!(
@@ -94,7 +103,7 @@ impl RedisServer {
     }
 
     /// The whole reply to an inline command, read until the server stops sending for 50 ms.
-    pub(crate) fn full_reply(&self, cmd: &str) -> String {
+    pub fn full_reply(&self, cmd: &str) -> String {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return String::new();
         };
@@ -113,12 +122,13 @@ impl RedisServer {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    pub(crate) fn url(&self) -> String {
+    /// Its URL.
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Sends one inline command; returns the first line of the reply.
-    pub(crate) fn command(&self, cmd: &str) -> Option<String> {
+    pub fn command(&self, cmd: &str) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
@@ -128,7 +138,7 @@ impl RedisServer {
     }
 
     /// Total commands the server has processed (`INFO stats` → `total_commands_processed`).
-    pub(crate) fn commands_processed(&self) -> u64 {
+    pub fn commands_processed(&self) -> u64 {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s.write_all(b"INFO stats\r\n").unwrap();
@@ -151,7 +161,7 @@ impl RedisServer {
     }
 
     /// SIGKILL, as a crash.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -167,12 +177,15 @@ impl Drop for RedisServer {
 }
 
 /// Three cluster masters, created with `redis-cli --cluster create`.
-pub(crate) struct RedisCluster {
-    pub(crate) nodes: Vec<RedisServer>,
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The masters.
+    pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
-    pub(crate) fn start() -> Self {
+    /// Starts three masters and creates the cluster; returns once every node says ok.
+    pub fn start() -> Self {
         let mut nodes = Vec::new();
         for _ in 0..3 {
             let port = free_port();
@@ -214,7 +227,8 @@ impl RedisCluster {
         Self { nodes }
     }
 
-    pub(crate) fn url(&self) -> String {
+    /// Its `redis-cluster://` URL.
+    pub fn url(&self) -> String {
         let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
         for (i, n) in self.nodes[1..].iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
@@ -225,14 +239,19 @@ impl RedisCluster {
 }
 
 /// A master, one replica, and three sentinels (quorum 2) watching service `mymaster`.
-pub(crate) struct RedisSentinels {
-    pub(crate) master: RedisServer,
-    pub(crate) replica: RedisServer,
-    pub(crate) sentinels: Vec<RedisServer>,
+#[derive(Debug)]
+pub struct RedisSentinels {
+    /// The master at start.
+    pub master: RedisServer,
+    /// Its replica.
+    pub replica: RedisServer,
+    /// The sentinels.
+    pub sentinels: Vec<RedisServer>,
 }
 
 impl RedisSentinels {
-    pub(crate) fn start() -> Self {
+    /// Starts the topology; returns once every sentinel sees the replica and the others.
+    pub fn start() -> Self {
         let master = RedisServer::start();
         let replica = RedisServer::start_with(
             free_port(),
@@ -293,7 +312,8 @@ impl RedisSentinels {
         }
     }
 
-    pub(crate) fn url(&self) -> String {
+    /// Its `redis-sentinel://` URL.
+    pub fn url(&self) -> String {
         let mut url = format!(
             "redis-sentinel://127.0.0.1:{}?sentinelServiceName=mymaster",
             self.sentinels[0].port
