@@ -17,8 +17,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, EventInterface, Expiration, KeysInterface,
-    PubsubInterface, ReconnectPolicy, ServerConfig, ServerInterface, SetOptions,
+    Builder, Client, ClientLike, Config, EventInterface, Expiration, KeysInterface, Options,
+    PubsubInterface, ReconnectPolicy, Server, ServerConfig, ServerInterface, SetOptions,
     SortedSetsInterface,
 };
 use serde::{Deserialize, Serialize};
@@ -62,10 +62,9 @@ pub enum RedisTopology {
         /// Port.
         port: u16,
     },
-    /// A master and its replicas (found through `ROLE`): writes go to the master; reads are
-    /// sent through fred's replica routing (which, as measured in this crate's tests, still
-    /// serves them from the master: see the README), and each write waits (up to 100 ms) for a
-    /// replica to have it before it is announced.
+    /// A master and its replicas (found through `ROLE`): writes go to the master, reads to a
+    /// replica (the master if none is up), and each write waits (up to 100 ms) for a replica
+    /// to have it before it is announced, so a reader told of a change finds it there.
     MasterReplica {
         /// The master's host.
         host: String,
@@ -159,7 +158,8 @@ pub struct RedisRegistry {
     notices: broadcast::Sender<Notice>,
     tag: String,
     subscriber: Client,
-    replica_reads: bool,
+    /// With a master and replicas: the master, whose replicas serve reads.
+    replica_reads: Option<Options>,
 }
 
 impl RedisRegistry {
@@ -175,7 +175,15 @@ impl RedisRegistry {
             server: topology.server_config(),
             ..Config::default()
         };
-        let replica_reads = matches!(topology, RedisTopology::MasterReplica { .. });
+        // fred 10.1 routes a replica read by the command's node (outside Cluster mode it has
+        // no other way to pick a primary, and would fall back to it): name the master.
+        let replica_reads = match topology {
+            RedisTopology::MasterReplica { host, port } => Some(Options {
+                cluster_node: Some(Server::new(host.clone(), *port)),
+                ..Options::default()
+            }),
+            _ => None,
+        };
         let build = || {
             let mut b = Builder::from_config(config.clone());
             b.set_policy(ReconnectPolicy::new_constant(0, 100))
@@ -193,7 +201,7 @@ impl RedisRegistry {
         };
         let client = build().map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
-        if replica_reads {
+        if replica_reads.is_some() {
             // Find the master's replicas (ROLE) now; reads fall back to the master meanwhile.
             client.replicas().sync(true).await.map_err(unavailable)?;
         }
@@ -360,7 +368,7 @@ impl Registry for RedisRegistry {
             )
             .await
             .map_err(unavailable)?;
-        if self.replica_reads {
+        if self.replica_reads.is_some() {
             // Readers go to a replica: let it have the record before anyone is told.
             let _: i64 = self.client.wait(1, 100).await.map_err(unavailable)?;
         }
@@ -419,9 +427,10 @@ impl Registry for RedisRegistry {
     }
 
     async fn get(&self, key: NodeKey) -> Result<Option<Vec<u8>>, RegistryError> {
-        if self.replica_reads {
+        if let Some(opts) = &self.replica_reads {
             return self
                 .client
+                .with_options(opts)
                 .replicas()
                 .get(self.node_key(key))
                 .await
@@ -444,8 +453,8 @@ impl Registry for RedisRegistry {
             return Ok(Vec::new());
         }
         let names: Vec<String> = keys.iter().map(|k| self.node_key(*k)).collect();
-        let values: Vec<Option<Vec<u8>>> = if self.replica_reads {
-            self.client.replicas().mget(names).await
+        let values: Vec<Option<Vec<u8>>> = if let Some(opts) = &self.replica_reads {
+            self.client.with_options(opts).replicas().mget(names).await
         } else {
             self.client.mget(names).await
         }

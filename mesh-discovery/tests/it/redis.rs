@@ -253,7 +253,7 @@ async fn sentinel_failover_during_the_test() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_on_master_and_replica() {
+async fn suite_on_master_and_replica_reads_from_the_replica() {
     let master = RedisServer::start();
     let replica = RedisServer::start_with(
         free_port(),
@@ -275,8 +275,11 @@ async fn suite_on_master_and_replica() {
         master_stats.contains("cmdstat_wait:"),
         "writes waited for the replica"
     );
-    // Not asserted: that reads are served by the replica. fred 10.1 knows the replica (ROLE)
-    // but served GET/MGET from the master in this setup; see mesh-discovery/README.md.
+    let replica_stats = replica.full_reply("INFO commandstats");
+    assert!(
+        replica_stats.contains("cmdstat_get:") || replica_stats.contains("cmdstat_mget:"),
+        "reads went to the replica: {replica_stats}"
+    );
 }
 
 #[test]
