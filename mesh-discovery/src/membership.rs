@@ -330,8 +330,15 @@ impl<R: Registry> Membership<R> {
         }
         self.shared.stop.notify_one();
         let task = self.task.lock().take();
-        if let Some(t) = task {
-            let _ = t.await;
+        if let Some(mut t) = task {
+            // The loop may be inside a registry call that an outage holds up (fred's command
+            // timeout): give it one interval, then stop it where it is.
+            if tokio::time::timeout(self.shared.config.update_interval, &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
         }
         let key = self.local_key();
         if let Err(e) = self.shared.registry.remove(key).await {
