@@ -274,6 +274,16 @@ impl RedisRegistry {
         Ok(())
     }
 
+    /// Tells every node of the mesh: `C <key>` (written) or `R <key>` (removed).
+    async fn announce(&self, kind: char, key: NodeKey) -> Result<(), RegistryError> {
+        let _: i64 = self
+            .client
+            .publish(self.channel(), format!("{kind} {key}"))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Removes index members whose records expired in Redis, and tells everyone.
     async fn sweep_expired(&self) -> Result<(), RegistryError> {
         let due: Vec<String> = self
@@ -312,11 +322,7 @@ impl RedisRegistry {
                 .map_err(unavailable)?;
             if removed == 1 {
                 // Only the node that won the ZREM announces it.
-                let _: i64 = self
-                    .client
-                    .publish(self.channel(), format!("R {key}"))
-                    .await
-                    .map_err(unavailable)?;
+                self.announce('R', key).await?;
             }
         }
         Ok(())
@@ -372,11 +378,7 @@ impl Registry for RedisRegistry {
             // Readers go to a replica: let it have the record before anyone is told.
             let _: i64 = self.client.wait(1, 100).await.map_err(unavailable)?;
         }
-        let _: i64 = self
-            .client
-            .publish(self.channel(), format!("C {key}"))
-            .await
-            .map_err(unavailable)?;
+        self.announce('C', key).await?;
         Ok(())
     }
 
@@ -418,11 +420,7 @@ impl Registry for RedisRegistry {
             .zrem(self.index(), key.to_string())
             .await
             .map_err(unavailable)?;
-        let _: i64 = self
-            .client
-            .publish(self.channel(), format!("R {key}"))
-            .await
-            .map_err(unavailable)?;
+        self.announce('R', key).await?;
         Ok(())
     }
 

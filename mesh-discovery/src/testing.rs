@@ -122,6 +122,19 @@ impl RedisServer {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// A replica of this server on a free port; returns once its link to this master is up.
+    pub fn start_replica(&self) -> RedisServer {
+        let replica = Self::start_with(
+            free_port(),
+            &["--replicaof", "127.0.0.1", &self.port.to_string()],
+        );
+        replica.wait_until("replica link up", |r| {
+            r.full_reply("INFO replication")
+                .contains("master_link_status:up")
+        });
+        replica
+    }
+
     /// Its URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -253,14 +266,7 @@ impl RedisSentinels {
     /// Starts the topology; returns once every sentinel sees the replica and the others.
     pub fn start() -> Self {
         let master = RedisServer::start();
-        let replica = RedisServer::start_with(
-            free_port(),
-            &["--replicaof", "127.0.0.1", &master.port.to_string()],
-        );
-        replica.wait_until("replica link up", |r| {
-            r.full_reply("INFO replication")
-                .contains("master_link_status:up")
-        });
+        let replica = master.start_replica();
         let mut sentinels = Vec::new();
         for _ in 0..3 {
             let port = free_port();

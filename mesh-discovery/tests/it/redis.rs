@@ -6,7 +6,7 @@ use std::time::Duration;
 use mesh_discovery::{Membership, MembershipConfig, NodeRecord, RedisRegistry};
 
 use crate::suite;
-use mesh_discovery::testing::{free_port, RedisCluster, RedisSentinels, RedisServer};
+use mesh_discovery::testing::{RedisCluster, RedisSentinels, RedisServer};
 
 use crate::suite::{config as fast, key};
 
@@ -255,14 +255,7 @@ async fn sentinel_failover_during_the_test() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suite_on_master_and_replica_reads_from_the_replica() {
     let master = RedisServer::start();
-    let replica = RedisServer::start_with(
-        free_port(),
-        &["--replicaof", "127.0.0.1", &master.port.to_string()],
-    );
-    replica.wait_until("replica link up", |r| {
-        r.full_reply("INFO replication")
-            .contains("master_link_status:up")
-    });
+    let replica = master.start_replica();
     let url = format!("{}?replicas=true", master.url());
     suite::join_update_leave(&Redis(url.clone())).await;
     suite::falsy_and_structured_values(&Redis(url)).await;
