@@ -221,3 +221,36 @@ async fn send_to_a_silent_address_fails_after_the_timeout() {
     );
     a.close().await;
 }
+
+#[tokio::test]
+async fn close_reports_what_was_not_delivered_and_fails_those_sends() {
+    let mut config = TransportConfig::default();
+    config.close_timeout = Duration::from_millis(200);
+    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let b = transport().await;
+    // Delivered before the close: not in the report.
+    a.send(b.local_addr(), payload(1, 100)).await.unwrap();
+    // Never acknowledged: a socket that does not answer.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let pending = a
+        .queue(
+            silent.local_addr().unwrap(),
+            payload(2, 100),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let report = a.close().await;
+    assert_eq!(report.undelivered.len(), 1);
+    assert_eq!(report.undelivered[0].0, silent.local_addr().unwrap());
+    assert_eq!(pending.await.unwrap(), Err(mesh_rudp::SendError::Closed));
+    assert!(matches!(
+        a.send(b.local_addr(), payload(3, 10)).await,
+        Err(mesh_rudp::TransportError::Send(
+            mesh_rudp::SendError::Closed
+        ))
+    ));
+    b.close().await;
+}
