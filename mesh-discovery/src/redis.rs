@@ -274,6 +274,28 @@ impl RedisRegistry {
         Ok(())
     }
 
+    /// Records in the expiry index when `key` expires, `ms` from now (`XX`: only if listed).
+    async fn index_expiry(
+        &self,
+        key: NodeKey,
+        ms: i64,
+        options: Option<SetOptions>,
+    ) -> Result<(), RegistryError> {
+        let _: i64 = self
+            .client
+            .zadd(
+                self.index(),
+                options,
+                None,
+                false,
+                false,
+                ((now_ms() + ms as u64) as f64, key.to_string()),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Tells every node of the mesh: `C <key>` (written) or `R <key>` (removed).
     async fn announce(&self, kind: char, key: NodeKey) -> Result<(), RegistryError> {
         let _: i64 = self
@@ -362,18 +384,7 @@ impl Registry for RedisRegistry {
             )
             .await
             .map_err(unavailable)?;
-        let _: i64 = self
-            .client
-            .zadd(
-                self.index(),
-                None,
-                None,
-                false,
-                false,
-                ((now_ms() + ms as u64) as f64, key.to_string()),
-            )
-            .await
-            .map_err(unavailable)?;
+        self.index_expiry(key, ms, None).await?;
         if self.replica_reads.is_some() {
             // Readers go to a replica: let it have the record before anyone is told.
             let _: i64 = self.client.wait(1, 100).await.map_err(unavailable)?;
@@ -392,18 +403,7 @@ impl Registry for RedisRegistry {
         if extended == 0 {
             return Err(RegistryError::Missing);
         }
-        let _: i64 = self
-            .client
-            .zadd(
-                self.index(),
-                Some(SetOptions::XX),
-                None,
-                false,
-                false,
-                ((now_ms() + ms as u64) as f64, key.to_string()),
-            )
-            .await
-            .map_err(unavailable)?;
+        self.index_expiry(key, ms, Some(SetOptions::XX)).await?;
         // Every live node refreshes once per interval, so expired members are found within an
         // interval of their expiry.
         self.sweep_expired().await
