@@ -230,6 +230,26 @@ impl<R: Registry> Membership<R> {
         serde_json::from_value(v).ok()
     }
 
+    /// One live node's record (this one included), without copying the whole view.
+    pub fn node(&self, key: NodeKey) -> Option<NodeRecord> {
+        if self.is_local(key) {
+            return Some(self.info());
+        }
+        self.shared.view.read().get(&key).cloned()
+    }
+
+    /// One live node's type (this one included).
+    pub fn node_type_of(&self, key: NodeKey) -> Option<String> {
+        if self.is_local(key) {
+            return Some(self.node_type());
+        }
+        self.shared
+            .view
+            .read()
+            .get(&key)
+            .map(|r| r.node_type.clone())
+    }
+
     /// Whether a node is live (this one included).
     pub fn node_exists(&self, key: NodeKey) -> bool {
         self.is_local(key) || self.shared.view.read().contains_key(&key)

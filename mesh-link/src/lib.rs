@@ -1,10 +1,71 @@
 //! mesh-link: server processes find each other through Redis and talk directly over reliable
-//! UDP (work in progress).
+//! UDP — one-way messages, request/response, unreliable datagrams, fan-out to many nodes.
 //!
-//! This crate will be the facade users depend on: `MeshNode` with handlers, `send`, `request`,
-//! `usend`, fan-out, membership queries and shared objects, plus the `mesh-link` command-line
-//! tool. It composes `mesh-rudp`, `mesh-discovery` and `mesh-shared`. Not implemented yet; the
-//! wire format it will speak is in `mesh-wire`.
+//! A [`MeshNode`] announces itself in a registry (Redis in any topology, or in memory), keeps a
+//! live view of the other nodes, and runs handlers for what they send it. Messages go node to
+//! node over `mesh-rudp`; Redis is only the phone book, and the mesh keeps working while it
+//! is down.
+//!
+//! ```
+//! use mesh_link::{Context, HandlerError, MeshNode, Registry};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Hello { message: String }
+//!
+//! const HELLO: u16 = 1000; // one-way
+//! const ECHO: u16 = 2000;  // request/response
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = Registry::memory(); // or Registry::redis("redis://127.0.0.1:6379")?
+//! let start = || MeshNode::builder()
+//!     .registry(registry.clone())
+//!     .node_type("game")
+//!     .bind("127.0.0.1:0")
+//!     .on(HELLO, |msg: Hello, ctx: Context| async move {
+//!         tracing::info!(from = %ctx.sender(), "{}", msg.message);
+//!     })
+//!     .on_request(ECHO, |msg: Hello, _ctx: Context| async move {
+//!         Ok::<_, HandlerError>(Hello { message: msg.message + "!!!" })
+//!     })
+//!     .start();
+//! let a = start().await?;
+//! let b = start().await?;
+//! a.wait_for(|n| n.nodes_by_type("game").len() == 2).await;
+//!
+//! let games = a.nodes_by_type("game");
+//! let report = a.send(HELLO, &games, &Hello { message: "hi".into() }).await?;
+//! assert!(report.is_ok());
+//!
+//! let reply: Hello = a.request(ECHO, b.local_key(), &Hello { message: "ping".into() }).await?;
+//! assert_eq!(reply.message, "ping!!!");
+//!
+//! a.usend(HELLO, &games, &Hello { message: "may be lost".into() })?;
+//! b.stop().await;
+//! a.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The pieces, each usable alone: `mesh-wire` (bytes), `mesh-rudp` (the transport),
+//! `mesh-discovery` (membership). The `mesh-link` binary runs a node, lists nodes, and pings.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod backend;
+mod config;
+mod error;
+mod handler;
+mod node;
+mod relay;
+
+pub use config::{Config, Registry};
+pub use error::{
+    DeliveryError, Error, HandlerError, RequestError, SendFailed, SendReport, StopReport,
+};
+pub use handler::Context;
+pub use node::{system, Builder, MeshNode, NodeStats, SendOptions, ToNodeKey};
+
+pub use bytes::Bytes;
+pub use mesh_discovery::{MembershipEvent, NodeKey, NodeRecord, RedisTopology};

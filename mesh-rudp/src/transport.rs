@@ -348,6 +348,11 @@ impl Transport {
         flush(&self.shared, &mut st);
     }
 
+    /// Largest message [`send_unreliable`](Self::send_unreliable) takes (one datagram).
+    pub fn max_unreliable_size(&self) -> usize {
+        self.shared.state.lock().endpoint.max_unreliable_size()
+    }
+
     /// Counters over all peers.
     pub fn stats(&self) -> EndpointStats {
         self.shared.state.lock().endpoint.stats()

@@ -1,0 +1,198 @@
+//! Handlers: what runs when a message arrives, and what it is told about it.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use mesh_discovery::NodeKey;
+use mesh_wire::ErrorCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{HandlerError, MeshNode};
+
+/// Why a handler produced no answer: sent back to a requester as an error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A handler with its types erased: bytes in, maybe bytes out.
+pub(crate) type HandlerFn =
+    Arc<dyn Fn(Bytes, Context) -> BoxFuture<'static, Result<Option<Bytes>, Failure>> + Send + Sync>;
+
+/// What a handler is told about the message it handles.
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) node: MeshNode,
+    pub(crate) sender: NodeKey,
+    pub(crate) relayed_by: Option<NodeKey>,
+    pub(crate) local: bool,
+    pub(crate) reliable: bool,
+    pub(crate) handler: u16,
+}
+
+impl Context {
+    /// The node that sent the message (for a relayed message, the node it started from).
+    pub fn sender(&self) -> NodeKey {
+        self.sender
+    }
+
+    /// The sender's address.
+    pub fn address(&self) -> std::net::IpAddr {
+        self.sender.address
+    }
+
+    /// The sender's port.
+    pub fn port(&self) -> u16 {
+        self.sender.port
+    }
+
+    /// The sender's node type, if it is a live member of the mesh.
+    pub fn node_type(&self) -> Option<String> {
+        self.node.inner.membership.node_type_of(self.sender)
+    }
+
+    /// Whether the message came from this node itself (delivered without the network).
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
+    /// Whether the message came reliably (`send`, `request`) rather than by `usend`.
+    pub fn is_reliable(&self) -> bool {
+        self.reliable
+    }
+
+    /// The node that relayed the message here, if it came through a relay tree.
+    pub fn relayed_by(&self) -> Option<NodeKey> {
+        self.relayed_by
+    }
+
+    /// The handler id the message was sent to.
+    pub fn handler(&self) -> u16 {
+        self.handler
+    }
+
+    /// The node the handler runs on, to send further messages from the handler.
+    pub fn node(&self) -> &MeshNode {
+        &self.node
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("sender", &self.sender)
+            .field("relayed_by", &self.relayed_by)
+            .field("local", &self.local)
+            .field("reliable", &self.reliable)
+            .field("handler", &self.handler)
+            .finish()
+    }
+}
+
+/// A one-way handler of typed messages; its answer to a request is `()`.
+pub(crate) fn typed<M, F, Fut>(f: F) -> HandlerFn
+where
+    M: DeserializeOwned + Send + 'static,
+    F: Fn(M, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |data: Bytes, ctx: Context| {
+        let f = f.clone();
+        async move {
+            let msg = decode::<M>(&data)?;
+            f(msg, ctx).await;
+            Ok(None)
+        }
+        .boxed()
+    })
+}
+
+/// A request handler of typed messages with a typed answer.
+pub(crate) fn typed_request<M, R, F, Fut>(f: F) -> HandlerFn
+where
+    M: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    F: Fn(M, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |data: Bytes, ctx: Context| {
+        let f = f.clone();
+        async move {
+            let msg = decode::<M>(&data)?;
+            let reply = f(msg, ctx)
+                .await
+                .map_err(|e| Failure::new(ErrorCode::HANDLER_FAILED, e.message()))?;
+            let bytes = mesh_wire::codec::encode(&reply).map_err(|e| {
+                Failure::new(
+                    ErrorCode::HANDLER_FAILED,
+                    format!("answer not encodable: {e}"),
+                )
+            })?;
+            Ok(Some(Bytes::from(bytes)))
+        }
+        .boxed()
+    })
+}
+
+/// A handler of raw bytes.
+pub(crate) fn raw<F, Fut>(f: F) -> HandlerFn
+where
+    F: Fn(Bytes, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<Bytes>, HandlerError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |data: Bytes, ctx: Context| {
+        let f = f.clone();
+        async move {
+            f(data, ctx)
+                .await
+                .map_err(|e| Failure::new(ErrorCode::HANDLER_FAILED, e.message()))
+        }
+        .boxed()
+    })
+}
+
+fn decode<M: DeserializeOwned>(data: &[u8]) -> Result<M, Failure> {
+    mesh_wire::codec::decode(data).map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e.to_string()))
+}
+
+/// Runs a handler, turning a panic into a failure: the node keeps serving.
+pub(crate) async fn run(h: HandlerFn, data: Bytes, ctx: Context) -> Result<Option<Bytes>, Failure> {
+    let id = ctx.handler;
+    match AssertUnwindSafe(async move { h(data, ctx).await })
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string payload".to_owned());
+            tracing::error!(handler = id, panic = %what, "handler panicked");
+            Err(Failure::new(
+                ErrorCode::HANDLER_FAILED,
+                format!("handler panicked: {what}"),
+            ))
+        }
+    }
+}

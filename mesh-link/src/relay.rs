@@ -1,0 +1,157 @@
+//! Relay trees: how a message to many nodes is spread by the nodes themselves.
+//!
+//! The sender deals the targets round-robin into `limit` buckets; the head of each bucket gets
+//! the message with the rest of its bucket, delivers it to its own handler, and spreads it to
+//! the rest the same way. Each head answers with a [`RelayReport`] covering its whole
+//! subtree, so the sender's report covers every node. A head that fails (not acknowledged,
+//! down, timed out) has its share re-dealt by its parent, and every node drops a copy it
+//! already had (by origin and fan-out id), so re-routing never runs a handler twice.
+
+use std::collections::{HashSet, VecDeque};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use mesh_discovery::NodeKey;
+use serde::{Deserialize, Serialize};
+
+use crate::DeliveryError;
+
+/// Relayed copies remembered per node to drop duplicates.
+pub(crate) const SEEN_CAPACITY: usize = 16_384;
+
+/// What a relay carries besides the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RelayHeader {
+    /// Names this fan-out, with `origin`.
+    pub(crate) fanout: u64,
+    /// The node that sent the message.
+    pub(crate) origin: NodeKey,
+    /// The handler to run.
+    pub(crate) handler: u16,
+    /// Branching factor.
+    pub(crate) limit: u16,
+    /// How long the receiver may take to report, in milliseconds.
+    pub(crate) budget_ms: u32,
+    /// The nodes the receiver spreads the message to.
+    pub(crate) nodes: Vec<NodeKey>,
+}
+
+/// What a relay head reports for itself and its subtree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RelayReport {
+    pub(crate) delivered: Vec<NodeKey>,
+    pub(crate) failed: Vec<(NodeKey, DeliveryError)>,
+}
+
+/// `header length (u32 BE) ‖ header ‖ message`.
+pub(crate) fn encode(header: &RelayHeader, data: &[u8]) -> Result<Bytes, mesh_wire::CodecError> {
+    let h = mesh_wire::codec::encode(header)?;
+    let mut out = BytesMut::with_capacity(4 + h.len() + data.len());
+    out.put_u32(h.len() as u32);
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    Ok(out.freeze())
+}
+
+/// The inverse of [`encode`]; the message is a slice of `payload`, not a copy.
+pub(crate) fn decode(payload: &Bytes) -> Option<(RelayHeader, Bytes)> {
+    let len = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?) as usize;
+    let end = 4usize.checked_add(len)?;
+    let header = mesh_wire::codec::decode(payload.get(4..end)?).ok()?;
+    Some((header, payload.slice(end..)))
+}
+
+/// Deals `nodes` round-robin into at most `limit` non-empty buckets (order kept within each).
+pub(crate) fn branch(nodes: &[NodeKey], limit: usize) -> Vec<Vec<NodeKey>> {
+    let n = limit.clamp(1, nodes.len().max(1));
+    let mut buckets: Vec<Vec<NodeKey>> = vec![Vec::new(); n.min(nodes.len())];
+    for (i, k) in nodes.iter().enumerate() {
+        buckets[i % n].push(*k);
+    }
+    buckets
+}
+
+/// The relayed copies a node has seen, oldest forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    set: HashSet<(NodeKey, u64)>,
+    order: VecDeque<(NodeKey, u64)>,
+}
+
+impl Seen {
+    /// Records a copy; false if it was seen already.
+    pub(crate) fn insert(&mut self, origin: NodeKey, fanout: u64) -> bool {
+        if !self.set.insert((origin, fanout)) {
+            return false;
+        }
+        self.order.push_back((origin, fanout));
+        if self.order.len() > SEEN_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(n: u16) -> Vec<NodeKey> {
+        (0..n)
+            .map(|i| NodeKey::new("127.0.0.1".parse().unwrap(), 9000 + i))
+            .collect()
+    }
+
+    #[test]
+    fn branches_round_robin_without_empty_buckets() {
+        let k = keys(5);
+        let b = branch(&k, 2);
+        assert_eq!(b, vec![vec![k[0], k[2], k[4]], vec![k[1], k[3]]]);
+        assert_eq!(branch(&k[..2], 1), vec![vec![k[0], k[1]]]);
+        assert_eq!(branch(&k[..2], 5).len(), 2);
+        assert!(branch(&[], 3).is_empty());
+        for n in 0..40u16 {
+            for limit in 1..8 {
+                let k = keys(n);
+                let b = branch(&k, limit);
+                assert!(b.iter().all(|x| !x.is_empty()));
+                assert_eq!(b.iter().map(Vec::len).sum::<usize>(), k.len());
+                assert!(b.len() <= limit);
+            }
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_garbage_is_refused() {
+        let h = RelayHeader {
+            fanout: 7,
+            origin: keys(1)[0],
+            handler: 12,
+            limit: 3,
+            budget_ms: 900,
+            nodes: keys(4),
+        };
+        let b = encode(&h, b"data").unwrap();
+        let (h2, d) = decode(&b).unwrap();
+        assert_eq!(h2, h);
+        assert_eq!(&d[..], b"data");
+        for cut in 0..b.len() - 4 {
+            assert!(decode(&b.slice(..cut)).is_none(), "cut at {cut}");
+        }
+        assert!(decode(&Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1])).is_none());
+    }
+
+    #[test]
+    fn seen_is_bounded_and_drops_duplicates() {
+        let mut s = Seen::default();
+        let o = keys(1)[0];
+        assert!(s.insert(o, 1));
+        assert!(!s.insert(o, 1));
+        for i in 2..(SEEN_CAPACITY as u64 + 10) {
+            s.insert(o, i);
+        }
+        assert!(s.set.len() <= SEEN_CAPACITY);
+        assert!(s.insert(o, 1), "the oldest is forgotten");
+    }
+}
