@@ -1,0 +1,330 @@
+//! The `mesh-link` command: run a node, list the nodes of a mesh, ping a node.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool talks on stdout and stderr"
+)]
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mesh_discovery::{NodeRecord, RedisRegistry, Registry as _};
+use mesh_link::{Config, MeshNode, NodeKey, Registry, RequestError};
+
+/// Server processes that find each other through Redis and talk over reliable UDP.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-link", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ping a node: prints PONG with the round-trip time of each answer, then a summary.
+    /// Exits 1 if the node never answers.
+    Ping {
+        /// The node's address.
+        address: IpAddr,
+        /// The node's port.
+        port: u16,
+        /// How many pings.
+        #[arg(short, long, default_value_t = 4)]
+        count: u32,
+        /// Pause between pings, in milliseconds.
+        #[arg(short, long, default_value_t = 200)]
+        interval: u64,
+        /// How long to wait for each answer, in milliseconds.
+        #[arg(short, long, default_value_t = 1000)]
+        timeout: u64,
+    },
+    /// Run a node until SIGINT or SIGTERM, then leave the mesh gracefully. Without --redis it
+    /// runs alone on an in-memory registry (and still answers pings).
+    Node {
+        /// Redis URL: redis://host:port, redis://host:port?replicas=true,
+        /// redis-sentinel://host:port?sentinelServiceName=NAME, redis-cluster://host:port.
+        #[arg(long, env = "MESH_REDIS_URL")]
+        redis: Option<String>,
+        /// The mesh's name.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// This node's type.
+        #[arg(long = "type")]
+        node_type: Option<String>,
+        /// Address and first port to bind (the next ports are tried if it is taken).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+        /// A value to publish, NAME=VALUE (VALUE is JSON if it parses as JSON, else text).
+        /// Repeatable.
+        #[arg(long = "value", value_parser = parse_value)]
+        values: Vec<(String, serde_json::Value)>,
+        /// A TOML file with any `Config` setting; the flags above override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// List the live nodes of a mesh, as a table or as JSON lines.
+    Nodes {
+        /// Redis URL (see `node --help`).
+        #[arg(long, env = "MESH_REDIS_URL")]
+        redis: String,
+        /// The mesh's name.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only nodes of this type.
+        #[arg(long = "type")]
+        node_type: Option<String>,
+        /// One JSON record per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_value(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    if name.is_empty() {
+        return Err("the value's name is empty".into());
+    }
+    let v = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.into()));
+    Ok((name.to_owned(), v))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mesh-link: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Ping {
+                address,
+                port,
+                count,
+                interval,
+                timeout,
+            } => ping(address, port, count, interval, timeout).await,
+            Command::Node {
+                redis,
+                prefix,
+                node_type,
+                bind,
+                values,
+                config,
+            } => node(redis, prefix, node_type, bind, values, config).await,
+            Command::Nodes {
+                redis,
+                prefix,
+                node_type,
+                json,
+            } => nodes(&redis, &prefix, node_type.as_deref(), json).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mesh-link: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The local address the OS would use to reach `target` (no packet is sent).
+fn source_for(target: SocketAddr) -> Fallible<IpAddr> {
+    let any: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let s = UdpSocket::bind(any)?;
+    s.connect(target)?;
+    Ok(s.local_addr()?.ip())
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+async fn ping(
+    address: IpAddr,
+    port: u16,
+    count: u32,
+    interval: u64,
+    timeout: u64,
+) -> Fallible<ExitCode> {
+    let target = SocketAddr::new(address, port);
+    let mut config = Config::default();
+    config.address = Some(source_for(target)?);
+    config.port = 0;
+    config.node_type = "mesh-link-ping".into();
+    // Give up on the peer after the answer timeout rather than the default 5 s.
+    config.peer_timeout = Duration::from_millis(timeout.max(100));
+    let node = MeshNode::builder()
+        .config(|c| *c = config)
+        .registry(Registry::memory())
+        .start()
+        .await?;
+    let mut rtts = Vec::new();
+    for i in 0..count {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(interval)).await;
+        }
+        match node
+            .ping(NodeKey::from(target), Duration::from_millis(timeout))
+            .await
+        {
+            Ok(rtt) => {
+                println!("PONG from {target} time={}", micros(rtt));
+                rtts.push(rtt);
+            }
+            Err(RequestError::Timeout { .. }) => {
+                println!("no answer from {target} within {timeout} ms")
+            }
+            Err(e) => println!("no answer from {target}: {e}"),
+        }
+    }
+    node.stop().await;
+    if rtts.is_empty() {
+        println!("0 answers of {count}");
+        return Ok(ExitCode::FAILURE);
+    }
+    rtts.sort();
+    let pct = |p: usize| rtts[(rtts.len() * p / 100).min(rtts.len() - 1)];
+    println!(
+        "{} answers of {count}, p50 {}, p99 {}",
+        rtts.len(),
+        micros(pct(50)),
+        micros(pct(99))
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn node(
+    redis: Option<String>,
+    prefix: Option<String>,
+    node_type: Option<String>,
+    bind: Option<SocketAddr>,
+    values: Vec<(String, serde_json::Value)>,
+    file: Option<PathBuf>,
+) -> Fallible<ExitCode> {
+    let mut config: Config = match &file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if redis.is_some() {
+        config.redis = redis;
+    }
+    if let Some(p) = prefix {
+        config.prefix = p;
+    }
+    if let Some(t) = node_type {
+        config.node_type = t;
+    }
+    if let Some(b) = bind {
+        config.address = Some(b.ip());
+        config.port = b.port();
+    }
+    config.values.extend(values);
+    let registry = config
+        .redis
+        .clone()
+        .unwrap_or_else(|| "memory (alone)".into());
+    let node = MeshNode::start(config.clone()).await?;
+    println!(
+        "mesh-link node listening on {} (type {:?}, prefix {:?}, registry {registry})",
+        node.local_key(),
+        config.node_type,
+        config.prefix
+    );
+    wait_for_signal().await?;
+    println!("stopping");
+    let report = node.stop().await;
+    if report.is_clean() {
+        println!("stopped");
+    } else {
+        println!("stopped with work left: {report:?}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> Fallible<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> Fallible<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+async fn nodes(
+    redis: &str,
+    prefix: &str,
+    node_type: Option<&str>,
+    json: bool,
+) -> Fallible<ExitCode> {
+    let registry = RedisRegistry::connect(redis, prefix).await?;
+    let mut records: Vec<NodeRecord> = registry
+        .snapshot()
+        .await?
+        .into_iter()
+        .filter_map(|(_, bytes)| NodeRecord::decode(&bytes).ok())
+        .filter(|r| node_type.is_none_or(|t| r.node_type == t))
+        .collect();
+    records.sort_by_key(|r| r.key);
+    if json {
+        for r in &records {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<(String, String, String)> = records
+        .iter()
+        .map(|r| {
+            let values = r
+                .values
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            (r.key.to_string(), r.node_type.clone(), values)
+        })
+        .collect();
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(7);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(4);
+    println!("{:<w0$}  {:<w1$}  VALUES", "ADDRESS", "TYPE");
+    for (a, t, v) in &rows {
+        println!("{a:<w0$}  {t:<w1$}  {v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

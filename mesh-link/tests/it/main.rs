@@ -1,0 +1,9 @@
+//! mesh-link end to end: real sockets, a real `redis-server` per test where Redis is needed,
+//! and the `mesh-link` binary for the multi-process tests.
+
+mod cli;
+mod common;
+mod messaging;
+mod outage;
+mod relay;
+mod scenarios;

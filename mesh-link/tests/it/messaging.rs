@@ -1,0 +1,400 @@
+//! Messaging on the in-memory registry and real sockets: sizes, errors, local delivery,
+//! datagrams, binding, stopping.
+
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_link::{
+    Bytes, Config, DeliveryError, Error, HandlerError, MembershipEvent, MeshNode, NodeKey,
+    Registry, RequestError,
+};
+
+use crate::common::*;
+
+async fn pair() -> (Registry, MeshNode, Shared, MeshNode, Shared) {
+    let registry = Registry::memory();
+    let (a, am) = suite_node(&registry, fast("m"), "a").await;
+    let (b, bm) = suite_node(&registry, fast("m"), "b").await;
+    wait_nodes(&a, 2).await;
+    wait_nodes(&b, 2).await;
+    (registry, a, am, b, bm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_both_ways() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    b.on_request(100, |v: Vec<u8>, _c| async move {
+        Ok::<_, HandlerError>(v.iter().rev().copied().collect::<Vec<u8>>())
+    })
+    .unwrap();
+    for size in [0usize, 1, 1300, 1301, 100_000, 2_000_000] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let back: Vec<u8> = a.request(100, b.local_key(), &data).await.unwrap();
+        assert_eq!(back.len(), size);
+        assert!(back.iter().rev().eq(data.iter()), "size {size}");
+    }
+    let e = a
+        .request::<_, ()>(100, b.local_key(), &vec![0u8; 17 << 20])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RequestError::Encode(_)), "{e:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_come_back_typed_and_the_node_keeps_serving() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let bk = b.local_key();
+    // No handler: an answer, not a timeout (the request's timeout is far longer than the test).
+    let e = within(
+        "no-handler answer",
+        10,
+        a.request_with::<_, ()>(999, bk, &(), Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        e,
+        RequestError::NoHandler {
+            handler: 999,
+            node: bk
+        }
+    );
+    assert_eq!(b.stats().no_handler, 1);
+    // The same locally.
+    let e = a
+        .request::<_, ()>(999, a.local_key(), &())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        RequestError::NoHandler {
+            handler: 999,
+            node: a.local_key()
+        }
+    );
+    // A handler's error, and a panic.
+    let e = a.request::<_, ()>(13, bk, &()).await.unwrap_err();
+    assert_eq!(
+        e,
+        RequestError::Handler {
+            node: bk,
+            message: "no such thing".into()
+        }
+    );
+    for _ in 0..3 {
+        let e = a.request::<_, ()>(14, bk, &()).await.unwrap_err();
+        assert!(
+            matches!(&e, RequestError::Handler { message, .. } if message.contains("panicked")),
+            "{e:?}"
+        );
+    }
+    let e = a
+        .request::<_, ()>(14, a.local_key(), &())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, RequestError::Handler { message, .. } if message.contains("panicked")),
+        "{e:?}"
+    );
+    // A request the handler cannot decode.
+    let e = a.request::<_, Msg>(1, bk, &42u8).await.unwrap_err();
+    assert!(matches!(e, RequestError::BadRequest { .. }), "{e:?}");
+    // An answer of another type than expected.
+    let e = a
+        .request::<_, [u64; 16]>(1, bk, &msg("x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RequestError::BadResponse { .. }), "{e:?}");
+    // Still serving.
+    let r: Msg = a.request(1, bk, &msg("still")).await.unwrap();
+    assert_eq!(r.message, "still world");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_ids_are_checked() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    assert!(matches!(
+        a.on(1, |_: (), _| async {}),
+        Err(Error::DuplicateHandler(1))
+    ));
+    assert!(matches!(
+        a.on(65_001, |_: (), _| async {}),
+        Err(Error::ReservedHandler(65_001))
+    ));
+    assert!(a.on(65_000, |_: (), _| async {}).is_ok());
+    let e = MeshNode::builder()
+        .config(|c| *c = fast("ids"))
+        .on(5, |_: (), _| async {})
+        .on(5, |_: (), _| async {})
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::DuplicateHandler(5)), "{e:?}");
+    // Removing a handler: requests to it get NoHandler.
+    assert!(b.remove_handler(1));
+    let e = a
+        .request::<_, Msg>(1, b.local_key(), &msg("x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RequestError::NoHandler { .. }));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_delivery_skips_the_network() {
+    let registry = Registry::memory();
+    let (a, am) = suite_node(&registry, fast("local"), "a").await;
+    let before = a.transport_stats();
+    let report = a.send(7, [a.local_key()], &msg("self")).await.unwrap();
+    assert_eq!(report.delivered, vec![a.local_key()]);
+    wait_runs(&am, 7, 1).await;
+    let r: Option<Msg> = a.request(8, a.local_key(), &()).await.unwrap();
+    assert_eq!(r, Some(msg("self")));
+    let report = a.send(4242, [a.local_key()], &()).await.unwrap();
+    assert_eq!(
+        report.failed,
+        vec![(a.local_key(), DeliveryError::NoHandler)]
+    );
+    assert_eq!(
+        a.transport_stats(),
+        before,
+        "nothing went through the transport"
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usend_and_urequest() {
+    let (_r, a, _am, b, bm) = pair().await;
+    a.usend(7, [b.local_key()], &msg("datagram")).unwrap();
+    within("the datagram arrives (loopback)", 10, async {
+        while runs(&bm, 7) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(bm.lock().remembered, Some(msg("datagram")));
+    let e = a
+        .usend(7, [b.local_key()], &msg(&"x".repeat(5000)))
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+    let r: Msg = a
+        .urequest(1, b.local_key(), &msg("u"), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(r.message, "u world");
+    // An answer too big for a datagram comes back reliably.
+    b.on_request(101, |n: usize, _c| async move {
+        Ok::<_, HandlerError>(vec![1u8; n])
+    })
+    .unwrap();
+    let big: Vec<u8> = a
+        .urequest(101, b.local_key(), &50_000usize, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(big.len(), 50_000);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_ping_ping_and_echo() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.send_to(b"ping", b.local_key().socket_addr()).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = s.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"PONG\n");
+    assert_eq!(from, b.local_key().socket_addr());
+    a.ping(b.local_key(), Duration::from_secs(2)).await.unwrap();
+    let data = Bytes::from_static(b"echo me");
+    assert_eq!(
+        a.echo(b.local_key(), data.clone(), Duration::from_secs(2))
+            .await
+            .unwrap(),
+        data
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_dead_node_fail_within_the_timeout() {
+    let registry = Registry::memory();
+    let (a, _am) = suite_node(&registry, fast("dead"), "a").await;
+    // A socket that never answers: a node that died without a word.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = NodeKey::from(silent.local_addr().unwrap());
+    let timeout = Duration::from_secs(2);
+    let e = within(
+        "request to a dead node",
+        10,
+        a.request_with::<_, ()>(1, dead, &msg("x"), timeout),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RequestError::NotDelivered { .. } | RequestError::Timeout { .. }
+        ),
+        "{e:?}"
+    );
+    let report = within("send to a dead node", 10, a.send(7, [dead], &msg("x")))
+        .await
+        .unwrap();
+    assert_eq!(report.failed.len(), 1);
+    assert!(
+        matches!(report.failed[0].1, DeliveryError::Unreachable(_)),
+        "{report:?}"
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_is_seen_leaving_and_fails_requests_at_once() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let mut events = a.membership_events();
+    let bk = b.local_key();
+    let report = b.stop().await;
+    assert!(report.is_clean(), "{report:?}");
+    within("a sees b leave", 10, async {
+        loop {
+            if let Ok(MembershipEvent::Left(r)) = events.recv().await {
+                if r.key == bk {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    let e = within(
+        "request to a stopped node",
+        10,
+        a.request_with::<_, Msg>(1, bk, &msg("x"), Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, RequestError::NotDelivered { .. }), "{e:?}");
+    // A stopped node refuses work with a typed error, and a second stop is a no-op.
+    assert!(matches!(
+        b.send(7, [a.local_key()], &()).await,
+        Err(Error::Stopped)
+    ));
+    assert!(matches!(
+        b.request::<_, ()>(1, a.local_key(), &()).await,
+        Err(RequestError::Stopped)
+    ));
+    assert!(b.stop().await.is_clean());
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_waits_for_running_handlers() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    b.on(200, move |(): (), _c| {
+        let d = d.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            d.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    let report = a.send(200, [b.local_key()], &()).await.unwrap();
+    assert!(report.is_ok());
+    let stop = b.stop().await;
+    assert!(stop.is_clean(), "{stop:?}");
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        1,
+        "the handler finished before stop returned"
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_follows_the_configuration() {
+    // A taken first port: the next one is used.
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut c = fast("bind");
+    c.port = port;
+    match MeshNode::builder().config(|x| *x = c.clone()).start().await {
+        Ok(n) => {
+            assert!(n.local_key().port > port && n.local_key().port < port.saturating_add(100));
+            n.stop().await;
+        }
+        // The next 99 ports may all be taken on a busy machine: then the error says which.
+        Err(Error::Bind { first, .. }) => assert_eq!(first, port),
+        Err(e) => panic!("{e:?}"),
+    }
+    // Only one port allowed, and it is taken.
+    c.port_attempts = 1;
+    let e = MeshNode::builder()
+        .config(|x| *x = c.clone())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Bind { .. }), "{e:?}");
+    // An unspecified address cannot be announced.
+    let mut c = fast("bind");
+    c.address = Some("0.0.0.0".parse().unwrap());
+    assert!(matches!(MeshNode::start(c).await, Err(Error::Config(_))));
+    // A named interface: the loopback's address; a missing one fails or falls back.
+    let mut c = fast("bind");
+    c.address = None;
+    c.nic = Some("lo".into());
+    let n = MeshNode::start(c.clone()).await.unwrap();
+    assert!(n.local_key().address.is_loopback());
+    n.stop().await;
+    c.nic = Some("no-such-nic0".into());
+    assert!(matches!(
+        MeshNode::start(c.clone()).await,
+        Err(Error::NoInterface(_))
+    ));
+    c.strict = false;
+    let n = MeshNode::start(c).await.unwrap();
+    assert!(n.local_key().address.is_loopback());
+    n.stop().await;
+}
+
+#[tokio::test]
+async fn config_from_toml_and_unknown_redis() {
+    let c: Config = toml::from_str(
+        r#"
+        prefix = "t"
+        node_type = "game"
+        address = "127.0.0.1"
+        port = 0
+        request_timeout = "250ms"
+        send_interval = "1ms"
+        relay_limit = 2
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.request_timeout, Duration::from_millis(250));
+    let n = MeshNode::start(c).await.unwrap();
+    assert_eq!(n.node_type(), "game");
+    n.stop().await;
+    // No Redis there: start fails with a registry error, and frees its port.
+    let mut c = fast("t");
+    c.redis = Some(format!(
+        "redis://127.0.0.1:{}",
+        mesh_discovery::testing::free_port()
+    ));
+    let e = MeshNode::start(c).await.unwrap_err();
+    assert!(matches!(e, Error::Registry(_)), "{e:?}");
+    let mut c = fast("t");
+    c.redis = Some("http://x".into());
+    assert!(matches!(MeshNode::start(c).await, Err(Error::Registry(_))));
+}
