@@ -824,9 +824,26 @@ impl MeshNode {
         M: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let node = node.node_key();
+        self.typed_request(id, node.node_key(), msg, timeout, true)
+            .await
+    }
+
+    async fn typed_request<M, R>(
+        &self,
+        id: u16,
+        node: NodeKey,
+        msg: &M,
+        timeout: Duration,
+        reliable: bool,
+    ) -> Result<R, RequestError>
+    where
+        M: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
         let data = self.encode_request(msg)?;
-        let answer = self.request_bytes(id, node, data, timeout, true).await?;
+        let answer = self
+            .request_bytes(id, node, data, timeout, reliable)
+            .await?;
         decode_answer(node, &answer)
     }
 
@@ -906,10 +923,8 @@ impl MeshNode {
         M: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let node = node.node_key();
-        let data = self.encode_request(msg)?;
-        let answer = self.request_bytes(id, node, data, timeout, false).await?;
-        decode_answer(node, &answer)
+        self.typed_request(id, node.node_key(), msg, timeout, false)
+            .await
     }
 
     /// Round-trip time to a node's system ping handler (any mesh-link node answers).
