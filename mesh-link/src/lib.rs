@@ -56,6 +56,8 @@
 mod backend;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod node;
 mod relay;
@@ -69,3 +71,8 @@ pub use node::{system, Builder, MeshNode, NodeStats, SendOptions, ToNodeKey};
 
 pub use bytes::Bytes;
 pub use mesh_discovery::{MembershipEvent, NodeKey, NodeRecord, RedisTopology};
+
+/// The workspace README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

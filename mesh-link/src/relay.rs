@@ -154,4 +154,38 @@ mod tests {
         assert!(s.set.len() <= SEEN_CAPACITY);
         assert!(s.insert(o, 1), "the oldest is forgotten");
     }
+
+    /// The fuzz target `mesh_message` starts from these seeds; they must stay readable.
+    /// Rewrite them with `MESH_LINK_WRITE_SEEDS=1 cargo test -p mesh-link --lib seeds`.
+    #[test]
+    fn fuzz_seeds_are_readable() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/mesh_message");
+        let header = RelayHeader {
+            fanout: 0x1234_5678,
+            origin: keys(1)[0],
+            handler: 7,
+            limit: 2,
+            budget_ms: 8000,
+            nodes: keys(3),
+        };
+        let relay = encode(&header, b"hello").unwrap();
+        let report = mesh_wire::codec::encode(&RelayReport {
+            delivered: keys(2),
+            failed: vec![
+                (keys(3)[2], DeliveryError::NotMember),
+                (keys(1)[0], DeliveryError::Unreachable("x".into())),
+            ],
+        })
+        .unwrap();
+        if std::env::var_os("MESH_LINK_WRITE_SEEDS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("relay"), &relay).unwrap();
+            std::fs::write(dir.join("report"), &report).unwrap();
+        }
+        let relay_seed = Bytes::from(std::fs::read(dir.join("relay")).unwrap());
+        assert_eq!(decode(&relay_seed).unwrap().0, header);
+        let report_seed = std::fs::read(dir.join("report")).unwrap();
+        assert!(mesh_wire::codec::decode::<RelayReport>(&report_seed).is_ok());
+    }
 }
