@@ -1,0 +1,714 @@
+//! The state machine: the objects this node owns, the replicas it holds, and what it must
+//! send and report.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tracing::debug;
+
+use crate::model::{apply_change, apply_op, precheck, Change, Op, Properties, Rejected};
+use crate::wire::{Message, Mid, RemoveReason, Reply};
+
+/// Limits and timings of [`Objects`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Objects owned plus replicas held. Default 100 000.
+    pub max_objects: usize,
+    /// Watchers per owned object. Default 4096.
+    pub max_watchers: usize,
+    /// Out-of-order changes a replica holds while it waits for a missing one. Default 1024;
+    /// past it, the replica resyncs.
+    pub max_pending: usize,
+    /// How long a replica waits for a missing change before it resyncs. Default 1 s.
+    pub gap_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_objects: 100_000,
+            max_watchers: 4096,
+            max_pending: 1024,
+            gap_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Something that happened to an object, reported once per node.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A property changed: its new value, and the object's version after the change.
+    Update {
+        /// The property.
+        prop: String,
+        /// Its value now.
+        value: Value,
+        /// The object's version.
+        version: u64,
+    },
+    /// The object is gone from this node; no event follows.
+    Removed(RemoveReason),
+}
+
+/// What the node must do.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send `message` to `to` reliably (no answer expected).
+    Send {
+        /// The node.
+        to: SocketAddr,
+        /// The message.
+        message: Message,
+    },
+    /// Report an event on an object to this node's users.
+    Event {
+        /// The object.
+        mid: Mid,
+        /// What happened.
+        event: Event,
+    },
+    /// A replica missed changes: ask the owner for a [`Message::Get`] snapshot and pass the
+    /// answer to [`Objects::snapshot`].
+    Resync {
+        /// The object.
+        mid: Mid,
+    },
+}
+
+/// What [`Objects::prepare`] decided.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Prepared {
+    /// This node owns the object: the change is applied (and already reported).
+    Applied {
+        /// The version after the change.
+        version: u64,
+    },
+    /// Send this request to the owner, and pass its [`Reply`] to [`Objects::reply`].
+    Ask(Message),
+}
+
+#[derive(Debug)]
+struct Owned {
+    props: Properties,
+    version: u64,
+    ttl: Duration,
+    expires: Instant,
+    watchers: BTreeSet<SocketAddr>,
+}
+
+#[derive(Debug)]
+struct Replica {
+    props: Properties,
+    version: u64,
+    ttl_ms: u64,
+    /// Changes that arrived ahead of a missing one.
+    pending: BTreeMap<u64, Change>,
+    /// Since when a change is missing.
+    gap_since: Option<Instant>,
+    resyncing: bool,
+}
+
+/// Every shared object one node knows: those it owns (it orders their changes) and the
+/// replicas it watches. Sans-IO: it is told what arrives and what time it is, and says what
+/// to send and report through [`poll_output`](Self::poll_output).
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use mesh_shared::{Event, Objects, Op, Output, Prepared, Properties};
+///
+/// let owner_addr = "127.0.0.1:8100".parse().unwrap();
+/// let mut owner = Objects::new(owner_addr, Default::default());
+/// let now = Instant::now();
+/// let props = Properties::new().number("counter", 0.0, 0.0..=100.0);
+/// let (mid, ask) = owner.create(now, 7, props, Duration::from_secs(60), owner_addr).unwrap();
+/// assert!(ask.is_none()); // created here, nothing to send
+/// let op = Op::Inc { prop: "counter".into(), delta: 10.0 };
+/// assert_eq!(owner.prepare(now, mid, op).unwrap(), Prepared::Applied { version: 1 });
+/// assert_eq!(owner.value(mid, "counter"), Some(serde_json::json!(10.0)));
+/// assert!(matches!(owner.poll_output(), Some(Output::Event { event: Event::Update { version: 1, .. }, .. })));
+/// ```
+#[derive(Debug)]
+pub struct Objects {
+    local: SocketAddr,
+    config: Config,
+    owned: HashMap<u128, Owned>,
+    replicas: HashMap<Mid, Replica>,
+    out: VecDeque<Output>,
+}
+
+impl Objects {
+    /// A node at `local` with no objects.
+    pub fn new(local: SocketAddr, config: Config) -> Self {
+        Self {
+            local,
+            config,
+            owned: HashMap::new(),
+            replicas: HashMap::new(),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Objects owned plus replicas held.
+    pub fn len(&self) -> usize {
+        self.owned.len() + self.replicas.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether this node holds the object (owned or as a replica).
+    pub fn contains(&self, mid: Mid) -> bool {
+        self.props(mid).is_some()
+    }
+
+    /// The object's properties as this node sees them.
+    pub fn props(&self, mid: Mid) -> Option<&Properties> {
+        if mid.owner == self.local {
+            self.owned.get(&mid.id).map(|o| &o.props)
+        } else {
+            self.replicas.get(&mid).map(|r| &r.props)
+        }
+    }
+
+    /// The object's version as this node sees it.
+    pub fn version(&self, mid: Mid) -> Option<u64> {
+        if mid.owner == self.local {
+            self.owned.get(&mid.id).map(|o| o.version)
+        } else {
+            self.replicas.get(&mid).map(|r| r.version)
+        }
+    }
+
+    /// One property's value as this node sees it.
+    pub fn value(&self, mid: Mid, prop: &str) -> Option<Value> {
+        self.props(mid)?.get(prop).map(crate::Property::to_value)
+    }
+
+    /// Watchers of an object this node owns.
+    pub fn watchers(&self, id: u128) -> Vec<SocketAddr> {
+        self.owned
+            .get(&id)
+            .map(|o| o.watchers.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn event(&mut self, mid: Mid, event: Event) {
+        self.out.push_back(Output::Event { mid, event });
+    }
+
+    fn room(&self) -> Result<(), Rejected> {
+        if self.len() >= self.config.max_objects {
+            Err(Rejected::TooMany)
+        } else {
+            Ok(())
+        }
+    }
+
+    // ----- the creator's side -----------------------------------------------------------
+
+    /// Creates an object owned by `owner` with id `id` (random, from the caller). If this
+    /// node is the owner it is created at once; otherwise send the returned request to the
+    /// owner and pass its reply to [`reply`](Self::reply).
+    pub fn create(
+        &mut self,
+        now: Instant,
+        id: u128,
+        props: Properties,
+        ttl: Duration,
+        owner: SocketAddr,
+    ) -> Result<(Mid, Option<Message>), Rejected> {
+        props.validate()?;
+        let mid = Mid { id, owner };
+        if owner == self.local {
+            self.room()?;
+            if self.owned.contains_key(&id) {
+                return Err(Rejected::Exists);
+            }
+            self.owned.insert(
+                id,
+                Owned {
+                    props,
+                    version: 0,
+                    ttl,
+                    expires: now + ttl,
+                    watchers: BTreeSet::new(),
+                },
+            );
+            return Ok((mid, None));
+        }
+        let ttl_ms = ttl.as_millis().min(u64::MAX as u128) as u64;
+        Ok((mid, Some(Message::Create { id, props, ttl_ms })))
+    }
+
+    /// Asks for a replica of an object owned elsewhere: send the returned request to the
+    /// owner and pass its reply to [`reply`](Self::reply). `None` if this node already holds
+    /// the object.
+    pub fn get(&self, mid: Mid) -> Option<Message> {
+        (!self.contains(mid)).then_some(Message::Get { id: mid.id })
+    }
+
+    /// Prepares a change: applied at once on the owner, or a request for it.
+    pub fn prepare(&mut self, now: Instant, mid: Mid, op: Op) -> Result<Prepared, Rejected> {
+        if mid.owner == self.local {
+            let (version, _) = self.apply_owned(now, mid.id, self.local, &op)?;
+            return Ok(Prepared::Applied { version });
+        }
+        let r = self.replicas.get(&mid).ok_or(Rejected::NotFound)?;
+        precheck(&r.props, &op)?;
+        Ok(Prepared::Ask(Message::Apply { id: mid.id, op }))
+    }
+
+    /// Removes an object everywhere: at once if this node owns it; otherwise send the
+    /// returned request to the owner and pass its reply to [`reply`](Self::reply).
+    pub fn remove(&mut self, mid: Mid) -> Result<Option<Message>, Rejected> {
+        if mid.owner == self.local {
+            self.remove_owned(mid.id, RemoveReason::Removed, None)?;
+            return Ok(None);
+        }
+        Ok(Some(Message::Remove { id: mid.id }))
+    }
+
+    /// Stops watching a replica (its last user let go). Returns the notice for the owner.
+    pub fn release(&mut self, mid: Mid) -> Option<Message> {
+        if mid.owner == self.local {
+            return None;
+        }
+        self.replicas
+            .remove(&mid)
+            .map(|_| Message::Unwatch { id: mid.id })
+    }
+
+    /// The owner's reply to a request this node sent about `mid`. Returns the outcome for the
+    /// caller: the version a change became, or why it was refused.
+    pub fn reply(
+        &mut self,
+        now: Instant,
+        mid: Mid,
+        asked: &Message,
+        reply: Reply,
+    ) -> Result<u64, Rejected> {
+        match (asked, reply) {
+            (_, Reply::Rejected(Rejected::NotFound)) => {
+                // The owner does not have it (removed, expired, restarted): neither do we.
+                if self.replicas.remove(&mid).is_some() {
+                    self.event(mid, Event::Removed(RemoveReason::Removed));
+                }
+                Err(Rejected::NotFound)
+            }
+            (_, Reply::Rejected(r)) => Err(r),
+            (Message::Create { props, ttl_ms, .. }, Reply::Created) => {
+                self.room()?;
+                self.replicas
+                    .insert(mid, new_replica(props.clone(), 0, *ttl_ms));
+                Ok(0)
+            }
+            (
+                Message::Get { .. },
+                Reply::Snapshot {
+                    props,
+                    version,
+                    ttl_ms,
+                },
+            ) => {
+                self.snapshot(now, mid, props, version, ttl_ms)?;
+                Ok(version)
+            }
+            (Message::Apply { .. }, Reply::Applied { version, change }) => {
+                self.receive_change(now, mid, version, change);
+                Ok(version)
+            }
+            (Message::Remove { .. }, Reply::Removed) => {
+                if self.replicas.remove(&mid).is_some() {
+                    self.event(mid, Event::Removed(RemoveReason::Removed));
+                }
+                Ok(0)
+            }
+            (asked, other) => {
+                debug!(?asked, ?other, "reply does not match the request");
+                Err(Rejected::Invalid("reply does not match the request".into()))
+            }
+        }
+    }
+
+    /// A snapshot from the owner: a new replica, or a resync of one that missed changes (then
+    /// each property that differs is reported once).
+    pub fn snapshot(
+        &mut self,
+        now: Instant,
+        mid: Mid,
+        props: Properties,
+        version: u64,
+        ttl_ms: u64,
+    ) -> Result<(), Rejected> {
+        props.validate()?;
+        let Some(r) = self.replicas.get_mut(&mid) else {
+            self.room()?;
+            self.replicas
+                .insert(mid, new_replica(props, version, ttl_ms));
+            return Ok(());
+        };
+        r.resyncing = false;
+        if version <= r.version {
+            return Ok(());
+        }
+        let changed: Vec<(String, Value)> = props
+            .iter()
+            .filter(|(k, p)| r.props.get(k) != Some(*p))
+            .map(|(k, p)| (k.to_owned(), p.to_value()))
+            .collect();
+        r.props = props;
+        r.version = version;
+        r.pending = r.pending.split_off(&(version + 1));
+        r.gap_since = None;
+        for (prop, value) in changed {
+            self.event(
+                mid,
+                Event::Update {
+                    prop,
+                    value,
+                    version,
+                },
+            );
+        }
+        self.drain_pending(now, mid);
+        Ok(())
+    }
+
+    // ----- the owner's side -------------------------------------------------------------
+
+    /// A request from `from` (another node) about an object this node owns. Returns the
+    /// reply to send back, or `None` for a message that wants none.
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, message: Message) -> Option<Reply> {
+        let reply = match message {
+            Message::Create { id, props, ttl_ms } => {
+                let r = props.validate().and_then(|()| self.room()).and_then(|()| {
+                    if self.owned.contains_key(&id) {
+                        return Err(Rejected::Exists);
+                    }
+                    let ttl = Duration::from_millis(ttl_ms);
+                    self.owned.insert(
+                        id,
+                        Owned {
+                            props,
+                            version: 0,
+                            ttl,
+                            expires: now + ttl,
+                            watchers: BTreeSet::from([from]),
+                        },
+                    );
+                    Ok(Reply::Created)
+                });
+                r.unwrap_or_else(Reply::Rejected)
+            }
+            Message::Get { id } => match self.owned.get_mut(&id) {
+                None => Reply::Rejected(Rejected::NotFound),
+                Some(o)
+                    if o.watchers.len() >= self.config.max_watchers
+                        && !o.watchers.contains(&from) =>
+                {
+                    Reply::Rejected(Rejected::TooMany)
+                }
+                Some(o) => {
+                    o.watchers.insert(from);
+                    Reply::Snapshot {
+                        props: o.props.clone(),
+                        version: o.version,
+                        ttl_ms: o.ttl.as_millis().min(u64::MAX as u128) as u64,
+                    }
+                }
+            },
+            Message::Apply { id, op } => match self.apply_owned(now, id, from, &op) {
+                Ok((version, change)) => Reply::Applied { version, change },
+                Err(r) => Reply::Rejected(r),
+            },
+            Message::Remove { id } => {
+                match self.remove_owned(id, RemoveReason::Removed, Some(from)) {
+                    Ok(()) => Reply::Removed,
+                    Err(r) => Reply::Rejected(r),
+                }
+            }
+            Message::Unwatch { id } => {
+                if let Some(o) = self.owned.get_mut(&id) {
+                    o.watchers.remove(&from);
+                }
+                return None;
+            }
+            Message::Delta {
+                id,
+                version,
+                change,
+            } => {
+                let mid = Mid { id, owner: from };
+                if self.replicas.contains_key(&mid) {
+                    self.receive_change(now, mid, version, change);
+                } else {
+                    // Not ours (any more): tell the owner to stop.
+                    self.out.push_back(Output::Send {
+                        to: from,
+                        message: Message::Unwatch { id },
+                    });
+                }
+                return None;
+            }
+            Message::Gone { id, reason } => {
+                let mid = Mid { id, owner: from };
+                if self.replicas.remove(&mid).is_some() {
+                    self.event(mid, Event::Removed(reason));
+                }
+                return None;
+            }
+        };
+        Some(reply)
+    }
+}
+
+impl Objects {
+    /// Applies a change to an owned object: a new version, reported here, sent to every
+    /// watcher but the one who asked (it gets the reply instead).
+    fn apply_owned(
+        &mut self,
+        now: Instant,
+        id: u128,
+        from: SocketAddr,
+        op: &Op,
+    ) -> Result<(u64, Change), Rejected> {
+        let o = self.owned.get_mut(&id).ok_or(Rejected::NotFound)?;
+        let change = apply_op(&mut o.props, op)?;
+        o.version += 1;
+        o.expires = now + o.ttl;
+        let version = o.version;
+        let value = o
+            .props
+            .get(change.prop())
+            .map(crate::Property::to_value)
+            .unwrap_or_default();
+        for &w in &o.watchers {
+            if w != from {
+                self.out.push_back(Output::Send {
+                    to: w,
+                    message: Message::Delta {
+                        id,
+                        version,
+                        change: change.clone(),
+                    },
+                });
+            }
+        }
+        let mid = Mid {
+            id,
+            owner: self.local,
+        };
+        self.event(
+            mid,
+            Event::Update {
+                prop: change.prop().to_owned(),
+                value,
+                version,
+            },
+        );
+        Ok((version, change))
+    }
+
+    /// Removes an owned object, telling every watcher but `except` (who asked).
+    fn remove_owned(
+        &mut self,
+        id: u128,
+        reason: RemoveReason,
+        except: Option<SocketAddr>,
+    ) -> Result<(), Rejected> {
+        let o = self.owned.remove(&id).ok_or(Rejected::NotFound)?;
+        for w in o.watchers {
+            if Some(w) != except {
+                self.out.push_back(Output::Send {
+                    to: w,
+                    message: Message::Gone { id, reason },
+                });
+            }
+        }
+        let mid = Mid {
+            id,
+            owner: self.local,
+        };
+        self.event(mid, Event::Removed(reason));
+        Ok(())
+    }
+
+    /// A change for a replica, from a delta or from the reply to this node's own request:
+    /// applied in version order, once.
+    fn receive_change(&mut self, now: Instant, mid: Mid, version: u64, change: Change) {
+        let max_pending = self.config.max_pending;
+        let Some(r) = self.replicas.get_mut(&mid) else {
+            return;
+        };
+        if version <= r.version || r.pending.contains_key(&version) {
+            return; // a duplicate
+        }
+        r.pending.insert(version, change);
+        if r.pending.len() > max_pending {
+            // Too far behind to catch up change by change.
+            r.pending.clear();
+            r.gap_since = None;
+            if !r.resyncing {
+                r.resyncing = true;
+                self.out.push_back(Output::Resync { mid });
+            }
+            return;
+        }
+        self.drain_pending(now, mid);
+    }
+
+    /// Applies the changes that follow the replica's version, in order.
+    fn drain_pending(&mut self, now: Instant, mid: Mid) {
+        let Some(r) = self.replicas.get_mut(&mid) else {
+            return;
+        };
+        let mut events = Vec::new();
+        while let Some(entry) = r.pending.first_entry() {
+            if *entry.key() != r.version + 1 {
+                break;
+            }
+            let (version, change) = entry.remove_entry();
+            if let Err(e) = apply_change(&mut r.props, &change) {
+                // The owner validated it; a change that does not fit means our copy is wrong.
+                debug!(%mid, error = %e, "change does not fit the replica; resyncing");
+                r.pending.clear();
+                if !r.resyncing {
+                    r.resyncing = true;
+                    self.out.push_back(Output::Resync { mid });
+                }
+                break;
+            }
+            r.version = version;
+            let value = r
+                .props
+                .get(change.prop())
+                .map(crate::Property::to_value)
+                .unwrap_or_default();
+            events.push(Event::Update {
+                prop: change.prop().to_owned(),
+                value,
+                version,
+            });
+        }
+        r.gap_since = if r.pending.is_empty() {
+            None
+        } else {
+            r.gap_since.or(Some(now))
+        };
+        for e in events {
+            self.event(mid, e);
+        }
+    }
+
+    /// A node left the mesh: it watches nothing of ours any more, and what it owned is gone.
+    pub fn node_left(&mut self, node: SocketAddr) {
+        for o in self.owned.values_mut() {
+            o.watchers.remove(&node);
+        }
+        let lost: Vec<Mid> = self
+            .replicas
+            .keys()
+            .filter(|m| m.owner == node)
+            .copied()
+            .collect();
+        for mid in lost {
+            self.replicas.remove(&mid);
+            self.event(mid, Event::Removed(RemoveReason::OwnerLost));
+        }
+    }
+
+    /// The transport's session with `node` ended (it timed out, closed or restarted): messages
+    /// between us may have been lost. Every replica it owns resyncs; a request that fails
+    /// because the owner is gone ends with [`node_left`](Self::node_left).
+    pub fn peer_reset(&mut self, node: SocketAddr) {
+        let mut resync = Vec::new();
+        for (mid, r) in &mut self.replicas {
+            if mid.owner == node && !r.resyncing {
+                r.resyncing = true;
+                resync.push(*mid);
+            }
+        }
+        for mid in resync {
+            self.out.push_back(Output::Resync { mid });
+        }
+    }
+
+    /// A resync request failed (the owner did not answer): it may be asked again.
+    pub fn resync_failed(&mut self, now: Instant, mid: Mid) {
+        if let Some(r) = self.replicas.get_mut(&mid) {
+            r.resyncing = false;
+            r.gap_since = Some(r.gap_since.unwrap_or(now));
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let expiry = self.owned.values().map(|o| o.expires).min();
+        let gap = self
+            .replicas
+            .values()
+            .filter_map(|r| r.gap_since.map(|t| t + self.config.gap_timeout))
+            .min();
+        [expiry, gap].into_iter().flatten().min()
+    }
+
+    /// Expires owned objects unchanged for their TTL (everywhere), and resyncs replicas whose
+    /// missing change did not come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<u128> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let _ = self.remove_owned(id, RemoveReason::Expired, None);
+        }
+        let gap_timeout = self.config.gap_timeout;
+        let mut resync = Vec::new();
+        for (mid, r) in &mut self.replicas {
+            if r.gap_since.is_some_and(|t| t + gap_timeout <= now) {
+                r.gap_since = Some(now);
+                resync.push(*mid);
+            }
+        }
+        for mid in resync {
+            self.out.push_back(Output::Resync { mid });
+        }
+    }
+
+    /// The TTL, in milliseconds, of an object as this node knows it.
+    pub fn ttl_ms(&self, mid: Mid) -> Option<u64> {
+        if mid.owner == self.local {
+            self.owned
+                .get(&mid.id)
+                .map(|o| o.ttl.as_millis().min(u64::MAX as u128) as u64)
+        } else {
+            self.replicas.get(&mid).map(|r| r.ttl_ms)
+        }
+    }
+}
+
+fn new_replica(props: Properties, version: u64, ttl_ms: u64) -> Replica {
+    Replica {
+        props,
+        version,
+        ttl_ms,
+        pending: BTreeMap::new(),
+        gap_since: None,
+        resyncing: false,
+    }
+}
