@@ -6,7 +6,8 @@ use bytes::Bytes;
 use crate::relay::{self, RelayReport};
 
 /// Decodes `data` as every message body this layer reads from the network: an envelope, a
-/// relay (header and message), a relay report. Panics only if an accepted relay does not
+/// relay (header and message), a relay report, a shared-object message (handled by a fresh
+/// state machine) and a shared-object reply. Panics only if an accepted relay does not
 /// survive a round trip.
 pub fn decode_message(data: &[u8]) {
     let _ = mesh_wire::Envelope::decode(data);
@@ -18,4 +19,18 @@ pub fn decode_message(data: &[u8]) {
         assert_eq!(m2, message);
     }
     let _ = mesh_wire::codec::decode::<RelayReport>(data);
+    // Shared objects: what an owner is asked, what it answers, what it sends watchers. An
+    // accepted message is checked the way the state machine would (properties validated).
+    if let Ok(m) = mesh_wire::codec::decode::<mesh_shared::Message>(data) {
+        if let mesh_shared::Message::Create { props, .. } = &m {
+            let _ = props.validate();
+        }
+        let mut objects = mesh_shared::Objects::new(
+            "127.0.0.1:1".parse().expect("an address"),
+            mesh_shared::Config::default(),
+        );
+        let now = std::time::Instant::now();
+        let _ = objects.handle(now, "127.0.0.1:2".parse().expect("an address"), m);
+    }
+    let _ = mesh_wire::codec::decode::<mesh_shared::Reply>(data);
 }

@@ -61,6 +61,7 @@ pub mod fuzzing;
 mod handler;
 mod node;
 mod relay;
+pub mod shared;
 
 pub use config::{Config, Registry};
 pub use error::{

@@ -42,6 +42,8 @@ pub mod system {
     pub const ECHO: u16 = 65_002;
     /// A relayed message (a relay tree's branch).
     pub const RELAY: u16 = 65_003;
+    /// Shared objects: requests to an owner, and its changes to watchers.
+    pub const SHARED: u16 = 65_010;
 }
 
 const RUNNING: u8 = 0;
@@ -138,6 +140,15 @@ pub(crate) struct Inner {
     drained: Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     counters: Counters,
+    pub(crate) shared: Mutex<crate::shared::SharedState>,
+    /// The user handles' guard, for tasks that need a full handle now and then.
+    guard: std::sync::OnceLock<std::sync::Weak<Guard>>,
+}
+
+impl Inner {
+    pub(crate) fn config_request_timeout(&self) -> Duration {
+        self.config.request_timeout
+    }
 }
 
 #[derive(Default)]
@@ -448,16 +459,31 @@ impl MeshNode {
             drained: Notify::new(),
             tasks: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            shared: Mutex::new(crate::shared::SharedState::new(local, os_random())),
+            guard: std::sync::OnceLock::new(),
         });
         let node = Self {
             _guard: Arc::new(Guard(inner.clone())),
             inner,
         };
+        let _ = node.inner.guard.set(Arc::downgrade(&node._guard));
         let receiver = tokio::spawn(receive_loop(node.downgrade_for_task()));
         let watcher = tokio::spawn(watch_peers(node.inner.clone()));
-        node.inner.tasks.lock().extend([receiver, watcher]);
+        let maintainer = tokio::spawn(maintain_shared(node.downgrade_for_task()));
+        node.inner
+            .tasks
+            .lock()
+            .extend([receiver, watcher, maintainer]);
         info!(node = %local, "mesh node started");
         Ok(node)
+    }
+
+    /// A full handle from the node's state, while any user handle exists.
+    pub(crate) fn from_inner(inner: &Arc<Inner>) -> Option<Self> {
+        Some(Self {
+            inner: inner.clone(),
+            _guard: inner.guard.get()?.upgrade()?,
+        })
     }
 
     /// A handle for the node's own tasks: it does not keep the node alive (no guard).
@@ -1224,6 +1250,14 @@ impl MeshNode {
             }
         }
         let cancelled_handlers = inner.inflight.load(Ordering::Acquire);
+        // Objects owned here die with the node: watchers are told before the transport closes
+        // (which waits for them to be acknowledged); replicas are released.
+        for (to, env) in crate::shared::shutdown(inner) {
+            let _ = inner
+                .transport
+                .queue(to, env, Delivery::Ordered { channel: 1 })
+                .await;
+        }
         let close = inner.transport.close().await;
         let abandoned: Vec<Pending> = inner.pending.lock().drain().map(|(_, p)| p).collect();
         let abandoned_requests = abandoned.len();
@@ -1276,6 +1310,11 @@ fn envelope(kind: EnvelopeKind, handler: u16, request_id: u64, payload: &[u8]) -
     Envelope::encode_header(kind, handler, request_id, &mut out);
     out.extend_from_slice(payload);
     Bytes::from(out)
+}
+
+/// A one-way envelope for a system handler.
+pub(crate) fn envelope_bytes(handler: u16, payload: &[u8]) -> Bytes {
+    envelope(EnvelopeKind::OneWay, handler, 0, payload)
 }
 
 fn error_envelope(handler: u16, request_id: u64, code: ErrorCode, message: &str) -> Bytes {
@@ -1416,6 +1455,36 @@ fn on_message(
                     }
                     _ => {}
                 }
+            }
+            if env.handler == system::SHARED {
+                let r = crate::shared::on_message(node, sender, &payload);
+                match (reply, r) {
+                    (Some(to), Some(Ok(bytes))) => {
+                        running.push(answer_job(node, to, Ok(Some(bytes))))
+                    }
+                    (Some(to), Some(Err(e))) => {
+                        inner.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        running.push(answer_job(
+                            node,
+                            to,
+                            Err(Failure::new(ErrorCode::BAD_REQUEST, e)),
+                        ));
+                    }
+                    (Some(to), None) => running.push(answer_job(
+                        node,
+                        to,
+                        Err(Failure::new(
+                            ErrorCode::BAD_REQUEST,
+                            "a one-way message sent as a request",
+                        )),
+                    )),
+                    (None, Some(Err(e))) => {
+                        inner.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        debug!(from = %m.from, error = %e, "shared-object message dropped");
+                    }
+                    (None, _) => {}
+                }
+                return;
             }
             let job = if env.handler == system::RELAY {
                 let Some(to) = reply else {
@@ -1583,10 +1652,21 @@ async fn send_answer(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, Fail
     }
 }
 
+/// Runs the shared objects' timers and follows membership, while the node has users.
+async fn maintain_shared(handle: TaskHandle) {
+    if let Some(node) = handle.node() {
+        crate::shared::maintain(node).await;
+    }
+}
+
 /// Tells membership and waiting requests about peers the transport saw go.
 async fn watch_peers(inner: Arc<Inner>) {
     while let Some((peer, reason)) = inner.transport.next_peer_down().await {
         let key = NodeKey::from(peer);
+        if let Some(node) = MeshNode::from_inner(&inner) {
+            // Messages between us may have been lost with the session: replicas resync.
+            crate::shared::peer_reset(&node, key);
+        }
         if matches!(reason, DownReason::Timeout | DownReason::Closed) {
             debug!(node = %key, ?reason, "peer down: leaving the view");
             inner.membership.mark_down(key);

@@ -178,10 +178,54 @@ mod tests {
             ],
         })
         .unwrap();
+        let props = mesh_shared::Properties::new()
+            .number("counter", 1.0, 0.0..=10.0)
+            .map("m")
+            .value("v", "x");
+        let shared = [
+            (
+                "shared_create",
+                mesh_shared::Message::Create {
+                    id: 7,
+                    props,
+                    ttl_ms: 1000,
+                },
+            ),
+            (
+                "shared_apply",
+                mesh_shared::Message::Apply {
+                    id: 7,
+                    op: mesh_shared::Op::Inc {
+                        prop: "counter".into(),
+                        delta: 2.0,
+                    },
+                },
+            ),
+            (
+                "shared_delta",
+                mesh_shared::Message::Delta {
+                    id: 7,
+                    version: 3,
+                    change: mesh_shared::Change::Put {
+                        prop: "m".into(),
+                        key: "k".into(),
+                        value: serde_json::json!({"a": [1, 2]}).into(),
+                    },
+                },
+            ),
+        ];
         if std::env::var_os("MESH_LINK_WRITE_SEEDS").is_some() {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("relay"), &relay).unwrap();
             std::fs::write(dir.join("report"), &report).unwrap();
+            for (name, m) in &shared {
+                std::fs::write(dir.join(name), mesh_wire::codec::encode(m).unwrap()).unwrap();
+            }
+        }
+        for (name, m) in &shared {
+            let seed = std::fs::read(dir.join(name)).unwrap();
+            let back: mesh_shared::Message = mesh_wire::codec::decode(&seed).unwrap();
+            assert_eq!(&back, m);
         }
         let relay_seed = Bytes::from(std::fs::read(dir.join("relay")).unwrap());
         assert_eq!(decode(&relay_seed).unwrap().0, header);

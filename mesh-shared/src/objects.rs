@@ -654,6 +654,24 @@ impl Objects {
         }
     }
 
+    /// This node is leaving: every object it owns is removed everywhere (owner lost, reported
+    /// here too), and every replica it holds is released without an event.
+    pub fn shutdown(&mut self) {
+        let owned: Vec<u128> = self.owned.keys().copied().collect();
+        for id in owned {
+            let _ = self.remove_owned(id, RemoveReason::OwnerLost, None);
+        }
+        let replicas: Vec<Mid> = self.replicas.keys().copied().collect();
+        for mid in replicas {
+            if let Some(m) = self.release(mid) {
+                self.out.push_back(Output::Send {
+                    to: mid.owner,
+                    message: m,
+                });
+            }
+        }
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let expiry = self.owned.values().map(|o| o.expires).min();

@@ -5,6 +5,8 @@
 //! (requests, replies, one-way messages) over simulated reliable UDP, with unordered delivery
 //! so that changes overtake each other, and re-delivers some changes twice on purpose.
 
+#![allow(clippy::print_stderr, reason = "SIM_TRACE=1 prints a summary per case")]
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -7,3 +7,4 @@ mod messaging;
 mod outage;
 mod relay;
 mod scenarios;
+mod shared;
