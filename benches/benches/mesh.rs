@@ -4,7 +4,10 @@
 //!   UDP ping-pong;
 //! - `mesh_fanout_50`: one reliable message to 50 nodes (report of all 50 acknowledgements)
 //!   sent directly, and through relay trees of 2 and 7 branches, vs 50 raw UDP datagrams each
-//!   answered by its receiver (the floor of any acknowledged fan-out).
+//!   answered by its receiver (the floor of any acknowledged fan-out);
+//! - `mesh_shared`: a shared object's `inc` from a replica until the owner confirmed it, and
+//!   until a third node's replica reported the change, vs a typed request/response between the
+//!   same nodes.
 //!
 //! ```text
 //! cargo bench -p mesh-benches --bench mesh
@@ -164,7 +167,62 @@ fn bench_fanout(c: &mut Criterion) {
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
 }
 
-criterion_group!(benches, bench_rtt, bench_fanout);
+fn bench_shared(c: &mut Criterion) {
+    use mesh_link::shared::{Event, Properties};
+    let rt = runtime();
+    let (owner, b, c2, on_b, on_c) = rt.block_on(async {
+        let registry = Registry::memory();
+        let owner = node(&registry).await;
+        let b = node(&registry).await;
+        let c2 = node(&registry).await;
+        let props = Properties::new().number("counter", 0.0, ..);
+        let on_b = b
+            .shared()
+            .create(props, Duration::from_secs(3600), owner.local_key())
+            .await
+            .unwrap();
+        let on_c = c2.shared().get(on_b.mid()).await.unwrap();
+        (owner, b, c2, on_b, on_c)
+    });
+    let payload = vec![7u8; 64];
+    let ok = owner.local_key();
+    let mut g = c.benchmark_group("mesh_shared");
+    g.measurement_time(Duration::from_secs(4));
+    g.bench_function("request_reply", |bench| {
+        bench.iter(|| {
+            rt.block_on(async {
+                let r: Vec<u8> = b.request(2, ok, &payload).await.unwrap();
+                assert_eq!(r.len(), 64);
+            })
+        });
+    });
+    g.bench_function("inc_confirmed", |bench| {
+        bench.iter(|| rt.block_on(async { on_b.inc("counter", 1.0).await.unwrap() }));
+    });
+    let mut seen = on_c.updates();
+    g.bench_function("inc_seen_by_other_replica", |bench| {
+        bench.iter(|| {
+            rt.block_on(async {
+                let v = on_b.inc("counter", 1.0).await.unwrap();
+                loop {
+                    match seen.recv().await.unwrap() {
+                        Event::Update { version, .. } if version >= v => break,
+                        _ => {}
+                    }
+                }
+            })
+        });
+    });
+    g.finish();
+    rt.block_on(async {
+        drop((on_b, on_c));
+        b.stop().await;
+        c2.stop().await;
+        owner.stop().await;
+    });
+}
+
+criterion_group!(benches, bench_rtt, bench_fanout, bench_shared);
 
 fn main() {
     benches();
@@ -178,6 +236,13 @@ fn main() {
                 ("tree_2", "raw_udp_acked"),
                 ("tree_7", "raw_udp_acked"),
                 ("tree_7", "direct"),
+            ],
+        ),
+        ratio_lines(
+            "mesh_shared",
+            &[
+                ("inc_confirmed", "request_reply"),
+                ("inc_seen_by_other_replica", "request_reply"),
             ],
         ),
     ];

@@ -1,5 +1,6 @@
 //! mesh-link: server processes find each other through Redis and talk directly over reliable
-//! UDP — one-way messages, request/response, unreliable datagrams, fan-out to many nodes.
+//! UDP — one-way messages, request/response, unreliable datagrams, fan-out to many nodes, and
+//! [shared objects](shared) that stay in sync across nodes.
 //!
 //! A [`MeshNode`] announces itself in a registry (Redis in any topology, or in memory), keeps a
 //! live view of the other nodes, and runs handlers for what they send it. Messages go node to
