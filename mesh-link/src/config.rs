@@ -104,8 +104,52 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub stop_timeout: Duration,
     /// Answer a raw 4-byte `ping` datagram with `PONG\n`, as the original did (so `nc -u`
-    /// works). Default true.
+    /// works). Default true; never with a cluster key.
     pub answer_raw_ping: bool,
+    /// The cluster's shared secret. With it, every datagram is authenticated (keyed BLAKE3)
+    /// and numbered against replays; datagrams without a valid tag are dropped before any
+    /// state exists. Every node of the mesh needs the same one. It is never written to the
+    /// registry. Default none. See `SECURITY.md`.
+    pub cluster_key: Option<Secret>,
+    /// During a key rollover: the previous secret, still accepted but never used to send.
+    pub previous_cluster_key: Option<Secret>,
+}
+
+/// A secret: shown as `Secret(..)` in debug output and logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret from text (use at least 16 random bytes' worth, e.g. 32 hex digits).
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// A secret read from a file, without its trailing newline. An empty file is an error.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("key file {}: {e}", path.display())))?;
+        let secret = text.trim_end_matches(['\n', '\r']);
+        if secret.is_empty() {
+            return Err(Error::Config(format!(
+                "key file {} is empty",
+                path.display()
+            )));
+        }
+        Ok(Self(secret.to_owned()))
+    }
+
+    /// The secret's bytes.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl Default for Config {
@@ -134,6 +178,8 @@ impl Default for Config {
             max_pending_requests: 65_536,
             stop_timeout: Duration::from_secs(2),
             answer_raw_ping: true,
+            cluster_key: None,
+            previous_cluster_key: None,
         }
     }
 }
@@ -165,6 +211,9 @@ impl Config {
         }
         if self.relay_limit > u16::MAX as usize {
             return bad("relay_limit must be at most 65535");
+        }
+        if self.previous_cluster_key.is_some() && self.cluster_key.is_none() {
+            return bad("previous_cluster_key needs a cluster_key");
         }
         if let Some(a) = self.address {
             if a.is_unspecified() {

@@ -64,7 +64,7 @@ mod node;
 mod relay;
 pub mod shared;
 
-pub use config::{Config, Registry};
+pub use config::{Config, Registry, Secret};
 pub use error::{
     DeliveryError, Error, HandlerError, RequestError, SendFailed, SendReport, StopReport,
 };

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mesh_discovery::{NodeRecord, RedisRegistry, Registry as _};
-use mesh_link::{Config, MeshNode, NodeKey, Registry, RequestError};
+use mesh_link::{Config, MeshNode, NodeKey, Registry, RequestError, Secret};
 
 /// Server processes that find each other through Redis and talk over reliable UDP.
 #[derive(Debug, Parser)]
@@ -41,6 +41,9 @@ enum Command {
         /// How long to wait for each answer, in milliseconds.
         #[arg(short, long, default_value_t = 1000)]
         timeout: u64,
+        /// The cluster's secret, for a mesh that has one (the file's contents).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
     /// Run a node until SIGINT or SIGTERM, then leave the mesh gracefully. Without --redis it
     /// runs alone on an in-memory registry (and still answers pings).
@@ -65,6 +68,12 @@ enum Command {
         /// A TOML file with any `Config` setting; the flags above override it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The cluster's secret (the file's contents): every datagram is then authenticated.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// During a key rollover: the previous secret, still accepted.
+        #[arg(long, requires = "key_file")]
+        previous_key_file: Option<PathBuf>,
     },
     /// List the live nodes of a mesh, as a table or as JSON lines.
     Nodes {
@@ -117,7 +126,8 @@ fn main() -> ExitCode {
                 count,
                 interval,
                 timeout,
-            } => ping(address, port, count, interval, timeout).await,
+                key_file,
+            } => ping(address, port, count, interval, timeout, key_file).await,
             Command::Node {
                 redis,
                 prefix,
@@ -125,7 +135,21 @@ fn main() -> ExitCode {
                 bind,
                 values,
                 config,
-            } => node(redis, prefix, node_type, bind, values, config).await,
+                key_file,
+                previous_key_file,
+            } => {
+                let args = NodeArgs {
+                    redis,
+                    prefix,
+                    node_type,
+                    bind,
+                    values,
+                    file: config,
+                    key_file,
+                    previous_key_file,
+                };
+                node(args).await
+            }
             Command::Nodes {
                 redis,
                 prefix,
@@ -167,9 +191,13 @@ async fn ping(
     count: u32,
     interval: u64,
     timeout: u64,
+    key_file: Option<PathBuf>,
 ) -> Fallible<ExitCode> {
     let target = SocketAddr::new(address, port);
     let mut config = Config::default();
+    if let Some(path) = key_file {
+        config.cluster_key = Some(Secret::from_file(&path)?);
+    }
     config.address = Some(source_for(target)?);
     config.port = 0;
     config.node_type = "mesh-link-ping".into();
@@ -215,14 +243,29 @@ async fn ping(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn node(
+/// The `node` command's arguments.
+struct NodeArgs {
     redis: Option<String>,
     prefix: Option<String>,
     node_type: Option<String>,
     bind: Option<SocketAddr>,
     values: Vec<(String, serde_json::Value)>,
     file: Option<PathBuf>,
-) -> Fallible<ExitCode> {
+    key_file: Option<PathBuf>,
+    previous_key_file: Option<PathBuf>,
+}
+
+async fn node(args: NodeArgs) -> Fallible<ExitCode> {
+    let NodeArgs {
+        redis,
+        prefix,
+        node_type,
+        bind,
+        values,
+        file,
+        key_file,
+        previous_key_file,
+    } = args;
     let mut config: Config = match &file {
         Some(path) => {
             let text =
@@ -245,6 +288,12 @@ async fn node(
         config.port = b.port();
     }
     config.values.extend(values);
+    if let Some(path) = key_file {
+        config.cluster_key = Some(Secret::from_file(&path)?);
+    }
+    if let Some(path) = previous_key_file {
+        config.previous_cluster_key = Some(Secret::from_file(&path)?);
+    }
     let registry = config
         .redis
         .clone()

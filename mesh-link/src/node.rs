@@ -422,7 +422,14 @@ impl MeshNode {
             .peer_timeout(config.peer_timeout)
             .flush_interval(config.send_interval);
         tc.close_timeout = config.stop_timeout;
-        tc.answer_raw_ping = config.answer_raw_ping;
+        tc.answer_raw_ping = config.answer_raw_ping && config.cluster_key.is_none();
+        if let Some(secret) = &config.cluster_key {
+            let mut key = mesh_wire::ClusterKey::from_secret(secret.expose());
+            if let Some(previous) = &config.previous_cluster_key {
+                key = key.with_previous(previous.expose());
+            }
+            tc.endpoint.cluster_key(Some(key));
+        }
         let transport = bind_range(address, &config, tc).await?;
         let local = NodeKey::from(transport.local_addr());
         let backend = match registry {

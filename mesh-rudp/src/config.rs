@@ -28,6 +28,8 @@ pub struct EndpointConfig {
     pub(crate) max_cwnd_bytes: usize,
     pub(crate) unreliable_queue: usize,
     pub(crate) seed: u64,
+    pub(crate) cluster_key: Option<mesh_wire::ClusterKey>,
+    pub(crate) max_clock_skew: Duration,
 }
 
 impl Default for EndpointConfig {
@@ -53,6 +55,8 @@ impl Default for EndpointConfig {
             max_cwnd_bytes: 16 << 20,
             unreliable_queue: 1024,
             seed: 0x6d65_7368_2d72_7564,
+            cluster_key: None,
+            max_clock_skew: Duration::from_secs(120),
         }
     }
 }
@@ -163,6 +167,20 @@ impl EndpointConfig {
         /// Seed of the endpoint's random choices (session id, ping tokens). Give each endpoint
         /// its own, e.g. from the OS; tests fix it to replay a run. Default: a constant.
         seed: u64
+    );
+
+    setter!(
+        /// A cluster's shared secret: every datagram is then authenticated (keyed BLAKE3 tag)
+        /// and numbered, and datagrams without a valid tag, or seen before, are dropped before
+        /// any state exists (counted in `dropped_unauthenticated` and `dropped_replay`). Nodes
+        /// with and without a key cannot talk. Default `None`.
+        cluster_key: Option<mesh_wire::ClusterKey>
+    );
+    setter!(
+        /// With a cluster key: how far a new session's first packet number (the sender's clock
+        /// in microseconds) may be from this endpoint's clock. Older datagrams are taken for
+        /// replays. Default 120 s.
+        max_clock_skew: Duration
     );
 
     /// Checks the values against each other.

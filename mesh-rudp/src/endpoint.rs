@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mesh_wire::{
-    Datagram, DatagramWriter, Frame, Header, SeqRange, UnreliableFrame, CLOSE_NORMAL,
+    Datagram, DatagramWriter, DecodeError, Frame, Header, SeqRange, UnreliableFrame, CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR, CLOSE_UNKNOWN_SESSION, HEADER_LEN,
 };
 use tracing::{debug, trace, trace_span};
@@ -108,12 +108,20 @@ pub struct Endpoint {
     stray: VecDeque<Stray>,
     next_message_id: u64,
     reassembly_total: usize,
-    peer_tokens: u32,
-    tokens_refilled: Option<Instant>,
+    peer_tokens: Bucket,
+    /// Replies to datagrams of unknown sessions, per second: a flood of them must not make
+    /// this endpoint reflect a flood.
+    stray_tokens: Bucket,
     closing: bool,
     stats: EndpointStats,
     ack_scratch: Vec<SeqRange>,
     delivered_scratch: Vec<MessageId>,
+    /// The last packet number sent (with a cluster key): the clock in microseconds, or one
+    /// more than the last, whichever is larger.
+    last_pn: u64,
+    /// Wall-clock microseconds at `clock_base`, to read the clock from `now`.
+    unix_base: u64,
+    clock_base: Instant,
 }
 
 impl Endpoint {
@@ -122,7 +130,8 @@ impl Endpoint {
         config.validate()?;
         Ok(Self {
             rng: Rng::new(config.seed),
-            peer_tokens: config.new_peers_per_second,
+            peer_tokens: Bucket::default(),
+            stray_tokens: Bucket::default(),
             config,
             peers: HashMap::new(),
             timers: BTreeSet::new(),
@@ -133,12 +142,42 @@ impl Endpoint {
             stray: VecDeque::new(),
             next_message_id: 0,
             reassembly_total: 0,
-            tokens_refilled: None,
             closing: false,
             stats: EndpointStats::default(),
             ack_scratch: Vec::new(),
             delivered_scratch: Vec::new(),
+            last_pn: 0,
+            // The one reading of the OS clock: packet numbers carry wall-clock time so a
+            // receiver can refuse old sessions replayed at it.
+            unix_base: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+            clock_base: Instant::now(),
         })
+    }
+
+    fn unix_micros(&self, now: Instant) -> u64 {
+        self.unix_base
+            .saturating_add(now.saturating_duration_since(self.clock_base).as_micros() as u64)
+    }
+
+    fn next_packet_number(&mut self, now: Instant) -> u64 {
+        self.last_pn = (self.last_pn + 1).max(self.unix_micros(now));
+        self.last_pn
+    }
+
+    /// Whether an authenticated datagram from `from` is new: unseen in its session, or, for a
+    /// session this endpoint has no state for, recent by the sender's clock.
+    fn fresh(&mut self, now: Instant, from: SocketAddr, src_session: u64, pn: u64) -> bool {
+        match self.peers.get_mut(&from) {
+            Some(p) if p.remote_id == src_session || p.remote_id == 0 => p.replay.accept(pn),
+            // A new session from a known address must be newer than all we saw from it.
+            Some(p) => pn > p.replay.highest,
+            None => {
+                let skew = self.config.max_clock_skew.as_micros() as u64;
+                self.unix_micros(now).abs_diff(pn) <= skew
+            }
+        }
     }
 
     /// The configuration.
@@ -148,7 +187,12 @@ impl Endpoint {
 
     /// Largest unreliable message that fits one datagram.
     pub fn max_unreliable_size(&self) -> usize {
-        self.config.mtu - HEADER_LEN - UnreliableFrame::OVERHEAD
+        let trailer = if self.config.cluster_key.is_some() {
+            mesh_wire::AUTH_TRAILER_LEN
+        } else {
+            0
+        };
+        self.config.mtu - HEADER_LEN - UnreliableFrame::OVERHEAD - trailer
     }
 
     /// Queues a reliable message. The returned id comes back in exactly one
@@ -248,19 +292,7 @@ impl Endpoint {
     }
 
     fn take_new_peer_token(&mut self, now: Instant) -> bool {
-        let refill = match self.tokens_refilled {
-            None => true,
-            Some(t) => now.saturating_duration_since(t).as_secs() >= 1,
-        };
-        if refill {
-            self.peer_tokens = self.config.new_peers_per_second;
-            self.tokens_refilled = Some(now);
-        }
-        if self.peer_tokens == 0 {
-            return false;
-        }
-        self.peer_tokens -= 1;
-        true
+        self.peer_tokens.take(now, self.config.new_peers_per_second)
     }
 
     fn push_stray(&mut self, s: Stray) {
@@ -275,8 +307,13 @@ impl Endpoint {
         let _span = trace_span!("peer", peer = %from).entered();
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
-        let datagram = match Datagram::decode(bytes) {
+        let datagram = match Datagram::decode_with(bytes, self.config.cluster_key.as_ref()) {
             Ok(d) => d,
+            Err(e @ (DecodeError::BadTag | DecodeError::Unauthenticated)) => {
+                trace!(%from, error = %e, "unauthenticated datagram");
+                self.stats.dropped_unauthenticated += 1;
+                return;
+            }
             Err(e) => {
                 trace!(%from, error = %e, "invalid datagram");
                 self.stats.dropped_invalid += 1;
@@ -288,12 +325,20 @@ impl Endpoint {
             self.stats.dropped_invalid += 1;
             return;
         }
+        let pn = datagram.packet_number();
+        if let Some(pn) = pn {
+            if !self.fresh(now, from, h.src_session, pn) {
+                trace!(%from, pn, "replayed datagram");
+                self.stats.dropped_replay += 1;
+                return;
+            }
+        }
         let is_close = datagram.frames().any(|f| matches!(f, Frame::Close(_)));
         match self.peers.get(&from) {
             Some(p) => {
                 if h.dst_session != 0 && h.dst_session != p.local_id {
                     let src = p.local_id;
-                    self.stale_session(from, src, h.src_session, is_close);
+                    self.stale_session(now, from, src, h.src_session, is_close);
                     return;
                 }
                 if h.src_session != p.remote_id {
@@ -321,7 +366,7 @@ impl Endpoint {
             None => {
                 if h.dst_session != 0 {
                     let src = self.rng.next_id();
-                    self.stale_session(from, src, h.src_session, is_close);
+                    self.stale_session(now, from, src, h.src_session, is_close);
                     return;
                 }
                 if is_close || !self.create_remote_peer(now, from, h.src_session) {
@@ -329,15 +374,33 @@ impl Endpoint {
                 }
             }
         }
+        if let (Some(pn), Some(p)) = (pn, self.peers.get_mut(&from)) {
+            // A session just created (or re-created) starts its window here.
+            if p.replay.highest < pn {
+                p.replay.accept(pn);
+            }
+        }
         self.process_frames(now, from, &datagram, bytes.len());
         self.touch(from, now);
     }
 
     /// A datagram named a session of ours that is gone: count it, and (unless it was itself a
-    /// close) tell the sender to start a new session.
-    fn stale_session(&mut self, from: SocketAddr, src: u64, their: u64, is_close: bool) {
+    /// close, or this second's budget of such replies is spent) tell the sender to start a new
+    /// session.
+    fn stale_session(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        src: u64,
+        their: u64,
+        is_close: bool,
+    ) {
         self.stats.dropped_stale_session += 1;
-        if !is_close {
+        if !is_close
+            && self
+                .stray_tokens
+                .take(now, self.config.new_peers_per_second)
+        {
             self.push_stray(Stray {
                 to: from,
                 src,
@@ -557,9 +620,18 @@ impl Endpoint {
     /// there is nothing to send now.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         if let Some(s) = self.stray.pop_front() {
-            let mut w = DatagramWriter::new(buf, Header::new(s.src, s.dst), self.config.mtu);
-            w.push(&Peer::close_frame(s.reason)).ok()?;
-            let size = w.finish().len();
+            let header = Header::new(s.src, s.dst);
+            let size = if self.config.cluster_key.is_some() {
+                let pn = self.next_packet_number(now);
+                let key = self.config.cluster_key.as_ref()?;
+                let mut w = DatagramWriter::new_authenticated(buf, header, self.config.mtu);
+                w.push(&Peer::close_frame(s.reason)).ok()?;
+                w.finish_authenticated(pn, key).len()
+            } else {
+                let mut w = DatagramWriter::new(buf, header, self.config.mtu);
+                w.push(&Peer::close_frame(s.reason)).ok()?;
+                w.finish().len()
+            };
             self.stats.datagrams_sent += 1;
             self.stats.bytes_sent += size as u64;
             return Some(Transmit {
@@ -568,12 +640,22 @@ impl Endpoint {
             });
         }
         while let Some(addr) = self.ready.pop_front() {
+            // Numbered whether or not the datagram is sent: gaps are harmless.
+            let pn = self
+                .config
+                .cluster_key
+                .is_some()
+                .then(|| self.next_packet_number(now));
             let Some(p) = self.peers.get_mut(&addr) else {
                 continue;
             };
             p.in_ready = false;
             let header = Header::new(p.local_id, p.remote_id);
-            let mut w = DatagramWriter::new(buf, header, self.config.mtu);
+            let mut w = if self.config.cluster_key.is_some() {
+                DatagramWriter::new_authenticated(buf, header, self.config.mtu)
+            } else {
+                DatagramWriter::new(buf, header, self.config.mtu)
+            };
             let mut retransmitted = 0;
             p.write_datagram(
                 now,
@@ -589,7 +671,10 @@ impl Endpoint {
                 self.update_timer(addr);
                 continue;
             }
-            let size = w.finish().len();
+            let size = match (&self.config.cluster_key, pn) {
+                (Some(key), Some(pn)) => w.finish_authenticated(pn, key).len(),
+                _ => w.finish().len(),
+            };
             p.stats.bytes_sent += size as u64;
             self.stats.datagrams_sent += 1;
             self.stats.bytes_sent += size as u64;
@@ -647,5 +732,29 @@ impl Endpoint {
     /// that it is gone). Pending messages fail with [`SendError::Timeout`].
     pub fn mark_down(&mut self, peer: SocketAddr) {
         self.peer_down(peer, DownReason::Timeout);
+    }
+}
+
+/// A budget of `per_second` events, refilled each second.
+#[derive(Debug, Default)]
+struct Bucket {
+    tokens: u32,
+    refilled: Option<Instant>,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant, per_second: u32) -> bool {
+        if self
+            .refilled
+            .is_none_or(|t| now.saturating_duration_since(t).as_secs() >= 1)
+        {
+            self.tokens = per_second;
+            self.refilled = Some(now);
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
     }
 }

@@ -19,7 +19,12 @@ fn addr(i: u8) -> SocketAddr {
 /// frame bytes, sends, timer ticks, and delivery (or loss) of what each endpoint transmits.
 /// Panics if an invariant breaks: caps exceeded, or anything in the endpoint panics.
 pub fn endpoint(data: &[u8]) {
+    // The first byte's low bit runs both endpoints with a cluster key; the script then seals
+    // its framed datagrams with that key and numbers of its choosing (replays included).
+    let key = mesh_wire::ClusterKey::from_secret(b"fuzz");
+    let keyed = data.first().is_some_and(|b| b & 1 == 1);
     let config = EndpointConfig::default()
+        .cluster_key(keyed.then(|| key.clone()))
         .max_peers(4)
         .max_message_size(64 << 10)
         .reassembly_per_peer(128 << 10)
@@ -68,6 +73,13 @@ pub fn endpoint(data: &[u8]) {
                 w.finish();
                 wrapped.extend_from_slice(&data[i..end]);
                 i = end;
+                if keyed {
+                    // Number it (from the script: replays and ancient numbers happen), seal it.
+                    wrapped[3] |= mesh_wire::FLAG_AUTH;
+                    let pn = u64::from(byte(&mut i)) << 40 | u64::from(byte(&mut i));
+                    wrapped.extend_from_slice(&pn.to_le_bytes());
+                    key.seal(&mut wrapped);
+                }
                 reseal(&mut wrapped);
                 eps[target].handle_datagram(now, from, &wrapped);
             }

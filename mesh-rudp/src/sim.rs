@@ -430,3 +430,101 @@ impl Sim {
         })
     }
 }
+
+/// Hostile datagrams, for abuse tests and flood benches: garbage, and valid framing around
+/// hostile frames (random sessions, huge fragment counts, sequence numbers about to wrap,
+/// acknowledgements of nothing), optionally dressed up as authenticated.
+#[derive(Debug, Clone)]
+pub struct Forger {
+    state: u64,
+}
+
+impl Forger {
+    /// A forger whose choices all derive from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed | 1 }
+    }
+
+    /// The next pseudo-random number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+
+    /// Writes one hostile datagram into `buf` (cleared first) and returns its length: a third
+    /// are random bytes; the rest are well framed, carry `payload` in their data frames, and
+    /// pass the checksum. With `fake_auth` they are flagged authenticated, with a packet
+    /// number and a made-up tag: what an attacker without the cluster key can send.
+    pub fn datagram(&mut self, buf: &mut Vec<u8>, payload: &[u8], fake_auth: bool) -> usize {
+        use mesh_wire::{
+            AckFrame, AckRanges, DataFrame, DatagramWriter, Fragment, Frame, Header, SeqRange,
+        };
+        if self.next_u64() % 3 == 0 {
+            buf.clear();
+            let len = (self.next_u64() % 1400) as usize;
+            for _ in 0..len {
+                let b = self.next_u64() as u8;
+                buf.push(b);
+            }
+            return len;
+        }
+        let header = Header::new(self.next_u64() | 1, self.next_u64() % 2);
+        let ranges = [SeqRange {
+            start: self.next_u64() as u32,
+            end: self.next_u64() as u32,
+        }];
+        let count = (self.next_u64() as u32).max(2);
+        let frames = [
+            Frame::Data(DataFrame {
+                channel: self.next_u64() as u8,
+                seq: u32::MAX - (self.next_u64() % 4) as u32,
+                message: self.next_u64() as u32,
+                order: (self.next_u64() % 2 == 0).then(|| self.next_u64() as u32),
+                fragment: Some(Fragment {
+                    index: self.next_u64() as u32 % count,
+                    count,
+                }),
+                payload,
+            }),
+            Frame::Data(DataFrame {
+                channel: 0,
+                seq: self.next_u64() as u32,
+                message: self.next_u64() as u32,
+                order: None,
+                fragment: None,
+                payload,
+            }),
+            Frame::Ack(AckFrame {
+                cumulative: self.next_u64() as u32,
+                delay_micros: self.next_u64() as u32,
+                ranges: AckRanges::List(&ranges),
+            }),
+        ];
+        let (first, second) = (
+            (self.next_u64() % 3) as usize,
+            (self.next_u64() % 3) as usize,
+        );
+        let mut w = DatagramWriter::new(buf, header, 1200);
+        let _ = w.push(&frames[first]);
+        let _ = w.push(&frames[second]);
+        let len = w.finish().len();
+        if !fake_auth {
+            return len;
+        }
+        buf[3] |= mesh_wire::FLAG_AUTH;
+        let pn = self.next_u64();
+        buf.extend_from_slice(&pn.to_le_bytes());
+        for _ in 0..2 {
+            let noise = self.next_u64();
+            buf.extend_from_slice(&noise.to_le_bytes());
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(&buf[..20]);
+        h.update(&buf[24..]);
+        let crc = h.finalize().to_le_bytes();
+        buf[20..24].copy_from_slice(&crc);
+        buf.len()
+    }
+}

@@ -135,6 +135,12 @@ pub struct EndpointStats {
     pub bytes_received: u64,
     /// Datagrams rejected by the wire decoder (bad magic, checksum, framing).
     pub dropped_invalid: u64,
+    /// Datagrams dropped because their authentication did not match this endpoint's cluster
+    /// key (a bad tag, or a keyed/unkeyed mismatch).
+    pub dropped_unauthenticated: u64,
+    /// Authenticated datagrams dropped as replays: seen before, too old for the window, or a
+    /// new session older than the clock-skew allowance.
+    pub dropped_replay: u64,
     /// Datagrams addressed to an earlier session of ours, or from a retired peer session.
     pub dropped_stale_session: u64,
     /// Datagrams from unknown senders refused by the peer cap or the new-peer rate limit.

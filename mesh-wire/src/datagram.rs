@@ -1,8 +1,9 @@
 //! The datagram: a fixed header, a CRC-32, and one or more frames.
 
+use crate::auth::AUTH_TRAILER_LEN;
 use crate::bytes::{put_u32, put_u64, put_u8, Reader};
 use crate::frame::Frame;
-use crate::{DecodeError, EncodeError};
+use crate::{ClusterKey, DecodeError, EncodeError};
 
 /// The two bytes every mesh datagram starts with: `"ML"`.
 pub const MAGIC: [u8; 2] = *b"ML";
@@ -11,9 +12,12 @@ pub const VERSION: u8 = 1;
 /// Bytes of the datagram header, checksum included.
 pub const HEADER_LEN: usize = 24;
 /// Offset of the CRC-32 field in the header.
-const CRC_OFFSET: usize = 20;
-/// Header flags defined by this version: none. Every bit is reserved and must be zero.
-const KNOWN_FLAGS: u8 = 0;
+pub(crate) const CRC_OFFSET: usize = 20;
+/// Header flag: the datagram ends with an authentication trailer (packet number and tag; see
+/// [`ClusterKey`]).
+pub const FLAG_AUTH: u8 = 0x01;
+/// Header flags defined by this version; the other bits are reserved and must be zero.
+const KNOWN_FLAGS: u8 = FLAG_AUTH;
 /// The largest datagram that fits in one UDP/IPv4 packet.
 pub const MAX_DATAGRAM_LEN: usize = 65_507;
 
@@ -123,6 +127,23 @@ impl<'b> DatagramWriter<'b> {
         self.out[CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         self.out
     }
+
+    /// Like [`new`](Self::new) for a datagram [`finish_authenticated`](Self::finish_authenticated)
+    /// will seal: sets [`FLAG_AUTH`] and keeps room for the trailer under `max_len`.
+    pub fn new_authenticated(out: &'b mut Vec<u8>, mut header: Header, max_len: usize) -> Self {
+        header.flags |= FLAG_AUTH;
+        let max_len = max_len.clamp(HEADER_LEN + AUTH_TRAILER_LEN, MAX_DATAGRAM_LEN);
+        let mut w = Self::new(out, header, max_len);
+        w.max_len = max_len - AUTH_TRAILER_LEN;
+        w
+    }
+
+    /// Appends the packet number and the tag under `key`, then the checksum.
+    pub fn finish_authenticated(self, packet_number: u64, key: &ClusterKey) -> &'b [u8] {
+        put_u64(self.out, packet_number);
+        key.seal(self.out);
+        self.finish()
+    }
 }
 
 /// A datagram whose header, checksum and frames have all been checked.
@@ -133,6 +154,7 @@ pub struct Datagram<'a> {
     header: Header,
     frames: &'a [u8],
     count: usize,
+    packet_number: Option<u64>,
 }
 
 impl<'a> Datagram<'a> {
@@ -141,7 +163,18 @@ impl<'a> Datagram<'a> {
     /// malformed frame).
     ///
     /// Cost of a rejection: at most one CRC-32 over the input plus a bounds-checked walk.
+    ///
+    /// A datagram with [`FLAG_AUTH`] is refused ([`DecodeError::Unauthenticated`]): it can only
+    /// be checked with its key, by [`decode_with`](Self::decode_with).
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        Self::decode_with(bytes, None)
+    }
+
+    /// Checks and decodes a datagram for a receiver with or without a cluster key. With a
+    /// key, only datagrams with a valid tag under it pass; without one, only datagrams without
+    /// [`FLAG_AUTH`]. The checksum is checked first, so noise costs no hashing. Replay
+    /// protection is the receiver's: see [`packet_number`](Self::packet_number).
+    pub fn decode_with(bytes: &'a [u8], key: Option<&ClusterKey>) -> Result<Self, DecodeError> {
         let header = Self::decode_header(bytes)?;
         let stored = u32::from_le_bytes([
             bytes[CRC_OFFSET],
@@ -152,7 +185,26 @@ impl<'a> Datagram<'a> {
         if checksum(bytes) != stored {
             return Err(DecodeError::Checksum);
         }
-        let body = &bytes[HEADER_LEN..];
+        let authenticated = header.flags & FLAG_AUTH != 0;
+        let (body, packet_number) = match (key, authenticated) {
+            (None, false) => (&bytes[HEADER_LEN..], None),
+            (Some(key), true) => {
+                if bytes.len() < HEADER_LEN + AUTH_TRAILER_LEN {
+                    return Err(DecodeError::Truncated {
+                        offset: bytes.len(),
+                        needed: HEADER_LEN + AUTH_TRAILER_LEN - bytes.len(),
+                    });
+                }
+                if !key.verify(bytes) {
+                    return Err(DecodeError::BadTag);
+                }
+                let end = bytes.len() - AUTH_TRAILER_LEN;
+                let mut pn = [0u8; 8];
+                pn.copy_from_slice(&bytes[end..end + 8]);
+                (&bytes[HEADER_LEN..end], Some(u64::from_le_bytes(pn)))
+            }
+            _ => return Err(DecodeError::Unauthenticated),
+        };
         let mut r = Reader::new(body);
         let mut count = 0;
         while !r.is_empty() {
@@ -166,6 +218,7 @@ impl<'a> Datagram<'a> {
             header,
             frames: body,
             count,
+            packet_number,
         })
     }
 
@@ -192,6 +245,12 @@ impl<'a> Datagram<'a> {
             src_session,
             dst_session,
         })
+    }
+
+    /// The packet number of an authenticated datagram (its sender counts up per datagram;
+    /// receivers drop numbers they have seen).
+    pub fn packet_number(&self) -> Option<u64> {
+        self.packet_number
     }
 
     /// The header.

@@ -44,6 +44,13 @@ pub enum DecodeError {
     /// An envelope kind byte that this version does not define.
     #[error("unknown envelope kind {0}")]
     UnknownKind(u8),
+    /// The datagram's authentication does not match the receiver's: a keyed datagram to a
+    /// receiver without a key, or an unkeyed one to a receiver with one.
+    #[error("authentication expected and not given, or given and not expected")]
+    Unauthenticated,
+    /// The authentication tag is not valid under the receiver's cluster key.
+    #[error("authentication tag mismatch")]
+    BadTag,
 }
 
 /// Why a frame could not be added to a datagram being written.

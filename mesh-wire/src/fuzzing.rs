@@ -22,6 +22,21 @@ pub fn decode_datagram(data: &[u8]) {
         }
         assert_eq!(w.finish(), data, "re-encoding differs from the input");
     }
+    // The same bytes to a receiver with a cluster key: only a valid tag passes (the fuzzer
+    // cannot forge one, but every rejection path runs), and what passes re-encodes exactly.
+    let key = crate::ClusterKey::from_secret(b"fuzz");
+    if let Ok(d) = Datagram::decode_with(data, Some(&key)) {
+        let frames: Vec<Frame<'_>> = d.frames().collect();
+        let mut buf = Vec::with_capacity(data.len());
+        let mut w = DatagramWriter::new_authenticated(&mut buf, d.header(), MAX_DATAGRAM_LEN);
+        for f in &frames {
+            w.push(f).expect("a decoded frame re-encodes");
+        }
+        let pn = d
+            .packet_number()
+            .expect("an authenticated datagram has a number");
+        assert_eq!(w.finish_authenticated(pn, &key), data);
+    }
     // Frame-level and envelope-level decoders on the same bytes.
     if let Ok((frame, used)) = Frame::decode(data) {
         assert!(used <= data.len());

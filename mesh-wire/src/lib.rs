@@ -45,6 +45,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod auth;
 mod bytes;
 pub mod codec;
 mod datagram;
@@ -54,8 +55,10 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use auth::{ClusterKey, AUTH_TRAILER_LEN, TAG_LEN};
 pub use datagram::{
-    Datagram, DatagramWriter, Frames, Header, HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN, VERSION,
+    Datagram, DatagramWriter, Frames, Header, FLAG_AUTH, HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN,
+    VERSION,
 };
 pub use envelope::{
     is_system_handler, Envelope, EnvelopeKind, ErrorBody, ErrorCode, SYSTEM_HANDLERS,

@@ -3,11 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use mesh_rudp::sim::Sim;
+use mesh_rudp::sim::{Forger, Sim};
 use mesh_rudp::{Delivery, EndpointConfig, Event};
-use mesh_wire::{
-    AckFrame, AckRanges, DataFrame, DatagramWriter, Fragment, Frame, Header, SeqRange,
-};
 
 use crate::util::payload;
 
@@ -44,37 +41,6 @@ fn garbage_flood_creates_no_state() {
     assert!(sim.take_events(victim).is_empty());
 }
 
-fn forged(rng: &mut Xorshift, buf: &mut Vec<u8>) -> usize {
-    let mut w = DatagramWriter::new(buf, Header::new(rng.next() | 1, 0), 1200);
-    let ranges = [SeqRange {
-        start: rng.next() as u32,
-        end: rng.next() as u32,
-    }];
-    let body = vec![0xEE; (rng.next() % 900) as usize];
-    let count = (rng.next() as u32).max(2);
-    let frames = [
-        Frame::Data(DataFrame {
-            channel: rng.next() as u8,
-            seq: rng.next() as u32,
-            message: rng.next() as u32,
-            order: (rng.next() % 2 == 0).then(|| rng.next() as u32),
-            fragment: Some(Fragment {
-                index: rng.next() as u32 % count,
-                count,
-            }),
-            payload: &body,
-        }),
-        Frame::Ack(AckFrame {
-            cumulative: rng.next() as u32,
-            delay_micros: rng.next() as u32,
-            ranges: AckRanges::List(&ranges),
-        }),
-    ];
-    let _ = w.push(&frames[(rng.next() % 2) as usize]);
-    let _ = w.push(&frames[0]);
-    w.finish().len()
-}
-
 #[test]
 fn forged_frame_flood_stays_bounded_and_healthy_peer_is_served() {
     let config = EndpointConfig::default()
@@ -88,13 +54,14 @@ fn forged_frame_flood_stays_bounded_and_healthy_peer_is_served() {
     sim.send(healthy, victim, payload(0, 10), Delivery::Unordered)
         .unwrap();
     sim.run_until_idle(10_000).unwrap();
-    let mut rng = Xorshift(7);
+    let mut forger = Forger::new(7);
+    let body = vec![0xEE; 700];
     let mut buf = Vec::new();
     let mut tag = 0;
     for round in 0..50u64 {
         // 400 forged datagrams from 400 addresses, then some healthy traffic.
         for i in 0..400u64 {
-            let n = forged(&mut rng, &mut buf);
+            let n = forger.datagram(&mut buf, &body, false);
             let bytes = buf[..n].to_vec();
             sim.inject(attacker(round * 400 + i), victim, &bytes);
         }
@@ -122,4 +89,124 @@ fn forged_frame_flood_stays_bounded_and_healthy_peer_is_served() {
     let s = sim.endpoint(victim).stats();
     assert!(s.peers <= 1, "forged peers linger: {}", s.peers);
     assert_eq!(s.reassembly_bytes, 0);
+}
+
+fn keyed(secret: &[u8]) -> EndpointConfig {
+    EndpointConfig::default()
+        .cluster_key(Some(mesh_wire::ClusterKey::from_secret(secret)))
+        .clone()
+}
+
+#[test]
+fn with_a_cluster_key_forged_and_replayed_datagrams_are_refused() {
+    use std::time::Instant;
+
+    use mesh_rudp::Endpoint;
+
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+    );
+    let mut a = Endpoint::new(keyed(b"cluster").seed(1).clone()).unwrap();
+    let mut b = Endpoint::new(keyed(b"cluster").seed(2).clone()).unwrap();
+    let now = Instant::now();
+    a.send_reliable(now, b_addr, payload(1, 100), Delivery::Unordered)
+        .unwrap();
+    let mut buf = Vec::new();
+    let t = a.poll_transmit(now, &mut buf).unwrap();
+    let captured = buf[..t.size].to_vec();
+    b.handle_datagram(now, a_addr, &captured);
+    // The same datagram again, and again later: refused as replays.
+    for _ in 0..10 {
+        b.handle_datagram(now, a_addr, &captured);
+    }
+    b.handle_datagram(now + Duration::from_secs(1), a_addr, &captured);
+    let mut messages = 0;
+    while let Some(e) = b.poll_event() {
+        if matches!(e, Event::Message { .. }) {
+            messages += 1;
+        }
+    }
+    assert_eq!(messages, 1, "delivered once");
+    assert_eq!(b.stats().dropped_replay, 11);
+
+    // Forged: unkeyed, keyed with another secret, and a keyed datagram with a flipped bit.
+    let mut other = Endpoint::new(keyed(b"not the cluster").seed(3).clone()).unwrap();
+    let mut plain = Endpoint::new(EndpointConfig::default().seed(4).clone()).unwrap();
+    for (i, ep) in [&mut other, &mut plain].into_iter().enumerate() {
+        ep.send_reliable(now, b_addr, payload(2, 10), Delivery::Unordered)
+            .unwrap();
+        let t = ep.poll_transmit(now, &mut buf).unwrap();
+        b.handle_datagram(now, attacker(i as u64), &buf[..t.size]);
+    }
+    let mut flipped = captured.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    b.handle_datagram(now, attacker(9), &flipped);
+    let s = b.stats();
+    assert_eq!(s.dropped_unauthenticated, 2, "{s:?}");
+    assert!(
+        s.dropped_invalid >= 1,
+        "the flipped bit fails the checksum first"
+    );
+    assert_eq!(s.peers, 1, "no state for forgers");
+    assert!(b.poll_event().is_none(), "nothing reached the application");
+
+    // A datagram numbered far in the past (an old capture) from an unknown address is refused.
+    let mut old = Endpoint::new(keyed(b"cluster").seed(5).clone()).unwrap();
+    old.send_reliable(now, b_addr, payload(3, 10), Delivery::Unordered)
+        .unwrap();
+    let t = old.poll_transmit(now, &mut buf).unwrap();
+    let replay_later = buf[..t.size].to_vec();
+    b.handle_datagram(now + Duration::from_secs(600), attacker(10), &replay_later);
+    assert_eq!(b.stats().dropped_replay, 12);
+    assert_eq!(b.stats().peers, 1);
+}
+
+#[test]
+fn keyed_endpoints_deliver_exactly_once_under_loss() {
+    use mesh_rudp::sim::LinkConfig;
+
+    let mut sim = Sim::new(21);
+    sim.set_all_links(LinkConfig {
+        loss: 0.2,
+        duplicate: 0.2,
+        jitter: Duration::from_millis(3),
+        ..LinkConfig::default()
+    });
+    let a = sim.add_endpoint(keyed(b"k"));
+    let b = sim.add_endpoint(keyed(b"k"));
+    for i in 0..200 {
+        sim.send(a, b, payload(i, 2000), Delivery::Unordered)
+            .unwrap();
+    }
+    sim.run_until_idle(1_000_000).unwrap();
+    let got = sim
+        .take_events(b)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Message { .. }))
+        .count();
+    assert_eq!(got, 200);
+    let s = sim.endpoint(b).stats();
+    assert!(
+        s.dropped_replay > 0,
+        "the network's duplicates were refused as replays"
+    );
+    assert_eq!(s.dropped_unauthenticated, 0);
+}
+
+#[test]
+fn keyed_and_unkeyed_endpoints_do_not_talk() {
+    let mut sim = Sim::new(22);
+    let a = sim.add_endpoint(keyed(b"k"));
+    let b = sim.add_endpoint(EndpointConfig::default());
+    sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
+    sim.run_for(Duration::from_secs(7), 1_000_000).unwrap();
+    let failed = sim
+        .take_events(a)
+        .into_iter()
+        .any(|e| matches!(e, Event::Failed { .. }));
+    assert!(failed, "the send fails instead of hanging");
+    assert!(sim.endpoint(b).stats().dropped_unauthenticated > 0);
+    assert!(sim.take_events(b).is_empty());
 }

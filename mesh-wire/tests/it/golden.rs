@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 
 use mesh_wire::{
-    AckFrame, AckRanges, CloseFrame, DataFrame, Datagram, DatagramWriter, Envelope, EnvelopeKind,
-    ErrorBody, ErrorCode, Fragment, Frame, Header, SeqRange, UnreliableFrame, CLOSE_NORMAL,
+    AckFrame, AckRanges, CloseFrame, ClusterKey, DataFrame, Datagram, DatagramWriter, Envelope,
+    EnvelopeKind, ErrorBody, ErrorCode, Fragment, Frame, Header, SeqRange, UnreliableFrame,
+    CLOSE_NORMAL,
 };
 
 fn datagram(frames: &[Frame<'_>]) -> Vec<u8> {
@@ -22,6 +23,24 @@ fn datagram(frames: &[Frame<'_>]) -> Vec<u8> {
         w.push(f).unwrap();
     }
     w.finish().to_vec()
+}
+
+fn authenticated(frames: &[Frame<'_>]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = DatagramWriter::new_authenticated(
+        &mut buf,
+        Header::new(0x0102_0304_0506_0708, 0x1112_1314_1516_1718),
+        1200,
+    );
+    for f in frames {
+        w.push(f).unwrap();
+    }
+    w.finish_authenticated(0x2122_2324_2526_2728, &golden_key())
+        .to_vec()
+}
+
+fn golden_key() -> ClusterKey {
+    ClusterKey::from_secret(b"golden secret")
 }
 
 fn envelope(e: Envelope<'_>) -> Vec<u8> {
@@ -42,6 +61,10 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
     }
     .encode(&mut error_payload);
     vec![
+        (
+            "ping_authenticated",
+            authenticated(&[Frame::Ping { token: 42 }]),
+        ),
         (
             "data_unordered",
             datagram(&[Frame::Data(DataFrame {
@@ -161,7 +184,10 @@ fn golden_vectors_match() {
             mismatches.push(format!("{name}:\n  want {}\n  got  {hex}", want.trim()));
         }
         // Every datagram vector also decodes back.
-        if !name.starts_with("envelope") {
+        if name.ends_with("authenticated") {
+            let d = Datagram::decode_with(&bytes, Some(&golden_key())).unwrap();
+            assert_eq!(d.packet_number(), Some(0x2122_2324_2526_2728));
+        } else if !name.starts_with("envelope") {
             let d = Datagram::decode(&bytes).unwrap();
             assert!(d.frame_count() >= 1);
         }

@@ -1,5 +1,6 @@
 //! Integration tests of mesh-wire: one test binary, one module per subject.
 
+mod auth;
 mod codec;
 mod golden;
 mod props;
