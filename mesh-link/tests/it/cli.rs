@@ -287,3 +287,86 @@ fn help_usage_errors_and_exit_codes() {
         text(&o)
     );
 }
+
+#[test]
+fn a_keyed_node_answers_only_keyed_pings() {
+    let dir = std::env::temp_dir().join(format!("mesh-link-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key");
+    let wrong = dir.join("wrong");
+    std::fs::write(&key, "a cluster secret of some length\n").unwrap();
+    std::fs::write(&wrong, "another secret\n").unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["node", "--bind", &format!("127.0.0.1:{port}")])
+        .arg("--key-file")
+        .arg(&key)
+        .env_remove("MESH_REDIS_URL")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut node = Node { child, port };
+    let p = node.port.to_string();
+    let ok = Command::new(BIN)
+        .args([
+            "ping",
+            "127.0.0.1",
+            &p,
+            "--count",
+            "2",
+            "--interval",
+            "1",
+            "--key-file",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", text(&ok));
+    for extra in [&["--key-file", wrong.to_str().unwrap()][..], &[]] {
+        let o = Command::new(BIN)
+            .args(["ping", "127.0.0.1", &p, "--count", "1", "--timeout", "300"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    }
+    // No raw PONG from a keyed node: it would be an unauthenticated reply.
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    s.send_to(b"ping", ("127.0.0.1", node.port)).unwrap();
+    let mut buf = [0u8; 8];
+    assert!(
+        s.recv(&mut buf).is_err(),
+        "a keyed node answered a raw ping"
+    );
+    // An empty key file is refused with a clear error.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let o = Command::new(BIN)
+        .args(["node", "--key-file"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is empty"),
+        "{}",
+        text(&o)
+    );
+    assert!(node.terminate().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -398,3 +398,43 @@ async fn config_from_toml_and_unknown_redis() {
     c.redis = Some("http://x".into());
     assert!(matches!(MeshNode::start(c).await, Err(Error::Registry(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_keys_must_match() {
+    let registry = Registry::memory();
+    let keyed = |secret: &str| {
+        let mut c = fast("keyed");
+        c.cluster_key = Some(mesh_link::Secret::new(secret));
+        c
+    };
+    let (a, _) = suite_node(&registry, keyed("one secret"), "a").await;
+    let (b, _) = suite_node(&registry, keyed("one secret"), "b").await;
+    let (c, _) = suite_node(&registry, keyed("another secret"), "c").await;
+    let (d, _) = suite_node(&registry, fast("keyed"), "d").await;
+    let r: Msg = a.request(1, b.local_key(), &msg("keyed")).await.unwrap();
+    assert_eq!(r.message, "keyed world");
+    for other in [&c, &d] {
+        let e = within(
+            "mismatched keys fail",
+            10,
+            a.request::<_, Msg>(1, other.local_key(), &msg("x")),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RequestError::NotDelivered { .. } | RequestError::Timeout { .. }
+            ),
+            "{e:?}"
+        );
+    }
+    assert!(c.transport_stats().dropped_unauthenticated > 0);
+    assert!(d.transport_stats().dropped_unauthenticated > 0);
+    // The secret never shows in debug output.
+    let dbg = format!("{:?}", keyed("one secret"));
+    assert!(!dbg.contains("one secret"), "{dbg}");
+    for n in [a, b, c, d] {
+        n.stop().await;
+    }
+}
