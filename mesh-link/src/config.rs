@@ -84,7 +84,8 @@ pub struct Config {
     pub send_interval: Option<Duration>,
     /// Largest datagram, header included (the original's split size). Default 1200.
     pub mtu: usize,
-    /// Largest message, in bytes. Default 16 MiB.
+    /// Largest message, in bytes. Default 16 MiB. Above that, the transport's per-peer
+    /// buffers grow to hold two such messages.
     pub max_message_size: usize,
     /// How long a request waits for its answer unless told otherwise. Default 5 s.
     #[serde(with = "humantime_serde")]

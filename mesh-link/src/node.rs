@@ -416,9 +416,18 @@ impl MeshNode {
         };
         let address = config.resolve_address()?;
         let mut tc = TransportConfig::default();
+        let largest = config.max_message_size.saturating_add(HEADROOM);
+        if largest > 16 << 20 {
+            // The transport's buffers hold two of the largest message (its defaults suit
+            // messages up to 16 MiB); the caps scale with the message, never below defaults.
+            tc.endpoint
+                .reassembly_per_peer(largest.saturating_mul(2))
+                .reassembly_total(largest.saturating_mul(4).max(256 << 20))
+                .send_queue_per_peer(largest.saturating_mul(2).max(64 << 20));
+        }
         tc.endpoint
             .mtu(config.mtu)
-            .max_message_size(config.max_message_size.saturating_add(HEADROOM))
+            .max_message_size(largest)
             .peer_timeout(config.peer_timeout)
             .flush_interval(config.send_interval);
         tc.close_timeout = config.stop_timeout;

@@ -438,3 +438,25 @@ async fn cluster_keys_must_match() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_larger_message_limit_just_works() {
+    // Found by mesh-bench: a 32 MiB limit used to fail at start (transport caps too small).
+    let registry = Registry::memory();
+    let mut c = fast("big");
+    c.max_message_size = 32 << 20;
+    c.peer_timeout = Duration::from_secs(20); // a debug build moves 17 MiB slowly
+    let (a, _) = suite_node(&registry, c.clone(), "a").await;
+    let (b, _) = suite_node(&registry, c, "b").await;
+    b.on_request(100, |v: Vec<u8>, _| async move {
+        Ok::<_, HandlerError>(v.len())
+    })
+    .unwrap();
+    let n: usize = a
+        .request(100, b.local_key(), &vec![1u8; 20 << 20])
+        .await
+        .unwrap();
+    assert_eq!(n, 20 << 20);
+    a.stop().await;
+    b.stop().await;
+}
