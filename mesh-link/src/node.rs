@@ -483,6 +483,9 @@ impl MeshNode {
             inner,
         };
         let _ = node.inner.guard.set(Arc::downgrade(&node._guard));
+        node.inner
+            .transport
+            .set_intercept(Some(intercept_answers(Arc::downgrade(&node.inner))));
         let receiver = tokio::spawn(receive_loop(node.downgrade_for_task()));
         let watcher = tokio::spawn(watch_peers(node.inner.clone()));
         let maintainer = tokio::spawn(maintain_shared(node.downgrade_for_task()));
@@ -1416,32 +1419,7 @@ fn on_message(
     let payload = m.data.slice_ref(env.payload);
     match env.kind {
         EnvelopeKind::Response | EnvelopeKind::ErrorResponse => {
-            let answer = if env.kind == EnvelopeKind::Response {
-                Ok(payload)
-            } else {
-                match ErrorBody::decode(&payload) {
-                    Ok(b) => Err(RequestError::from_remote(
-                        NodeKey::from(m.from),
-                        env.handler,
-                        b.code,
-                        b.message,
-                    )),
-                    Err(_) => {
-                        inner.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                }
-            };
-            let mut pending = inner.pending.lock();
-            // Only the node asked may answer (the original took any answer with the id).
-            match pending.get(&env.request_id) {
-                Some(p) if p.peer == m.from && p.handler == env.handler => {
-                    if let Some(p) = pending.remove(&env.request_id) {
-                        let _ = p.tx.send(answer);
-                    }
-                }
-                _ => debug!(from = %m.from, "answer to no request of ours dropped"),
-            }
+            resolve_answer(inner, m.from, &env, payload);
         }
         _ => {
             let reply = (env.kind == EnvelopeKind::Request).then_some(ReplyTo {
@@ -1589,6 +1567,59 @@ fn on_message(
             }
         }
     }
+}
+
+/// An answer arrived: it completes the request it answers, if the node asked is the one
+/// answering.
+fn resolve_answer(inner: &Inner, from: SocketAddr, env: &Envelope<'_>, payload: Bytes) {
+    let answer = if env.kind == EnvelopeKind::Response {
+        Ok(payload)
+    } else {
+        match ErrorBody::decode(&payload) {
+            Ok(b) => Err(RequestError::from_remote(
+                NodeKey::from(from),
+                env.handler,
+                b.code,
+                b.message,
+            )),
+            Err(_) => {
+                inner.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    };
+    let mut pending = inner.pending.lock();
+    // Only the node asked may answer (the original took any answer with the id).
+    match pending.get(&env.request_id) {
+        Some(p) if p.peer == from && p.handler == env.handler => {
+            if let Some(p) = pending.remove(&env.request_id) {
+                let _ = p.tx.send(answer);
+            }
+        }
+        _ => debug!(%from, "answer to no request of ours dropped"),
+    }
+}
+
+/// Takes answers straight from the transport's task: the waiting request is woken without a
+/// hand-off through the receive loop. Everything else goes on to the loop.
+fn intercept_answers(inner: std::sync::Weak<Inner>) -> mesh_rudp::Intercept {
+    Arc::new(move |m: &Received| {
+        let Ok(env) = Envelope::decode(&m.data) else {
+            return false;
+        };
+        if !matches!(
+            env.kind,
+            EnvelopeKind::Response | EnvelopeKind::ErrorResponse
+        ) {
+            return false;
+        }
+        let Some(inner) = inner.upgrade() else {
+            return false;
+        };
+        let payload = m.data.slice_ref(env.payload);
+        resolve_answer(&inner, m.from, &env, payload);
+        true
+    })
 }
 
 /// A relay head's work: run the handler here (once per fan-out), spread to the rest, report.

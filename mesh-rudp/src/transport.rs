@@ -119,9 +119,13 @@ struct Run {
     segment: usize,
 }
 
-#[derive(Debug)]
+/// A hook that may take a received message before it is queued for [`Transport::recv`]; see
+/// [`Transport::set_intercept`].
+pub type Intercept = Arc<dyn Fn(&Received) -> bool + Send + Sync>;
+
 struct Shared {
     state: Mutex<State>,
+    intercept: parking_lot::RwLock<Option<Intercept>>,
     socket: UdpSocket,
     /// Batched I/O (GSO for sends, GRO and `recvmmsg` for receives) where the OS has it.
     udp: quinn_udp::UdpSocketState,
@@ -169,6 +173,14 @@ fn os_seed() -> u64 {
     h.finish()
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("intercept", &self.intercept.read().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Transport {
     /// Binds a socket on `addr` (port 0 for any) and spawns the driver task on the current
     /// tokio runtime.
@@ -201,6 +213,7 @@ impl Transport {
                 out_meta: Vec::with_capacity(SEND_BATCH),
                 shutdown: false,
             }),
+            intercept: parking_lot::RwLock::new(None),
             socket,
             udp,
             wake: Notify::new(),
@@ -213,6 +226,15 @@ impl Transport {
             local_addr,
             driver: Mutex::new(Some(driver)),
         })
+    }
+
+    /// Installs a hook that sees each received message first, on the driver's task, and
+    /// returns true to take it (it then never reaches [`recv`](Self::recv)). It runs with the
+    /// transport's state locked, so it must be quick and must not call this transport; it
+    /// exists so that a layer above can complete waiting work (an answer to a request) without
+    /// a hand-off to another task.
+    pub fn set_intercept(&self, hook: Option<Intercept>) {
+        *self.shared.intercept.write() = hook;
     }
 
     /// The bound address.
@@ -534,12 +556,18 @@ fn route_events(shared: &Shared, st: &mut State) -> bool {
                 data,
                 reliable,
             } => {
-                messages = true;
-                st.inbox.push_back(Received {
+                let m = Received {
                     from,
                     data,
                     reliable,
-                });
+                };
+                // Either way the application has work: the driver then yields before it
+                // flushes, so an answer sent at once carries the acknowledgement.
+                messages = true;
+                if shared.intercept.read().as_ref().is_some_and(|f| f(&m)) {
+                    continue;
+                }
+                st.inbox.push_back(m);
             }
             Event::Delivered { id, .. } => {
                 if let Some(w) = st.waiters.remove(&id) {
