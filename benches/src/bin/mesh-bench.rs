@@ -68,6 +68,9 @@ struct Args {
     /// One JSON object per result line instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also draw the latency percentiles (p50 and p99 of every latency row) into this SVG.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,6 +185,64 @@ fn print(rows: &[Row], json: bool) {
             f(r.ratio_rate, 2),
         );
     }
+}
+
+/// An SVG of p50 and p99 per latency row, on a logarithmic axis (hand-written: a chart of
+/// bars needs no plotting library).
+fn plot(rows: &[Row], path: &std::path::Path) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let rows: Vec<&Row> = rows.iter().filter(|r| r.p50_us.is_some()).collect();
+    let (label_w, bar_w, row_h, top) = (330.0, 560.0, 26.0, 40.0);
+    let height = top + row_h * rows.len() as f64 + 40.0;
+    let max = rows.iter().filter_map(|r| r.p99_us).fold(10.0f64, f64::max);
+    let (lo, hi) = (1.0f64.ln(), (max * 1.2).ln());
+    let x = |us: f64| label_w + bar_w * ((us.max(1.0).ln() - lo) / (hi - lo));
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="10" y="20" font-size="14">mesh-bench: latency, p50 (dark) and p99 (light), µs, log scale</text>
+"#,
+        w = label_w + bar_w + 80.0
+    );
+    for decade in 0..7 {
+        let us = 10f64.powi(decade);
+        if us > max * 1.2 {
+            break;
+        }
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{0}" y1="{top}" x2="{0}" y2="{1}" stroke="#ddd"/><text x="{0}" y="{2}" text-anchor="middle">{us}</text>"##,
+            x(us),
+            height - 30.0,
+            height - 15.0
+        );
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let mine = r.contender.starts_with("mesh-link");
+        let (dark, light) = if mine {
+            ("#1f6feb", "#9ec5fe")
+        } else {
+            ("#555", "#bbb")
+        };
+        let p50 = r.p50_us.unwrap_or(0.0);
+        let p99 = r.p99_us.unwrap_or(p50);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{lx}" y="{ty}" text-anchor="end">{s} · {c}</text><rect x="{label_w}" y="{y}" width="{w99}" height="16" fill="{light}"/><rect x="{label_w}" y="{y}" width="{w50}" height="16" fill="{dark}"/><text x="{tx}" y="{ty}">{p50:.0} / {p99:.0}</text>"#,
+            lx = label_w - 8.0,
+            ty = y + 12.0,
+            s = r.scenario,
+            c = r.contender,
+            w99 = x(p99) - label_w,
+            w50 = x(p50) - label_w,
+            tx = x(p99) + 4.0,
+        );
+    }
+    svg.push_str("</svg>\n");
+    std::fs::write(path, svg)
 }
 
 // ----- request/response clients ------------------------------------------------------------
@@ -1264,6 +1325,7 @@ fn main() {
         ],
         s => vec![s],
     };
+    let mut everything = Vec::new();
     for s in scenarios {
         let started = Instant::now();
         let rows = rt.block_on(async {
@@ -1282,6 +1344,13 @@ fn main() {
             eprintln!("{s:?} took {:.1} s", started.elapsed().as_secs_f64());
         }
         print(&rows, args.json);
+        everything.extend(rows);
+    }
+    if let Some(path) = &args.plot {
+        match plot(&everything, path) {
+            Ok(()) => eprintln!("plot written to {}", path.display()),
+            Err(e) => eprintln!("plot not written to {}: {e}", path.display()),
+        }
     }
     rt.shutdown_timeout(Duration::from_secs(1));
 }
