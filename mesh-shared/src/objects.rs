@@ -233,20 +233,7 @@ impl Objects {
         props.validate()?;
         let mid = Mid { id, owner };
         if owner == self.local {
-            self.room()?;
-            if self.owned.contains_key(&id) {
-                return Err(Rejected::Exists);
-            }
-            self.owned.insert(
-                id,
-                Owned {
-                    props,
-                    version: 0,
-                    ttl,
-                    expires: now + ttl,
-                    watchers: BTreeSet::new(),
-                },
-            );
+            self.insert_owned(now, id, props, ttl, BTreeSet::new())?;
             return Ok((mid, None));
         }
         let ttl_ms = ttl.as_millis().min(u64::MAX as u128) as u64;
@@ -394,24 +381,14 @@ impl Objects {
     pub fn handle(&mut self, now: Instant, from: SocketAddr, message: Message) -> Option<Reply> {
         let reply = match message {
             Message::Create { id, props, ttl_ms } => {
-                let r = props.validate().and_then(|()| self.room()).and_then(|()| {
-                    if self.owned.contains_key(&id) {
-                        return Err(Rejected::Exists);
-                    }
-                    let ttl = Duration::from_millis(ttl_ms);
-                    self.owned.insert(
-                        id,
-                        Owned {
-                            props,
-                            version: 0,
-                            ttl,
-                            expires: now + ttl,
-                            watchers: BTreeSet::from([from]),
-                        },
-                    );
-                    Ok(Reply::Created)
-                });
-                r.unwrap_or_else(Reply::Rejected)
+                let ttl = Duration::from_millis(ttl_ms);
+                match props
+                    .validate()
+                    .and_then(|()| self.insert_owned(now, id, props, ttl, BTreeSet::from([from])))
+                {
+                    Ok(()) => Reply::Created,
+                    Err(r) => Reply::Rejected(r),
+                }
             }
             Message::Get { id } => match self.owned.get_mut(&id) {
                 None => Reply::Rejected(Rejected::NotFound),
@@ -476,6 +453,32 @@ impl Objects {
 }
 
 impl Objects {
+    /// Holds a new object this node owns.
+    fn insert_owned(
+        &mut self,
+        now: Instant,
+        id: u128,
+        props: Properties,
+        ttl: Duration,
+        watchers: BTreeSet<SocketAddr>,
+    ) -> Result<(), Rejected> {
+        self.room()?;
+        if self.owned.contains_key(&id) {
+            return Err(Rejected::Exists);
+        }
+        self.owned.insert(
+            id,
+            Owned {
+                props,
+                version: 0,
+                ttl,
+                expires: now + ttl,
+                watchers,
+            },
+        );
+        Ok(())
+    }
+
     /// Applies a change to an owned object: a new version, reported here, sent to every
     /// watcher but the one who asked (it gets the reply instead).
     fn apply_owned(

@@ -87,6 +87,29 @@ impl Drop for Node {
     }
 }
 
+/// Starts `mesh-link node` with `args` (and no `MESH_REDIS_URL`), and reads the port it
+/// says it listens on.
+fn spawn_node(args: &[&std::ffi::OsStr]) -> Node {
+    let mut child = Command::new(BIN)
+        .arg("node")
+        .args(args)
+        .env_remove("MESH_REDIS_URL")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mesh-link node starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .expect("node prints its address");
+    let port: u16 = line
+        .split_whitespace()
+        .nth(4)
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    Node { child, port }
+}
+
 /// Polls `mesh-link nodes --json` until `ok` holds of the ports listed (bounded).
 fn wait_listed(redis: &str, prefix: &str, what: &str, ok: impl Fn(&[u16]) -> bool) -> Vec<u16> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -202,30 +225,8 @@ fn three_node_processes_listed_pinged_killed() {
 
 #[test]
 fn a_node_without_redis_runs_alone_and_answers_pings() {
-    let mut node = {
-        let port = free_port();
-        let mut child = Command::new(BIN)
-            .args(["node", "--bind", &format!("127.0.0.1:{port}")])
-            .env_remove("MESH_REDIS_URL")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("memory"), "{line:?}");
-        let port: u16 = line
-            .split_whitespace()
-            .nth(4)
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        Node { child, port }
-    };
+    let bind = format!("127.0.0.1:{}", free_port());
+    let mut node = spawn_node(&["--bind".as_ref(), bind.as_ref()]);
     let o = run(&[
         "ping",
         "127.0.0.1",
@@ -296,29 +297,13 @@ fn a_keyed_node_answers_only_keyed_pings() {
     let wrong = dir.join("wrong");
     std::fs::write(&key, "a cluster secret of some length\n").unwrap();
     std::fs::write(&wrong, "another secret\n").unwrap();
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["node", "--bind", &format!("127.0.0.1:{port}")])
-        .arg("--key-file")
-        .arg(&key)
-        .env_remove("MESH_REDIS_URL")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .split_whitespace()
-        .nth(4)
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut node = Node { child, port };
+    let bind = format!("127.0.0.1:{}", free_port());
+    let mut node = spawn_node(&[
+        "--bind".as_ref(),
+        bind.as_ref(),
+        "--key-file".as_ref(),
+        key.as_os_str(),
+    ]);
     let p = node.port.to_string();
     let ok = Command::new(BIN)
         .args([
