@@ -2,7 +2,9 @@
 //!
 //! The criterion benches in `benches/` are the micro view, one per layer, each measuring a
 //! baseline (a `memcpy`, a raw socket) in the same run and reporting the ratio. The
-//! `mesh-bench` comparison binary (the macro view) will live here too.
+//! `mesh-bench` binary is the macro view: mesh-link against raw UDP, TCP, HTTP/1.1 (hyper),
+//! QUIC (quinn) and the original Node.js mesh-link, interleaved in rounds in one process
+//! (`cargo run --release -p mesh-benches --bin mesh-bench -- all`).
 //!
 //! ```text
 //! cargo bench -p mesh-benches --bench wire
