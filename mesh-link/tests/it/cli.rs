@@ -34,35 +34,14 @@ struct Node {
 
 impl Node {
     fn start(redis: &str, prefix: &str, name: &str) -> Node {
-        let port = free_port();
-        let bind = format!("127.0.0.1:{port}");
+        let bind = format!("127.0.0.1:{}", free_port());
         let value = format!("name={name}");
-        let mut child = Command::new(BIN)
-            .args([
-                "node", "--redis", redis, "--prefix", prefix, "--type", "game", "--bind", &bind,
-                "--value", &value,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("mesh-link node starts");
-        // It says where it listens once it is up (the port may have moved up if taken).
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .expect("node prints its address");
-        assert!(
-            line.starts_with("mesh-link node listening on 127.0.0.1:"),
-            "{line:?}"
-        );
-        let port = line
-            .split_whitespace()
-            .nth(4)
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(port);
-        Node { child, port }
+        let args = [
+            "--redis", redis, "--prefix", prefix, "--type", "game", "--bind", &bind, "--value",
+            &value,
+        ];
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        spawn_node(&args)
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -94,13 +73,20 @@ fn spawn_node(args: &[&std::ffi::OsStr]) -> Node {
         .arg("node")
         .args(args)
         .env_remove("MESH_REDIS_URL")
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("mesh-link node starts");
+    // It says where it listens once it is up (the port may have moved up if taken).
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .expect("node prints its address");
+    assert!(
+        line.starts_with("mesh-link node listening on 127.0.0.1:"),
+        "{line:?}"
+    );
     let port: u16 = line
         .split_whitespace()
         .nth(4)
