@@ -426,13 +426,19 @@ impl Registry for RedisRegistry {
 
     async fn get(&self, key: NodeKey) -> Result<Option<Vec<u8>>, RegistryError> {
         if let Some(opts) = &self.replica_reads {
-            return self
+            let found: Option<Vec<u8>> = self
                 .client
                 .with_options(opts)
                 .replicas()
                 .get(self.node_key(key))
                 .await
-                .map_err(unavailable);
+                .map_err(unavailable)?;
+            if found.is_some() {
+                return Ok(found);
+            }
+            // A replica can lag past the write's wait for it (a loaded machine): a record we were
+            // told of but the replica lacks is read from the master, so a join is not missed
+            // until the next reconciliation. Only misses cost a master read.
         }
         self.client
             .get(self.node_key(key))
