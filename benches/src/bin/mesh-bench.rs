@@ -617,6 +617,34 @@ async fn rtt(args: &Args, concurrency: usize) -> Vec<Row> {
     rows
 }
 
+/// Sends 64-byte reliable one-way messages from `client` to `to` for `slice`, up to 4096
+/// unacknowledged: how many were sent, and the time taken.
+async fn mesh_oneway(client: &MeshNode, to: NodeKey, slice: Duration) -> (u64, Duration) {
+    let t = Instant::now();
+    let mut sent = 0u64;
+    let mut inflight = FuturesUnordered::new();
+    loop {
+        while inflight.len() < 4096 && t.elapsed() < slice {
+            let c = client.clone();
+            inflight.push(async move {
+                c.send_bytes(
+                    SINK,
+                    [to],
+                    Bytes::from_static(&PAYLOAD),
+                    SendOptions::default(),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok())
+            });
+            sent += 1;
+        }
+        if inflight.next().await.is_none() {
+            break;
+        }
+    }
+    (sent, t.elapsed())
+}
+
 /// `oneway`: 64-byte messages per second, received and counted by the other side.
 async fn oneway(args: &Args) -> Vec<Row> {
     let (server, client) = mesh_pair().await;
@@ -666,31 +694,9 @@ async fn oneway(args: &Args) -> Vec<Row> {
     for _ in 0..args.rounds {
         // mesh-link: reliable sends, up to 4096 unacknowledged.
         let before = received.load(Ordering::Relaxed);
-        let t = Instant::now();
-        let mut inflight = FuturesUnordered::new();
-        let deadline = t + slice;
-        loop {
-            while inflight.len() < 4096 && Instant::now() < deadline {
-                let c = client.clone();
-                inflight.push(async move {
-                    c.send_bytes(
-                        SINK,
-                        [to],
-                        Bytes::from_static(&PAYLOAD),
-                        SendOptions::default(),
-                    )
-                    .await
-                    .map(|r| r.is_ok())
-                    .unwrap_or(false)
-                });
-                sent[0] += 1;
-            }
-            match inflight.next().await {
-                Some(_) => {}
-                None => break,
-            }
-        }
-        spent[0] += t.elapsed();
+        let (n, took) = mesh_oneway(&client, to, slice).await;
+        sent[0] += n;
+        spent[0] += took;
         // Let the handlers count the last ones.
         tokio::time::sleep(Duration::from_millis(50)).await;
         got[0] += received.load(Ordering::Relaxed) - before;
@@ -1249,29 +1255,7 @@ async fn node_compare(args: &Args) -> Vec<Row> {
                 node_row.lost = Some(result["ops"].as_u64().unwrap_or(0).saturating_sub(got));
                 node_row.samples = got as usize;
                 let before = received.load(Ordering::Relaxed);
-                let t = Instant::now();
-                let mut sent = 0u64;
-                let mut inflight = FuturesUnordered::new();
-                loop {
-                    while inflight.len() < 4096 && t.elapsed() < slice {
-                        let c = client.clone();
-                        inflight.push(async move {
-                            c.send_bytes(
-                                SINK,
-                                [to],
-                                Bytes::from_static(&PAYLOAD),
-                                SendOptions::default(),
-                            )
-                            .await
-                            .is_ok_and(|r| r.is_ok())
-                        });
-                        sent += 1;
-                    }
-                    if inflight.next().await.is_none() {
-                        break;
-                    }
-                }
-                let spent = t.elapsed();
+                let (sent, spent) = mesh_oneway(&client, to, slice).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let got = (received.load(Ordering::Relaxed) - before) / 64;
                 rust_row.per_sec = Some(got as f64 / spent.as_secs_f64());
