@@ -15,7 +15,7 @@ use mesh_discovery::{
     RedisRegistry,
 };
 use mesh_rudp::{
-    Delivery, DownReason, EndpointStats, Received, SendError, Transport, TransportConfig,
+    Delivery, DownReason, Driver, EndpointStats, Received, SendError, Transport, TransportConfig,
     TransportError,
 };
 use mesh_wire::{Envelope, EnvelopeKind, ErrorBody, ErrorCode};
@@ -353,7 +353,7 @@ async fn bind_range(
     address: IpAddr,
     config: &Config,
     tc: TransportConfig,
-) -> Result<Transport, Error> {
+) -> Result<(Transport, Driver), Error> {
     let first = config.port;
     let last = if first == 0 {
         0
@@ -362,7 +362,7 @@ async fn bind_range(
     };
     let mut port = first;
     loop {
-        match Transport::bind(SocketAddr::new(address, port), tc.clone()).await {
+        match Transport::bind_with_driver(SocketAddr::new(address, port), tc.clone()).await {
             Ok(t) => return Ok(t),
             Err(TransportError::Io(e))
                 if e.kind() == std::io::ErrorKind::AddrInUse && port < last =>
@@ -439,7 +439,7 @@ impl MeshNode {
             }
             tc.endpoint.cluster_key(Some(key));
         }
-        let transport = bind_range(address, &config, tc).await?;
+        let (transport, driver) = bind_range(address, &config, tc).await?;
         let local = NodeKey::from(transport.local_addr());
         let backend = match registry {
             Registry::Memory(m) => Backend::Memory(m),
@@ -486,7 +486,7 @@ impl MeshNode {
         node.inner
             .transport
             .set_intercept(Some(intercept_answers(Arc::downgrade(&node.inner))));
-        let receiver = tokio::spawn(receive_loop(node.downgrade_for_task()));
+        let receiver = tokio::spawn(receive_loop(node.downgrade_for_task(), driver));
         let watcher = tokio::spawn(watch_peers(node.inner.clone()));
         let maintainer = tokio::spawn(maintain_shared(node.downgrade_for_task()));
         node.inner
@@ -1372,9 +1372,10 @@ impl TaskHandle {
 
 type Job = BoxFuture<'static, ()>;
 
-/// Reads the transport's messages and runs handlers, all in this one task: answers, their
-/// acknowledgements and the next read need no hand-off to another thread.
-async fn receive_loop(handle: TaskHandle) {
+/// Drives the transport and runs handlers, all in this one task: a request goes from the
+/// socket to its handler, and the answer (carrying the acknowledgement) back to the socket,
+/// without waking another task.
+async fn receive_loop(handle: TaskHandle, mut driver: Driver) {
     let inner = handle.0.clone();
     let max = inner.config.max_concurrent_handlers;
     let mut running: FuturesUnordered<Job> = FuturesUnordered::new();
@@ -1390,7 +1391,7 @@ async fn receive_loop(handle: TaskHandle) {
         tokio::select! {
             biased;
             Some(()) = running.next(), if !running.is_empty() => {}
-            m = inner.transport.recv(), if can_read => match m {
+            m = std::future::poll_fn(|cx| driver.poll_recv(cx, can_read)) => match m {
                 Some(m) => {
                     let Some(node) = handle.node() else { return };
                     on_message(&node, m, &mut running, &mut waiting, max);

@@ -77,7 +77,9 @@ pub use config::EndpointConfig;
 pub use endpoint::{Endpoint, Transmit};
 pub use ranges::RangeSet;
 #[cfg(feature = "tokio")]
-pub use transport::{CloseReport, Intercept, Received, Transport, TransportConfig, TransportError};
+pub use transport::{
+    CloseReport, Driver, Intercept, Received, Transport, TransportConfig, TransportError,
+};
 pub use types::{
     ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, PeerStats, SendError,
 };

@@ -1,9 +1,12 @@
 //! The tokio driver: one UDP socket, one timer, one [`Endpoint`].
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,16 +14,21 @@ use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, Notify};
-use tokio::time::Instant;
-use tracing::{debug, warn};
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
 
 use crate::{
     ConfigError, Delivery, DownReason, Endpoint, EndpointConfig, EndpointStats, Event, MessageId,
     PeerStats, SendError,
 };
 
-/// Most `recvmmsg` calls per wake-up before the driver flushes output.
+/// Most `recvmmsg` calls per turn of the driver before it flushes output.
 const RECV_CALLS: usize = 8;
+/// Most turns of the driver per poll before it yields to other tasks (a socket that never
+/// runs dry must not starve them).
+const DRIVE_TURNS: usize = 16;
+/// How far ahead the driver's timer is set when the endpoint needs no timer.
+const IDLE_TIMER: Duration = Duration::from_secs(3600);
 /// Bytes of one receive slot: room for a GRO-coalesced run of datagrams.
 const RECV_SLOT: usize = 65_536;
 /// Most datagrams gathered before they are handed to the socket.
@@ -109,6 +117,16 @@ struct State {
     /// `(destination, length)` of each datagram in `out`.
     out_meta: Vec<(SocketAddr, usize)>,
     shutdown: bool,
+    /// The parked driver's waker; a command takes it when the driver must act sooner than it
+    /// planned (an earlier timer, output to retry, shutdown).
+    driver_waker: Option<Waker>,
+    /// The driver's timer. A command that needs it sooner resets it in place: the timer keeps
+    /// the waker of the driver's last poll, so the driver is not woken just to re-arm it.
+    timer: Pin<Box<Sleep>>,
+    /// When `timer` fires.
+    timer_at: std::time::Instant,
+    /// Whether the parked driver waits for the socket to take blocked output.
+    armed_writable: bool,
 }
 
 /// A run of equal-sized datagrams to one destination (the last may be shorter): one GSO send.
@@ -129,24 +147,73 @@ struct Shared {
     socket: UdpSocket,
     /// Batched I/O (GSO for sends, GRO and `recvmmsg` for receives) where the OS has it.
     udp: quinn_udp::UdpSocketState,
-    /// Wakes the driver: a command changed the timer, or the socket has blocked output.
-    wake: Notify,
-    /// Wakes receivers and anyone waiting for progress (deliveries, queue space, close).
+    /// Wakes whoever waits for sends to progress (queue space, acknowledgements for close).
     progress: Notify,
+    /// Wakes [`Transport::recv`].
+    arrived: Notify,
+    /// Wakes [`Transport::next_peer_down`].
+    peer_down: Notify,
     config: TransportConfig,
 }
 
 /// Reliable UDP over one tokio socket.
 ///
-/// The protocol work runs in the caller's task for sends and in one driver task (spawned by
-/// [`bind`](Self::bind)) for receives and timers; both share the [`Endpoint`] under a mutex
-/// that is never held across an `.await`. Sends go straight to the socket from the calling
-/// task, so a request costs no hand-off to another thread.
+/// The protocol work runs in the caller's task for sends and in the [`Driver`] for receives
+/// and timers; both share the [`Endpoint`] under a mutex that is never held across an
+/// `.await`. Sends go straight to the socket from the calling task, so a request costs no
+/// hand-off to another thread.
+///
+/// [`bind`](Self::bind) spawns the driver as a task of its own and queues what it receives for
+/// [`recv`](Self::recv). [`bind_with_driver`](Self::bind_with_driver) hands the driver to the
+/// caller instead, to poll on the task that consumes the messages: a message then goes from
+/// the socket to its consumer, and the consumer's answer back to the socket, without waking
+/// another task.
 #[derive(Debug)]
 pub struct Transport {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Drives a [`Transport`] made by [`Transport::bind_with_driver`]: reads the socket, runs the
+/// timers, retries blocked output, and yields the received messages.
+///
+/// Poll it from one task, for as long as the transport is open: nothing is received,
+/// acknowledged or retransmitted while nobody polls it. The acknowledgement of a message it
+/// returns is sent by the next poll (or carried by an answer sent before it).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use mesh_rudp::{Transport, TransportConfig};
+///
+/// let a = Transport::bind("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+/// let (b, mut driver) =
+///     Transport::bind_with_driver("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+/// let to = b.local_addr();
+/// let sender = tokio::spawn(async move { a.send(to, &b"hi"[..]).await.map(|()| a) });
+/// let msg = driver.recv().await.expect("open");
+/// assert_eq!(&msg.data[..], b"hi");
+/// // Go on driving while `b` closes: the driver ends when the transport is closed.
+/// let (_report, ()) = tokio::join!(b.close(), async {
+///     while driver.recv().await.is_some() {}
+/// });
+/// sender.await??.close().await;
+/// # Ok(()) }
+/// ```
+pub struct Driver {
+    shared: Arc<Shared>,
+    storage: Vec<u8>,
+    metas: Vec<quinn_udp::RecvMeta>,
+    /// Messages were just routed without a flush: the consumer gets a turn first, so that an
+    /// answer it sends at once carries the acknowledgement.
+    deferred: bool,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
 }
 
 fn new_socket(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
@@ -189,11 +256,28 @@ impl Transport {
         Self::with_socket(socket, config)
     }
 
-    /// Wraps an already bound socket.
-    pub fn with_socket(
+    /// Binds a socket on `addr` (port 0 for any) and returns its [`Driver`] for the caller to
+    /// poll: received messages come from [`Driver::recv`], never from [`recv`](Self::recv).
+    pub async fn bind_with_driver(
+        addr: SocketAddr,
+        config: TransportConfig,
+    ) -> Result<(Self, Driver), TransportError> {
+        let socket = new_socket(addr, config.socket_buffer)?;
+        Self::with_socket_and_driver(socket, config)
+    }
+
+    /// Wraps an already bound socket and spawns its driver task.
+    pub fn with_socket(socket: UdpSocket, config: TransportConfig) -> Result<Self, TransportError> {
+        let (t, driver) = Self::with_socket_and_driver(socket, config)?;
+        *t.driver.lock() = Some(tokio::spawn(driver.run()));
+        Ok(t)
+    }
+
+    /// Wraps an already bound socket and returns its [`Driver`] for the caller to poll.
+    pub fn with_socket_and_driver(
         socket: UdpSocket,
         mut config: TransportConfig,
-    ) -> Result<Self, TransportError> {
+    ) -> Result<(Self, Driver), TransportError> {
         if config.endpoint.seed == EndpointConfig::default().seed {
             config.endpoint.seed(os_seed());
         }
@@ -212,20 +296,34 @@ impl Transport {
                 out: Vec::with_capacity(SEND_BATCH * 1500),
                 out_meta: Vec::with_capacity(SEND_BATCH),
                 shutdown: false,
+                driver_waker: None,
+                timer: Box::pin(tokio::time::sleep(IDLE_TIMER)),
+                timer_at: (Instant::now() + IDLE_TIMER).into_std(),
+                armed_writable: false,
             }),
             intercept: parking_lot::RwLock::new(None),
             socket,
             udp,
-            wake: Notify::new(),
             progress: Notify::new(),
+            arrived: Notify::new(),
+            peer_down: Notify::new(),
             config,
         });
-        let driver = tokio::spawn(drive(shared.clone()));
-        Ok(Self {
-            shared,
-            local_addr,
-            driver: Mutex::new(Some(driver)),
-        })
+        let slots = quinn_udp::BATCH_SIZE.max(1);
+        let driver = Driver {
+            shared: shared.clone(),
+            storage: vec![0u8; RECV_SLOT * slots],
+            metas: vec![quinn_udp::RecvMeta::default(); slots],
+            deferred: false,
+        };
+        Ok((
+            Self {
+                shared,
+                local_addr,
+                driver: Mutex::new(None),
+            },
+            driver,
+        ))
     }
 
     /// Installs a hook that sees each received message first, on the driver's task, and
@@ -274,30 +372,47 @@ impl Transport {
         data: Bytes,
         delivery: Delivery,
     ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
+        // The common case takes the lock once and registers no waiter.
+        if let Some(r) = self.try_queue(peer, &data, delivery) {
+            return r;
+        }
         loop {
             let progressed = self.shared.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            {
-                let mut st = self.shared.state.lock();
-                if st.shutdown {
-                    return Err(SendError::Closed.into());
-                }
-                let now = Instant::now().into_std();
-                match st.endpoint.send_reliable(now, peer, data.clone(), delivery) {
-                    Ok(id) => {
-                        let (tx, rx) = oneshot::channel();
-                        st.waiters.insert(id, tx);
-                        flush(&self.shared, &mut st);
-                        drop(st);
-                        self.shared.wake.notify_one();
-                        return Ok(rx);
-                    }
-                    Err(SendError::QueueFull) => {}
-                    Err(e) => return Err(e.into()),
-                }
+            if let Some(r) = self.try_queue(peer, &data, delivery) {
+                return r;
             }
             progressed.await;
+        }
+    }
+
+    /// One attempt of [`queue`](Self::queue): `None` while the peer's queue is full.
+    fn try_queue(
+        &self,
+        peer: SocketAddr,
+        data: &Bytes,
+        delivery: Delivery,
+    ) -> Option<Result<oneshot::Receiver<Result<(), SendError>>, TransportError>> {
+        let mut st = self.shared.state.lock();
+        if st.shutdown {
+            return Some(Err(SendError::Closed.into()));
+        }
+        let now = Instant::now().into_std();
+        match st.endpoint.send_reliable(now, peer, data.clone(), delivery) {
+            Ok(id) => {
+                let (tx, rx) = oneshot::channel();
+                st.waiters.insert(id, tx);
+                flush(&self.shared, &mut st);
+                let w = driver_to_wake(&mut st);
+                drop(st);
+                if let Some(w) = w {
+                    w.wake();
+                }
+                Some(Ok(rx))
+            }
+            Err(SendError::QueueFull) => None,
+            Err(e) => Some(Err(e.into())),
         }
     }
 
@@ -314,15 +429,22 @@ impl Transport {
         let now = Instant::now().into_std();
         st.endpoint.send_unreliable(now, peer, data.into())?;
         flush(&self.shared, &mut st);
+        let w = driver_to_wake(&mut st);
         drop(st);
-        self.shared.wake.notify_one();
+        if let Some(w) = w {
+            w.wake();
+        }
         Ok(())
     }
 
-    /// Waits until `take` returns `Some`, checking it under the lock after every change.
-    async fn wait_until<T>(&self, mut take: impl FnMut(&mut State) -> Option<T>) -> T {
+    /// Waits until `take` returns `Some`, checking it under the lock whenever `notify` fires.
+    async fn wait_until<T>(
+        &self,
+        notify: &Notify,
+        mut take: impl FnMut(&mut State) -> Option<T>,
+    ) -> T {
         loop {
-            let progressed = self.shared.progress.notified();
+            let progressed = notify.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
             if let Some(v) = take(&mut self.shared.state.lock()) {
@@ -334,7 +456,7 @@ impl Transport {
 
     /// The next received message, or `None` once the transport is closed.
     pub async fn recv(&self) -> Option<Received> {
-        self.wait_until(|st| match st.inbox.pop_front() {
+        self.wait_until(&self.shared.arrived, |st| match st.inbox.pop_front() {
             Some(m) => {
                 let n = st.inbox.len();
                 st.endpoint.set_backlog(n);
@@ -356,9 +478,11 @@ impl Transport {
 
     /// The next peer reported down (timed out, closed, restarted), or `None` once closed.
     pub async fn next_peer_down(&self) -> Option<(SocketAddr, DownReason)> {
-        self.wait_until(|st| match st.peer_events.pop_front() {
-            Some(e) => Some(Some(e)),
-            None => st.shutdown.then_some(None),
+        self.wait_until(&self.shared.peer_down, |st| {
+            match st.peer_events.pop_front() {
+                Some(e) => Some(Some(e)),
+                None => st.shutdown.then_some(None),
+            }
         })
         .await
     }
@@ -368,6 +492,11 @@ impl Transport {
         let mut st = self.shared.state.lock();
         st.endpoint.mark_down(peer);
         flush(&self.shared, &mut st);
+        let w = driver_to_wake(&mut st);
+        drop(st);
+        if let Some(w) = w {
+            w.wake();
+        }
     }
 
     /// Largest message [`send_unreliable`](Self::send_unreliable) takes (one datagram).
@@ -390,12 +519,16 @@ impl Transport {
     /// not be delivered (those sends also fail with [`SendError::Closed`]).
     pub async fn close(&self) -> CloseReport {
         let deadline = Instant::now() + self.shared.config.close_timeout;
-        {
+        let w = {
             let mut st = self.shared.state.lock();
             if st.shutdown {
                 return CloseReport::default();
             }
             st.endpoint.start_closing();
+            driver_to_wake(&mut st)
+        };
+        if let Some(w) = w {
+            w.wake();
         }
         loop {
             let progressed = self.shared.progress.notified();
@@ -408,17 +541,24 @@ impl Transport {
                 break;
             }
         }
-        let report = {
+        let (report, w) = {
             let mut st = self.shared.state.lock();
+            // What was received is acknowledged before the goodbye.
+            flush(&self.shared, &mut st);
             st.endpoint.close_all();
             flush(&self.shared, &mut st);
             st.shutdown = true;
-            CloseReport {
+            let report = CloseReport {
                 undelivered: std::mem::take(&mut st.failed_on_close),
-            }
+            };
+            (report, st.driver_waker.take())
         };
-        self.shared.wake.notify_one();
+        if let Some(w) = w {
+            w.wake();
+        }
         self.shared.progress.notify_waiters();
+        self.shared.arrived.notify_waiters();
+        self.shared.peer_down.notify_waiters();
         let driver = self.driver.lock().take();
         if let Some(d) = driver {
             let _ = d.await;
@@ -546,10 +686,11 @@ fn send_blocked(shared: &Shared, st: &mut State) {
 /// Routes the endpoint's events: messages to the inbox, outcomes to their waiters. Returns
 /// whether any message was delivered.
 fn route_events(shared: &Shared, st: &mut State) -> bool {
-    let mut progressed = false;
+    // Each kind of waiter is woken only for its own kind of news: a task that waits for peer
+    // events is not scheduled for every message (a spurious wake can cost a thread wake-up).
+    let (mut sent, mut queued, mut down) = (false, false, false);
     let mut messages = false;
     while let Some(e) = st.endpoint.poll_event() {
-        progressed = true;
         match e {
             Event::Message {
                 from,
@@ -561,20 +702,23 @@ fn route_events(shared: &Shared, st: &mut State) -> bool {
                     data,
                     reliable,
                 };
-                // Either way the application has work: the driver then yields before it
+                // Either way the application has work: the driver lets it run before it
                 // flushes, so an answer sent at once carries the acknowledgement.
                 messages = true;
                 if shared.intercept.read().as_ref().is_some_and(|f| f(&m)) {
                     continue;
                 }
                 st.inbox.push_back(m);
+                queued = true;
             }
             Event::Delivered { id, .. } => {
+                sent = true;
                 if let Some(w) = st.waiters.remove(&id) {
                     let _ = w.send(Ok(()));
                 }
             }
             Event::Failed { peer, id, error } => {
+                sent = true;
                 if error == SendError::Closed {
                     st.failed_on_close.push((peer, id));
                 }
@@ -583,6 +727,7 @@ fn route_events(shared: &Shared, st: &mut State) -> bool {
                 }
             }
             Event::PeerDown { peer, reason } => {
+                down = true;
                 if st.peer_events.len() >= MAX_PEER_EVENTS {
                     st.peer_events.pop_front();
                 }
@@ -592,95 +737,173 @@ fn route_events(shared: &Shared, st: &mut State) -> bool {
     }
     let n = st.inbox.len();
     st.endpoint.set_backlog(n);
-    if progressed {
+    if sent {
         shared.progress.notify_waiters();
+    }
+    if queued {
+        shared.arrived.notify_waiters();
+    }
+    if down {
+        shared.peer_down.notify_waiters();
     }
     messages
 }
 
-/// Reads what the socket has (batched, GRO-split), feeding each datagram to the endpoint.
-fn receive(shared: &Shared, st: &mut State, storage: &mut [u8], metas: &mut [quinn_udp::RecvMeta]) {
-    for _ in 0..RECV_CALLS {
-        let r = {
-            let mut bufs: Vec<IoSliceMut<'_>> =
-                storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
-            shared.socket.try_io(tokio::io::Interest::READABLE, || {
-                shared.udp.recv((&shared.socket).into(), &mut bufs, metas)
-            })
-        };
-        let n = match r {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) => {
-                debug!(error = %e, "recv failed");
-                return;
-            }
-        };
-        for (meta, slot) in metas.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
-            let stride = meta.stride.max(1);
-            for d in slot[..meta.len].chunks(stride) {
-                on_datagram(shared, st, meta.addr, d);
-            }
-        }
-        if n < metas.len() {
-            // The queue was drained: another call would only say so, at a syscall's cost.
-            return;
+/// One batched read (`recvmmsg`, GRO where the OS has them) into `storage`: how many slots
+/// were filled (0 when nothing was waiting). Takes no lock.
+fn recv_batch(shared: &Shared, storage: &mut [u8], metas: &mut [quinn_udp::RecvMeta]) -> usize {
+    let mut bufs: Vec<IoSliceMut<'_>> =
+        storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
+    match shared.socket.try_io(tokio::io::Interest::READABLE, || {
+        shared.udp.recv((&shared.socket).into(), &mut bufs, metas)
+    }) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => {
+            debug!(error = %e, "recv failed");
+            0
         }
     }
 }
 
-/// The driver task: receives, runs timers, retries blocked sends, until shutdown.
-async fn drive(shared: Arc<Shared>) {
-    let slots = quinn_udp::BATCH_SIZE.max(1);
-    let mut storage = vec![0u8; RECV_SLOT * slots];
-    let mut metas = vec![quinn_udp::RecvMeta::default(); slots];
-    loop {
-        let (deadline, blocked) = {
-            let st = shared.state.lock();
-            if st.shutdown {
-                return;
-            }
-            (st.endpoint.poll_timeout(), !st.blocked_tx.is_empty())
-        };
-        let sleep = async {
-            match deadline {
-                Some(t) => tokio::time::sleep_until(Instant::from_std(t)).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = shared.socket.readable() => {
-                if let Err(e) = r {
-                    warn!(error = %e, "socket not readable");
+/// After a command: moves the driver's timer earlier if the endpoint now needs it sooner, and
+/// returns the driver's waker if the command left output the socket would not take. Called
+/// with the lock held; the caller wakes the waker after releasing the lock.
+fn driver_to_wake(st: &mut State) -> Option<Waker> {
+    if let Some(t) = st.endpoint.poll_timeout() {
+        if t < st.timer_at {
+            st.timer.as_mut().reset(Instant::from_std(t));
+            st.timer_at = t;
+        }
+    }
+    if !st.blocked_tx.is_empty() && !st.armed_writable {
+        st.driver_waker.take()
+    } else {
+        None
+    }
+}
+
+impl Driver {
+    /// Drives the transport and returns the next received message, or `None` once the
+    /// transport is closed.
+    pub async fn recv(&mut self) -> Option<Received> {
+        std::future::poll_fn(|cx| self.poll_recv(cx, true)).await
+    }
+
+    /// Drives the transport until it is closed, queueing what arrives for
+    /// [`Transport::recv`]. What [`Transport::bind`] spawns.
+    pub async fn run(mut self) {
+        std::future::poll_fn(|cx| self.poll_recv(cx, false)).await;
+    }
+
+    /// Drives the transport: reads the socket, runs due timers, retries blocked output and
+    /// flushes what the endpoint has to send. With `take`, returns the next received message;
+    /// without, leaves messages queued (for [`Transport::recv`], or for later when the caller
+    /// cannot take more: they then count against the endpoint's incoming limit, which slows
+    /// the senders). `Ready(None)` once the transport is closed.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>, take: bool) -> Poll<Option<Received>> {
+        let Self {
+            shared,
+            storage,
+            metas,
+            deferred,
+        } = self;
+        let shared = &**shared;
+        for _ in 0..DRIVE_TURNS {
+            {
+                let mut st = shared.state.lock();
+                if take {
+                    if let Some(m) = st.inbox.pop_front() {
+                        let n = st.inbox.len();
+                        st.endpoint.set_backlog(n);
+                        // Not flushed yet: the consumer's answer can carry the acknowledgement.
+                        return Poll::Ready(Some(m));
+                    }
+                }
+                if st.shutdown {
+                    st.driver_waker = None;
+                    return Poll::Ready(None);
+                }
+                *deferred = false;
+                flush(shared, &mut st);
+                if !st.blocked_tx.is_empty() && shared.socket.poll_send_ready(cx).is_ready() {
+                    send_blocked(shared, &mut st);
+                    flush(shared, &mut st);
+                }
+                let now = Instant::now().into_std();
+                if st.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                    st.endpoint.handle_timeout(now);
                     continue;
                 }
-                let delivered = {
-                    let mut st = shared.state.lock();
-                    receive(&shared, &mut st, &mut storage, &mut metas);
-                    route_events(&shared, &mut st)
-                };
-                if delivered {
-                    // Let the application run first: an answer it sends at once carries our
-                    // acknowledgement, which then costs no datagram of its own.
-                    tokio::task::yield_now().await;
+            }
+            // The socket is read without the lock, so senders are not held up by the syscall.
+            let mut received = 0;
+            let mut delivered = false;
+            for _ in 0..RECV_CALLS {
+                let n = recv_batch(shared, storage, metas);
+                if n == 0 {
+                    break;
                 }
-                flush(&shared, &mut shared.state.lock());
-            }
-            () = sleep => {
+                received += n;
                 let mut st = shared.state.lock();
-                st.endpoint.handle_timeout(Instant::now().into_std());
-                flush(&shared, &mut st);
-            }
-            () = shared.wake.notified() => {}
-            r = shared.socket.writable(), if blocked => {
-                if let Err(e) = r {
-                    warn!(error = %e, "socket not writable");
+                for (meta, slot) in metas.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
+                    let stride = meta.stride.max(1);
+                    for d in slot[..meta.len].chunks(stride) {
+                        on_datagram(shared, &mut st, meta.addr, d);
+                    }
                 }
-                let mut st = shared.state.lock();
-                send_blocked(&shared, &mut st);
-                flush(&shared, &mut st);
+                delivered |= route_events(shared, &mut st);
+                if n < metas.len() {
+                    // The queue was drained: another call would only say so, at a syscall's
+                    // cost.
+                    break;
+                }
             }
+            if delivered {
+                if take {
+                    continue;
+                }
+                // Let the application run first: an answer it sends at once carries our
+                // acknowledgement, which then costs no datagram of its own.
+                *deferred = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if received > 0 {
+                continue;
+            }
+            // Nothing more to do now: sleep until the socket, the timer or a command wakes us.
+            let mut st = shared.state.lock();
+            if shared.socket.poll_recv_ready(cx).is_ready() {
+                continue;
+            }
+            st.armed_writable = !st.blocked_tx.is_empty();
+            if st.armed_writable && shared.socket.poll_send_ready(cx).is_ready() {
+                continue;
+            }
+            let now = Instant::now().into_std();
+            let at = st.endpoint.poll_timeout().unwrap_or(now + IDLE_TIMER);
+            if st.timer_at != at {
+                st.timer.as_mut().reset(Instant::from_std(at));
+                st.timer_at = at;
+            }
+            if st.timer.as_mut().poll(cx).is_ready() {
+                // Due (tokio's clock rounds up, so `now` may still be a little short of it).
+                st.endpoint.handle_timeout(now.max(at));
+                let idle = now + IDLE_TIMER;
+                st.timer.as_mut().reset(Instant::from_std(idle));
+                st.timer_at = idle;
+                continue;
+            }
+            match &st.driver_waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.driver_waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
         }
+        // Still busy after a full budget: give other tasks a turn, then go on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 

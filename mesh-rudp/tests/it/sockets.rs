@@ -254,3 +254,79 @@ async fn close_reports_what_was_not_delivered_and_fails_those_sends() {
     ));
     b.close().await;
 }
+
+/// Forwards datagrams from `a` to `b` and back, dropping the first one from `a`.
+async fn drop_first_relay(
+    a: SocketAddr,
+    b: SocketAddr,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let to_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let via = to_b.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut ba, mut bb) = (vec![0u8; 65536], vec![0u8; 65536]);
+        let mut dropped = false;
+        loop {
+            tokio::select! {
+                r = to_b.recv_from(&mut ba) => {
+                    let (n, _) = r.unwrap();
+                    if dropped {
+                        let _ = to_a.send_to(&ba[..n], b).await;
+                    }
+                    dropped = true;
+                }
+                r = to_a.recv_from(&mut bb) => {
+                    let (n, _) = r.unwrap();
+                    let _ = to_b.send_to(&bb[..n], a).await;
+                }
+            }
+        }
+    });
+    (via, task)
+}
+
+/// The only datagram of a send is lost and nothing else happens: the retransmission timer,
+/// which the send armed without waking the driver, must fire by itself. Both ways of driving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_lost_datagram_is_retransmitted_by_the_timer() {
+    let b = transport().await;
+    for spawned in [true, false] {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (a, driver) = if spawned {
+            (
+                Transport::bind(addr, TransportConfig::default())
+                    .await
+                    .unwrap(),
+                None,
+            )
+        } else {
+            let (a, d) = Transport::bind_with_driver(addr, TransportConfig::default())
+                .await
+                .unwrap();
+            (a, Some(d))
+        };
+        // The caller's driver runs on a task of its own here; nothing it receives is expected.
+        let driving =
+            driver.map(|mut d| tokio::spawn(async move { while d.recv().await.is_some() {} }));
+        let (via, relay) = drop_first_relay(a.local_addr(), b.local_addr()).await;
+        tokio::time::timeout(Duration::from_secs(10), a.send(via, &b"once"[..]))
+            .await
+            .expect("retransmitted before the peer timeout")
+            .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), b.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.data[..], b"once");
+        assert!(
+            a.stats().retransmitted >= 1,
+            "the first datagram was dropped"
+        );
+        relay.abort();
+        a.close().await;
+        if let Some(d) = driving {
+            d.await.unwrap();
+        }
+    }
+    b.close().await;
+}
