@@ -54,7 +54,7 @@ enum Scenario {
 }
 
 /// mesh-link against raw UDP, TCP, HTTP/1.1 (hyper) and QUIC (quinn), side by side.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "mesh-bench", version, about)]
 struct Args {
     /// What to measure.
@@ -519,7 +519,7 @@ async fn run_clients(clients: &mut [Box<dyn Client>], slice: Duration) -> Vec<Du
     all.into_iter().flatten().collect()
 }
 
-type Factory = Pin<Box<dyn Future<Output = Vec<Box<dyn Client>>>>>;
+type Factory = Pin<Box<dyn Future<Output = Vec<Box<dyn Client>>> + Send>>;
 
 /// `rtt` and `rtt-concurrent`: each contender's clients, interleaved in rounds.
 async fn rtt(args: &Args, concurrency: usize) -> Vec<Row> {
@@ -1312,18 +1312,25 @@ fn main() {
     let mut everything = Vec::new();
     for s in scenarios {
         let started = Instant::now();
-        let rows = rt.block_on(async {
-            match s {
-                Scenario::Rtt => rtt(&args, 1).await,
-                Scenario::RttConcurrent => rtt(&args, 100).await,
-                Scenario::Oneway => oneway(&args).await,
-                Scenario::Bulk => bulk(&args).await,
-                Scenario::Fanout => fanout(&args).await,
-                Scenario::Lossy => lossy(&args).await,
-                Scenario::NodeCompare => node_compare(&args).await,
-                Scenario::All => Vec::new(),
-            }
-        });
+        // Every contender runs on a task of the runtime, as a service's own code does: the
+        // thread that calls `block_on` is outside the worker pool, and every wake-up of it
+        // would be a thread wake-up that no contender's design chose.
+        let task_args = args.clone();
+        let rows = rt
+            .block_on(rt.spawn(async move {
+                let args = &task_args;
+                match s {
+                    Scenario::Rtt => rtt(args, 1).await,
+                    Scenario::RttConcurrent => rtt(args, 100).await,
+                    Scenario::Oneway => oneway(args).await,
+                    Scenario::Bulk => bulk(args).await,
+                    Scenario::Fanout => fanout(args).await,
+                    Scenario::Lossy => lossy(args).await,
+                    Scenario::NodeCompare => node_compare(args).await,
+                    Scenario::All => Vec::new(),
+                }
+            }))
+            .expect("scenario task");
         if !args.json {
             eprintln!("{s:?} took {:.1} s", started.elapsed().as_secs_f64());
         }
