@@ -24,6 +24,7 @@ fn payload_len(datagram_len: usize) -> usize {
 fn encode(buf: &mut Vec<u8>, payload: &[u8]) -> usize {
     let mut w = DatagramWriter::new(buf, Header::new(0xA5A5, 0x5A5A), 1200);
     w.push(&Frame::Data(DataFrame {
+        lazy_ack: false,
         channel: 0,
         seq: 12345,
         message: 678,

@@ -1695,7 +1695,8 @@ async fn send_answer(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, Fail
         return;
     }
     // Queued, not awaited: the answer's fate is the requester's to see (or time out on).
-    if let Err(e) = t.queue(to.peer, bytes, Delivery::Unordered).await {
+    // Lazy: the requester's next message can carry the acknowledgement.
+    if let Err(e) = t.queue_lazy(to.peer, bytes, Delivery::Unordered).await {
         debug!(to = %to.peer, error = %e, "answer not sent");
     }
 }

@@ -174,6 +174,7 @@ async fn with_a_cluster_key_nothing_forged_or_replayed_reaches_a_handler() {
     payload.extend_from_slice(&mesh_wire::codec::encode(&vec![1u8; 8]).unwrap());
     let mut w = DatagramWriter::new_authenticated(&mut buf, Header::new(0xABCD, 0), 1200);
     w.push(&Frame::Data(DataFrame {
+        lazy_ack: false,
         channel: 0,
         seq: 0,
         message: 0,

@@ -204,6 +204,31 @@ impl Endpoint {
         data: Bytes,
         delivery: Delivery,
     ) -> Result<MessageId, SendError> {
+        self.queue_message(now, peer, data, delivery, false)
+    }
+
+    /// [`send_reliable`](Self::send_reliable) for a message whose acknowledgement nobody waits
+    /// on soon, such as the answer to a request (the requester's next message can carry it):
+    /// the peer may hold the acknowledgement up to 5 ms to send it with something else, which
+    /// saves a datagram per exchange. Its delivery is still reported.
+    pub fn send_reliable_lazy(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        data: Bytes,
+        delivery: Delivery,
+    ) -> Result<MessageId, SendError> {
+        self.queue_message(now, peer, data, delivery, true)
+    }
+
+    fn queue_message(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        data: Bytes,
+        delivery: Delivery,
+        lazy: bool,
+    ) -> Result<MessageId, SendError> {
         if self.closing {
             return Err(SendError::Closed);
         }
@@ -216,7 +241,7 @@ impl Endpoint {
         self.ensure_peer(now, peer)?;
         let id = MessageId(self.next_message_id);
         let p = self.peers.get_mut(&peer).expect("ensured");
-        if !p.queue_reliable(now, id, data, delivery, &self.config) {
+        if !p.queue_reliable(now, id, data, delivery, lazy, &self.config) {
             return Err(SendError::QueueFull);
         }
         self.next_message_id += 1;

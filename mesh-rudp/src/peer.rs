@@ -22,6 +22,10 @@ pub(crate) const RECV_WINDOW: u64 = 8192;
 const MAX_RECV_RANGES: usize = 256;
 /// Most selective ranges written in one ack.
 const ACK_RANGES_SENT: usize = 16;
+/// Longest a receiver holds the acknowledgement of a lazy-ack frame (`PROTOCOL.md`).
+pub(crate) const LAZY_ACK_DELAY: Duration = Duration::from_millis(5);
+/// Lazy-ack frames a receiver holds unacknowledged at most.
+const LAZY_ACK_FRAMES: u32 = 16;
 /// Room kept in each data datagram for a piggybacked ack with a few ranges.
 const ACK_RESERVE: usize = 10 + 8 * 4;
 /// Most partial messages held per peer.
@@ -46,6 +50,8 @@ struct OutMsg {
     count: u32,
     next_frag: u32,
     frag_size: usize,
+    /// Its frames ask for a lazy acknowledgement.
+    lazy: bool,
 }
 
 impl OutMsg {
@@ -87,6 +93,7 @@ struct Sent {
     sent_at: Instant,
     retransmitted: bool,
     lost: bool,
+    lazy: bool,
 }
 
 impl Sent {
@@ -190,6 +197,10 @@ pub(crate) struct Peer {
     ack_deadline: Option<Instant>,
     ack_since: Option<Instant>,
     ack_count: u32,
+    /// Lazy-ack frames received and not yet acknowledged.
+    lazy_count: u32,
+    /// Lazy-ack frames sent and not yet acknowledged: the peer may hold their acks.
+    lazy_unacked: usize,
     partials: HashMap<u32, Partial>,
     pub(crate) reassembly_bytes: usize,
     channels: Vec<(u8, ChannelRecv)>,
@@ -264,6 +275,8 @@ impl Peer {
             ack_deadline: None,
             ack_since: None,
             ack_count: 0,
+            lazy_count: 0,
+            lazy_unacked: 0,
             partials: HashMap::new(),
             reassembly_bytes: 0,
             channels: Vec::new(),
@@ -296,6 +309,7 @@ impl Peer {
         id: MessageId,
         data: Bytes,
         delivery: Delivery,
+        lazy: bool,
         config: &EndpointConfig,
     ) -> bool {
         if self.queued_bytes + data.len() > config.send_queue_per_peer {
@@ -348,6 +362,7 @@ impl Peer {
             count,
             next_frag: 0,
             frag_size,
+            lazy,
         };
         if count == 1 {
             self.small.push_back(msg);
@@ -466,6 +481,7 @@ impl Peer {
                 break;
             }
             let frame = Frame::Data(DataFrame {
+                lazy_ack: s.lazy,
                 channel: s.channel,
                 seq: seq as u32,
                 message: s.message,
@@ -501,7 +517,7 @@ impl Peer {
             }
         }
         if self.in_flight_frames > 0 && self.rto_deadline.is_none() {
-            self.rto_deadline = Some(now + self.rtt.rto(config.max_ack_delay));
+            self.rto_deadline = Some(now + self.rto(config));
         }
     }
 
@@ -526,6 +542,7 @@ impl Peer {
             }
             let seq = self.next_seq;
             let frame = Frame::Data(DataFrame {
+                lazy_ack: msg.lazy,
                 channel: msg.channel,
                 seq: seq as u32,
                 message: msg.message,
@@ -551,7 +568,9 @@ impl Peer {
                 sent_at: now,
                 retransmitted: false,
                 lost: false,
+                lazy: msg.lazy,
             };
+            self.lazy_unacked += usize::from(msg.lazy);
             msg.next_frag += 1;
             if msg.next_frag == msg.count {
                 if from_small {
@@ -588,7 +607,19 @@ impl Peer {
             self.ack_deadline = None;
             self.ack_since = None;
             self.ack_count = 0;
+            self.lazy_count = 0;
         }
+    }
+
+    /// The retransmission timeout, allowing for the peer's ack delay: longer while frames
+    /// whose acks the peer may hold (lazy acks) are in flight.
+    fn rto(&self, config: &EndpointConfig) -> Duration {
+        let allowance = if self.lazy_unacked > 0 {
+            config.max_ack_delay.max(LAZY_ACK_DELAY)
+        } else {
+            config.max_ack_delay
+        };
+        self.rtt.rto(allowance)
     }
 
     /// Processes an acknowledgement. Returns the messages now fully acknowledged, or `Err` for
@@ -621,6 +652,7 @@ impl Peer {
             let Some(s) = self.sent.remove(&seq) else {
                 continue;
             };
+            self.lazy_unacked -= usize::from(s.lazy);
             let len = s.wire_len();
             if s.lost {
                 self.lost.remove(&seq);
@@ -675,8 +707,7 @@ impl Peer {
         if !self.rtt.is_fixed() {
             self.detect_losses(config);
         }
-        self.rto_deadline =
-            (self.in_flight_frames > 0).then(|| now + self.rtt.rto(config.max_ack_delay));
+        self.rto_deadline = (self.in_flight_frames > 0).then(|| now + self.rto(config));
         Ok(())
     }
 
@@ -744,7 +775,7 @@ impl Peer {
         self.loss_scan_from = self.next_seq;
         self.enter_recovery(config, true);
         self.rtt.backoff = self.rtt.backoff.saturating_add(1);
-        self.rto_deadline = Some(now + self.rtt.rto(config.max_ack_delay));
+        self.rto_deadline = Some(now + self.rto(config));
     }
 
     /// Takes a data frame. `room` says what the endpoint can still hold.
@@ -803,14 +834,29 @@ impl Peer {
             self.ack_now = true;
         }
         self.ack_pending = true;
-        self.ack_count += 1;
         if self.ack_since.is_none() {
             self.ack_since = Some(now);
         }
-        if self.ack_count >= 2 || !self.recv_above.is_empty() || config.max_ack_delay.is_zero() {
+        let delay = if d.lazy_ack {
+            // Nobody waits on it: held for something else to carry it, within limits.
+            self.lazy_count += 1;
+            if self.lazy_count >= LAZY_ACK_FRAMES {
+                self.ack_now = true;
+            }
+            config.max_ack_delay.max(LAZY_ACK_DELAY)
+        } else {
+            self.ack_count += 1;
+            if self.ack_count >= 2 || config.max_ack_delay.is_zero() {
+                self.ack_now = true;
+            }
+            config.max_ack_delay
+        };
+        if !self.recv_above.is_empty() {
             self.ack_now = true;
-        } else if self.ack_deadline.is_none() {
-            self.ack_deadline = Some(now + config.max_ack_delay);
+        }
+        if !self.ack_now {
+            let t = now + delay;
+            self.ack_deadline = Some(self.ack_deadline.map_or(t, |d| d.min(t)));
         }
         if let Some(data) = complete {
             self.deliver(d.channel, d.order, data, out);
@@ -1004,7 +1050,7 @@ impl Peer {
             bytes_received: c.bytes_received,
             srtt: self.rtt.srtt(),
             rttvar: self.rtt.rttvar(),
-            rto: self.rtt.rto(config.max_ack_delay),
+            rto: self.rto(config),
             cwnd: self.cwnd,
             in_flight_bytes: self.in_flight_bytes,
             in_flight_frames: self.in_flight_frames,

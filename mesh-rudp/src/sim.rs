@@ -478,6 +478,7 @@ impl Forger {
         let count = (self.next_u64() as u32).max(2);
         let frames = [
             Frame::Data(DataFrame {
+                lazy_ack: false,
                 channel: self.next_u64() as u8,
                 seq: u32::MAX - (self.next_u64() % 4) as u32,
                 message: self.next_u64() as u32,
@@ -489,6 +490,7 @@ impl Forger {
                 payload,
             }),
             Frame::Data(DataFrame {
+                lazy_ack: false,
                 channel: 0,
                 seq: self.next_u64() as u32,
                 message: self.next_u64() as u32,

@@ -372,15 +372,36 @@ impl Transport {
         data: Bytes,
         delivery: Delivery,
     ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
+        self.queue_message(peer, data, delivery, false).await
+    }
+
+    /// [`queue`](Self::queue) for a message whose acknowledgement nobody waits on soon, such
+    /// as an answer: see [`Endpoint::send_reliable_lazy`].
+    pub async fn queue_lazy(
+        &self,
+        peer: SocketAddr,
+        data: Bytes,
+        delivery: Delivery,
+    ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
+        self.queue_message(peer, data, delivery, true).await
+    }
+
+    async fn queue_message(
+        &self,
+        peer: SocketAddr,
+        data: Bytes,
+        delivery: Delivery,
+        lazy: bool,
+    ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
         // The common case takes the lock once and registers no waiter.
-        if let Some(r) = self.try_queue(peer, &data, delivery) {
+        if let Some(r) = self.try_queue(peer, &data, delivery, lazy) {
             return r;
         }
         loop {
             let progressed = self.shared.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if let Some(r) = self.try_queue(peer, &data, delivery) {
+            if let Some(r) = self.try_queue(peer, &data, delivery, lazy) {
                 return r;
             }
             progressed.await;
@@ -393,13 +414,20 @@ impl Transport {
         peer: SocketAddr,
         data: &Bytes,
         delivery: Delivery,
+        lazy: bool,
     ) -> Option<Result<oneshot::Receiver<Result<(), SendError>>, TransportError>> {
         let mut st = self.shared.state.lock();
         if st.shutdown {
             return Some(Err(SendError::Closed.into()));
         }
         let now = Instant::now().into_std();
-        match st.endpoint.send_reliable(now, peer, data.clone(), delivery) {
+        let queued = if lazy {
+            st.endpoint
+                .send_reliable_lazy(now, peer, data.clone(), delivery)
+        } else {
+            st.endpoint.send_reliable(now, peer, data.clone(), delivery)
+        };
+        match queued {
             Ok(id) => {
                 let (tx, rx) = oneshot::channel();
                 st.waiters.insert(id, tx);

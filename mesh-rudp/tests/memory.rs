@@ -51,6 +51,7 @@ fn idle_peers_cost_under_1_kib_each() {
     let mut add = |ep: &mut Endpoint, i: u32| {
         let mut w = DatagramWriter::new(&mut datagram, Header::new(u64::from(i) + 1, 0), 1200);
         w.push(&Frame::Data(DataFrame {
+            lazy_ack: false,
             channel: 0,
             seq: 0,
             message: 0,

@@ -17,6 +17,7 @@ fn main() -> std::io::Result<()> {
     let ranges = [SeqRange { start: 3, end: 5 }];
     let frames = [
         Frame::Data(DataFrame {
+            lazy_ack: false,
             channel: 0,
             seq: 1,
             message: 1,
@@ -25,6 +26,7 @@ fn main() -> std::io::Result<()> {
             payload: b"hello",
         }),
         Frame::Data(DataFrame {
+            lazy_ack: false,
             channel: 2,
             seq: 7,
             message: 3,

@@ -22,7 +22,8 @@ pub const FRAME_CLOSE: u8 = 0x06;
 const DATA_ORDERED: u8 = 0b0000_0001;
 /// [`DataFrame`] flag: the message is split; `fragment` is present.
 const DATA_FRAGMENTED: u8 = 0b0000_0010;
-const DATA_KNOWN_FLAGS: u8 = DATA_ORDERED | DATA_FRAGMENTED;
+const DATA_LAZY_ACK: u8 = 0b0000_0100;
+const DATA_KNOWN_FLAGS: u8 = DATA_ORDERED | DATA_FRAGMENTED | DATA_LAZY_ACK;
 
 /// The most selective-ack ranges one [`AckFrame`] may carry.
 pub const MAX_ACK_RANGES: usize = 64;
@@ -76,6 +77,10 @@ pub struct DataFrame<'a> {
     pub order: Option<u32>,
     /// Present when the message is split into several frames.
     pub fragment: Option<Fragment>,
+    /// The sender waits on nobody's behalf for this frame's acknowledgement (an answer to a
+    /// request: the requester's next message can carry it), so the receiver may hold the
+    /// acknowledgement a little to send it with something else.
+    pub lazy_ack: bool,
     /// The bytes of this piece.
     pub payload: &'a [u8],
 }
@@ -229,6 +234,9 @@ impl<'a> Frame<'a> {
                 if d.fragment.is_some() {
                     flags |= DATA_FRAGMENTED;
                 }
+                if d.lazy_ack {
+                    flags |= DATA_LAZY_ACK;
+                }
                 put_u8(out, FRAME_DATA);
                 put_u8(out, flags);
                 put_u8(out, d.channel);
@@ -318,6 +326,7 @@ impl<'a> Frame<'a> {
                     message,
                     order,
                     fragment,
+                    lazy_ack: flags & DATA_LAZY_ACK != 0,
                     payload,
                 })
             }

@@ -120,6 +120,7 @@ pub fn roundtrip(data: &[u8]) {
                 fragment,
                 len,
             } => Frame::Data(DataFrame {
+                lazy_ack: seq & 1 == 1,
                 channel,
                 seq,
                 message,

@@ -16,6 +16,7 @@
 //! let mut buf = Vec::new(); // caller-owned, reused from datagram to datagram
 //! let mut w = DatagramWriter::new(&mut buf, Header::new(0xA1, 0xB2), 1200);
 //! w.push(&Frame::Data(DataFrame {
+//!     lazy_ack: false,
 //!     channel: 0,
 //!     seq: 1,
 //!     message: 1,

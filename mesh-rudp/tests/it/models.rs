@@ -98,7 +98,7 @@ proptest! {
         let mut buf = Vec::new();
         for (seq, message, fragment, payload) in &pieces {
             let mut w = DatagramWriter::new(&mut buf, Header::new(77, 0), 1200);
-            w.push(&Frame::Data(DataFrame { channel: 0, seq: *seq, message: *message, order: None, fragment: *fragment, payload })).unwrap();
+            w.push(&Frame::Data(DataFrame { lazy_ack: false, channel: 0, seq: *seq, message: *message, order: None, fragment: *fragment, payload })).unwrap();
             let bytes = w.finish().to_vec();
             ep.handle_datagram(now, from, &bytes);
         }

@@ -349,3 +349,86 @@ fn ordered_messages_held_behind_a_lost_one_are_not_reported_delivered() {
     }
     assert!(out.delivered.is_empty());
 }
+
+/// An answer's acknowledgement waits (up to 5 ms) for something to ride along with; an
+/// ordinary message's goes at once. The lazy one is still acknowledged by itself in the end.
+#[test]
+fn lazy_acks_are_held_and_eager_ones_are_not() {
+    use bytes::Bytes;
+    use mesh_rudp::Endpoint;
+    use std::time::Instant;
+
+    let a_addr = "127.0.0.1:4001".parse().unwrap();
+    let b_addr = "127.0.0.1:4002".parse().unwrap();
+    // A small minimum, so that the timeout shows the allowance for the held ack.
+    let mut config = EndpointConfig::default()
+        .min_rto(Duration::from_micros(100))
+        .clone();
+    let mut a = Endpoint::new(config.clone().seed(1).clone()).unwrap();
+    let mut b = Endpoint::new(config.seed(2).clone()).unwrap();
+    let now = Instant::now();
+    let mut buf = Vec::new();
+    let mut carry = |from: &mut Endpoint, to: &mut Endpoint, from_addr, at: Instant| {
+        let mut n = 0;
+        while let Some(t) = from.poll_transmit(at, &mut buf) {
+            to.handle_datagram(at, from_addr, &buf[..t.size]);
+            n += 1;
+        }
+        n
+    };
+    let eager = a
+        .send_reliable(
+            now,
+            b_addr,
+            Bytes::from_static(b"request"),
+            Delivery::Unordered,
+        )
+        .unwrap();
+    assert_eq!(carry(&mut a, &mut b, a_addr, now), 1);
+    assert_eq!(
+        carry(&mut b, &mut a, b_addr, now),
+        1,
+        "acknowledged at once"
+    );
+    assert!(std::iter::from_fn(|| a.poll_event()).any(|e| e
+        == Event::Delivered {
+            peer: b_addr,
+            id: eager
+        }));
+
+    assert!(
+        a.peer_stats(b_addr).unwrap().rto < Duration::from_millis(5),
+        "nothing lazy in flight"
+    );
+    let lazy = a
+        .send_reliable_lazy(
+            now,
+            b_addr,
+            Bytes::from_static(b"answer"),
+            Delivery::Unordered,
+        )
+        .unwrap();
+    assert_eq!(carry(&mut a, &mut b, a_addr, now), 1);
+    assert!(
+        a.peer_stats(b_addr).unwrap().rto >= Duration::from_millis(5),
+        "the sender allows for the held acknowledgement"
+    );
+    assert_eq!(carry(&mut b, &mut a, b_addr, now), 0, "held");
+    let due = b.poll_timeout().expect("a timer for the held ack");
+    assert!(due <= now + Duration::from_millis(5));
+    b.handle_timeout(due);
+    assert_eq!(
+        carry(&mut b, &mut a, b_addr, due),
+        1,
+        "sent when the hold runs out"
+    );
+    assert!(std::iter::from_fn(|| a.poll_event()).any(|e| e
+        == Event::Delivered {
+            peer: b_addr,
+            id: lazy
+        }));
+    let delivered: Vec<_> = std::iter::from_fn(|| b.poll_event())
+        .filter(|e| matches!(e, Event::Message { .. }))
+        .collect();
+    assert_eq!(delivered.len(), 2, "both delivered once");
+}

@@ -68,6 +68,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
         (
             "data_unordered",
             datagram(&[Frame::Data(DataFrame {
+                lazy_ack: false,
                 channel: 0,
                 seq: 1,
                 message: 1,
@@ -79,12 +80,25 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
         (
             "data_ordered_fragment",
             datagram(&[Frame::Data(DataFrame {
+                lazy_ack: false,
                 channel: 3,
                 seq: 0xFFFF_FFFE,
                 message: 77,
                 order: Some(9),
                 fragment: Some(Fragment { index: 1, count: 4 }),
                 payload: &[0xAB; 8],
+            })]),
+        ),
+        (
+            "data_lazy_ack",
+            datagram(&[Frame::Data(DataFrame {
+                lazy_ack: true,
+                channel: 0,
+                seq: 2,
+                message: 2,
+                order: None,
+                fragment: None,
+                payload: b"answer",
             })]),
         ),
         (
@@ -116,6 +130,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                     ranges: AckRanges::List(&[]),
                 }),
                 Frame::Data(DataFrame {
+                    lazy_ack: false,
                     channel: 0,
                     seq: 5,
                     message: 5,
@@ -124,6 +139,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                     payload: b"a",
                 }),
                 Frame::Data(DataFrame {
+                    lazy_ack: false,
                     channel: 0,
                     seq: 6,
                     message: 6,

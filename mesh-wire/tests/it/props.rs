@@ -41,6 +41,7 @@ impl OwnedFrame {
                 fragment,
                 payload,
             } => Frame::Data(DataFrame {
+                lazy_ack: *seq & 1 == 1,
                 channel: *channel,
                 seq: *seq,
                 message: *message,
