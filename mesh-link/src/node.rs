@@ -641,25 +641,26 @@ impl MeshNode {
                 Delivery::Unordered
             };
             let envelope = envelope(EnvelopeKind::OneWay, id, 0, &data);
-            let sends = targets.iter().map(|k| {
-                let envelope = envelope.clone();
-                async move {
-                    let r = match self
-                        .inner
-                        .transport
-                        .queue(k.socket_addr(), envelope, delivery)
-                        .await
-                    {
-                        Ok(rx) => rx.await.unwrap_or(Err(SendError::Closed)),
-                        Err(TransportError::Send(e)) => Err(e),
-                        Err(e) => {
-                            Err(SendError::Closed).inspect_err(|_| debug!(error = %e, "send"))
-                        }
-                    };
-                    (*k, r)
-                }
-            });
-            for (k, r) in join_all(sends).await {
+            let send = |k: NodeKey, envelope: Bytes| async move {
+                let r = match self
+                    .inner
+                    .transport
+                    .queue(k.socket_addr(), envelope, delivery)
+                    .await
+                {
+                    Ok(rx) => rx.await.unwrap_or(Err(SendError::Closed)),
+                    Err(TransportError::Send(e)) => Err(e),
+                    Err(e) => Err(SendError::Closed).inspect_err(|_| debug!(error = %e, "send")),
+                };
+                (k, r)
+            };
+            let outcomes = match targets[..] {
+                [] => Vec::new(),
+                // The common case, without the machinery of waiting on many.
+                [k] => vec![send(k, envelope).await],
+                _ => join_all(targets.iter().map(|&k| send(k, envelope.clone()))).await,
+            };
+            for (k, r) in outcomes {
                 match r {
                     Ok(()) => report.delivered.push(k),
                     Err(e) => report.failed.push((k, e.into())),

@@ -54,6 +54,11 @@ pub struct TransportConfig {
     /// Answer a raw 4-byte `ping` datagram with `PONG\n`, as the original did (so `nc -u`
     /// works). Default false.
     pub answer_raw_ping: bool,
+    /// Sends closer together than this are corked: the first goes out at once from the
+    /// sender's task; the ones that follow are left to the driver, which runs once the sender
+    /// yields and packs them into full datagrams. A lone send or a request (further apart than
+    /// this) is never held. Default 5 µs; zero turns corking off.
+    pub cork: Duration,
 }
 
 impl Default for TransportConfig {
@@ -63,6 +68,7 @@ impl Default for TransportConfig {
             socket_buffer: 8 << 20,
             close_timeout: Duration::from_secs(2),
             answer_raw_ping: false,
+            cork: Duration::from_micros(5),
         }
     }
 }
@@ -127,6 +133,10 @@ struct State {
     timer_at: std::time::Instant,
     /// Whether the parked driver waits for the socket to take blocked output.
     armed_writable: bool,
+    /// When a send last flushed from its own task.
+    last_inline_flush: Option<std::time::Instant>,
+    /// A send left its datagrams for the driver to flush (packed with those that follow).
+    flush_wanted: bool,
 }
 
 /// A run of equal-sized datagrams to one destination (the last may be shorter): one GSO send.
@@ -300,6 +310,8 @@ impl Transport {
                 timer: Box::pin(tokio::time::sleep(IDLE_TIMER)),
                 timer_at: (Instant::now() + IDLE_TIMER).into_std(),
                 armed_writable: false,
+                last_inline_flush: None,
+                flush_wanted: false,
             }),
             intercept: parking_lot::RwLock::new(None),
             socket,
@@ -431,8 +443,7 @@ impl Transport {
             Ok(id) => {
                 let (tx, rx) = oneshot::channel();
                 st.waiters.insert(id, tx);
-                flush(&self.shared, &mut st);
-                let w = driver_to_wake(&mut st);
+                let w = flush_or_cork(&self.shared, &mut st, now);
                 drop(st);
                 if let Some(w) = w {
                     w.wake();
@@ -456,8 +467,7 @@ impl Transport {
         }
         let now = Instant::now().into_std();
         st.endpoint.send_unreliable(now, peer, data.into())?;
-        flush(&self.shared, &mut st);
-        let w = driver_to_wake(&mut st);
+        let w = flush_or_cork(&self.shared, &mut st, now);
         drop(st);
         if let Some(w) = w {
             w.wake();
@@ -794,6 +804,29 @@ fn recv_batch(shared: &Shared, storage: &mut [u8], metas: &mut [quinn_udp::RecvM
     }
 }
 
+/// After a send: flushes from the caller's task, or corks (see [`TransportConfig::cork`]) and
+/// returns the
+/// driver's waker so that it flushes once the caller yields. Called with the lock held.
+fn flush_or_cork(shared: &Shared, st: &mut State, now: std::time::Instant) -> Option<Waker> {
+    let burst = st
+        .last_inline_flush
+        .is_some_and(|t| now.saturating_duration_since(t) < shared.config.cork);
+    if burst {
+        st.flush_wanted = true;
+        if let Some(t) = st.endpoint.poll_timeout() {
+            if t < st.timer_at {
+                st.timer.as_mut().reset(Instant::from_std(t));
+                st.timer_at = t;
+            }
+        }
+        return st.driver_waker.take();
+    }
+    flush(shared, st);
+    // Measured after the flush: a burst's sends follow one another closely only in between.
+    st.last_inline_flush = Some(Instant::now().into_std());
+    driver_to_wake(st)
+}
+
 /// After a command: moves the driver's timer earlier if the endpoint now needs it sooner, and
 /// returns the driver's waker if the command left output the socket would not take. Called
 /// with the lock held; the caller wakes the waker after releasing the lock.
@@ -853,6 +886,7 @@ impl Driver {
                     return Poll::Ready(None);
                 }
                 *deferred = false;
+                st.flush_wanted = false;
                 flush(shared, &mut st);
                 if !st.blocked_tx.is_empty() && shared.socket.poll_send_ready(cx).is_ready() {
                     send_blocked(shared, &mut st);
@@ -902,7 +936,7 @@ impl Driver {
             }
             // Nothing more to do now: sleep until the socket, the timer or a command wakes us.
             let mut st = shared.state.lock();
-            if shared.socket.poll_recv_ready(cx).is_ready() {
+            if st.flush_wanted || shared.socket.poll_recv_ready(cx).is_ready() {
                 continue;
             }
             st.armed_writable = !st.blocked_tx.is_empty();
