@@ -1,6 +1,6 @@
 //! The tokio driver: one UDP socket, one timer, one [`Endpoint`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -112,7 +112,7 @@ pub enum TransportError {
 #[derive(Debug)]
 struct State {
     endpoint: Endpoint,
-    waiters: HashMap<MessageId, oneshot::Sender<Result<(), SendError>>>,
+    waiters: rustc_hash::FxHashMap<MessageId, oneshot::Sender<Result<(), SendError>>>,
     inbox: VecDeque<Received>,
     peer_events: VecDeque<(SocketAddr, DownReason)>,
     failed_on_close: Vec<(SocketAddr, MessageId)>,
@@ -297,7 +297,7 @@ impl Transport {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 endpoint,
-                waiters: HashMap::new(),
+                waiters: rustc_hash::FxHashMap::default(),
                 inbox: VecDeque::new(),
                 peer_events: VecDeque::new(),
                 failed_on_close: Vec::new(),
@@ -790,13 +790,25 @@ fn route_events(shared: &Shared, st: &mut State) -> bool {
 /// One batched read (`recvmmsg`, GRO where the OS has them) into `storage`: how many slots
 /// were filled (0 when nothing was waiting). Takes no lock.
 fn recv_batch(shared: &Shared, storage: &mut [u8], metas: &mut [quinn_udp::RecvMeta]) -> usize {
-    let mut bufs: Vec<IoSliceMut<'_>> =
-        storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
+    let mut slots = storage.chunks_mut(RECV_SLOT);
+    // On the stack: this runs for every wake-up of the driver.
+    let mut bufs: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+        std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
+    let batch = bufs.len().min(metas.len());
+    let mut drained = 0;
     match shared.socket.try_io(tokio::io::Interest::READABLE, || {
-        shared.udp.recv((&shared.socket).into(), &mut bufs, metas)
+        let n = shared.udp.recv((&shared.socket).into(), &mut bufs, metas)?;
+        if n < batch {
+            // Fewer than asked for: the queue is empty now. Saying "would block" clears the
+            // readiness, which saves the syscall that would only learn so. A datagram that
+            // arrives meanwhile is a new readiness event, which tokio keeps.
+            drained = n;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
     }) {
         Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => drained,
         Err(e) => {
             debug!(error = %e, "recv failed");
             0
