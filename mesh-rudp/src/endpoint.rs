@@ -99,7 +99,9 @@ pub struct Endpoint {
     rng: Rng,
     /// Boxed: an idle peer then costs its state plus one pointer in the table, not a whole
     /// table slot (with the table's slack) of peer state.
-    peers: HashMap<SocketAddr, Box<Peer>>,
+    /// Keyed by what senders choose, so the hasher is seeded per process (foldhash: fast,
+    /// minimally DoS-resistant); the map is bounded by `max_peers` either way.
+    peers: HashMap<SocketAddr, Box<Peer>, foldhash::fast::RandomState>,
     timers: BTreeSet<(Instant, SocketAddr)>,
     ready: VecDeque<SocketAddr>,
     events: VecDeque<Event>,
@@ -133,7 +135,7 @@ impl Endpoint {
             peer_tokens: Bucket::default(),
             stray_tokens: Bucket::default(),
             config,
-            peers: HashMap::new(),
+            peers: HashMap::default(),
             timers: BTreeSet::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
@@ -292,6 +294,7 @@ impl Endpoint {
 
     /// Re-evaluates a peer after a change: transmit readiness and its timer.
     fn touch(&mut self, addr: SocketAddr, now: Instant) {
+        // One lookup: this runs for every datagram and every send.
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
@@ -299,21 +302,33 @@ impl Endpoint {
             p.in_ready = true;
             self.ready.push_back(addr);
         }
-        self.update_timer(addr);
+        Self::retime(&mut self.timers, p, addr, &self.config);
     }
 
     fn update_timer(&mut self, addr: SocketAddr) {
-        let Some(p) = self.peers.get_mut(&addr) else {
-            return;
-        };
-        let deadline = p.deadline(&self.config);
-        if p.timer != Some(deadline) {
-            if let Some(old) = p.timer.take() {
-                self.timers.remove(&(old, addr));
-            }
-            p.timer = Some(deadline);
-            self.timers.insert((deadline, addr));
+        if let Some(p) = self.peers.get_mut(&addr) {
+            Self::retime(&mut self.timers, p, addr, &self.config);
         }
+    }
+
+    /// Files the peer's next deadline in `timers` if it moved earlier. One that moved later
+    /// (most datagrams push the keep-alive back) keeps its earlier entry: that entry fires,
+    /// finds nothing due, and files the real deadline. This saves re-filing on every datagram.
+    fn retime(
+        timers: &mut BTreeSet<(Instant, SocketAddr)>,
+        p: &mut Peer,
+        addr: SocketAddr,
+        config: &EndpointConfig,
+    ) {
+        let deadline = p.deadline(config);
+        if p.timer.is_some_and(|filed| filed <= deadline) {
+            return;
+        }
+        if let Some(old) = p.timer.take() {
+            timers.remove(&(old, addr));
+        }
+        p.timer = Some(deadline);
+        timers.insert((deadline, addr));
     }
 
     fn take_new_peer_token(&mut self, now: Instant) -> bool {
@@ -712,7 +727,9 @@ impl Endpoint {
         None
     }
 
-    /// The earliest instant [`handle_timeout`](Self::handle_timeout) has work to do.
+    /// The earliest instant [`handle_timeout`](Self::handle_timeout) may have work to do. It
+    /// can be early (a peer's deadline that moved later is re-filed only when it fires); the
+    /// call then does nothing and a later instant comes next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.first().map(|&(t, _)| t)
     }
