@@ -370,7 +370,9 @@ impl Transport {
         delivery: Delivery,
     ) -> Result<(), TransportError> {
         let rx = self.queue(peer, data.into(), delivery).await?;
-        match rx.await {
+        // Outside tokio's cooperative budget: one outcome, awaited once (a caller polling many
+        // sends from one task would otherwise exhaust the budget and spin on spurious wakes).
+        match tokio::task::unconstrained(rx).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(SendError::Closed.into()),
         }
