@@ -11,7 +11,9 @@
 //! # The protocol
 //! - **Per-peer reliability**: every data frame has a sequence number; the receiver answers
 //!   with cumulative + selective acknowledgements (up to 16 ranges), delayed up to
-//!   `max_ack_delay` to be coalesced, at once when data arrives out of order.
+//!   `max_ack_delay` to be coalesced, at once when data arrives out of order. A message sent
+//!   with [`Endpoint::send_reliable_lazy`] (an answer, whose requester's next message can carry
+//!   the acknowledgement) may have its acknowledgement held up to 5 ms.
 //! - **One retransmission timer per peer**, from measured RTT (RFC 6298: SRTT, RTTVAR, Karn's
 //!   rule, exponential backoff between `min_rto` and `max_rto`), and **fast retransmit** when
 //!   three later frames are acknowledged.
@@ -26,7 +28,9 @@
 //!   blocking) or [`Delivery::Ordered`] per channel. Small messages never wait behind the
 //!   fragments of a large one.
 //! - **Packing**: frames for one peer share datagrams up to the MTU (1200 bytes by default),
-//!   optionally held for `flush_interval` to pack more.
+//!   optionally held for `flush_interval` to pack more. [`Transport`] also corks sends that
+//!   follow one another within a few microseconds and lets its driver pack them
+//!   ([`TransportConfig::cork`]); a lone send goes out at once from the sender's task.
 //! - **Liveness**: idle peers are pinged every `keepalive_interval`; a peer that answers nothing,
 //!   or acknowledges nothing while data is in flight, for `peer_timeout` is reported
 //!   [`Event::PeerDown`], and every message pending to it [`Event::Failed`]. Nothing is lost
