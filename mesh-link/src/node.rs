@@ -529,6 +529,9 @@ impl MeshNode {
     /// Registers a one-way handler: `f` gets each message of type `M` sent to `id`. A
     /// request to it is answered with `()` once `f` returns. Ids 65001..=65535 are reserved,
     /// and an id can be registered once.
+    ///
+    /// Handlers run on the node's receive task, which also drives the socket: long
+    /// computation without an `.await` belongs in `tokio::task::spawn_blocking`.
     pub fn on<M, F, Fut>(&self, id: u16, f: F) -> Result<(), Error>
     where
         M: DeserializeOwned + Send + 'static,

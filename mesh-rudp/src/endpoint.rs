@@ -311,9 +311,7 @@ impl Endpoint {
         }
     }
 
-    /// Files the peer's next deadline in `timers` if it moved earlier. One that moved later
-    /// (most datagrams push the keep-alive back) keeps its earlier entry: that entry fires,
-    /// finds nothing due, and files the real deadline. This saves re-filing on every datagram.
+    /// Files the peer's next deadline in `timers` if it moved.
     fn retime(
         timers: &mut BTreeSet<(Instant, SocketAddr)>,
         p: &mut Peer,
@@ -321,7 +319,7 @@ impl Endpoint {
         config: &EndpointConfig,
     ) {
         let deadline = p.deadline(config);
-        if p.timer.is_some_and(|filed| filed <= deadline) {
+        if p.timer == Some(deadline) {
             return;
         }
         if let Some(old) = p.timer.take() {
@@ -727,9 +725,7 @@ impl Endpoint {
         None
     }
 
-    /// The earliest instant [`handle_timeout`](Self::handle_timeout) may have work to do. It
-    /// can be early (a peer's deadline that moved later is re-filed only when it fires); the
-    /// call then does nothing and a later instant comes next.
+    /// The earliest instant [`handle_timeout`](Self::handle_timeout) has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.first().map(|&(t, _)| t)
     }

@@ -818,6 +818,17 @@ fn recv_batch(shared: &Shared, storage: &mut [u8], metas: &mut [quinn_udp::RecvM
     }
 }
 
+/// Moves the driver's timer earlier if the endpoint now needs it sooner. The timer keeps the
+/// waker of the driver's last poll, so the parked driver is not woken for this.
+fn pull_timer_earlier(st: &mut State) {
+    if let Some(t) = st.endpoint.poll_timeout() {
+        if t < st.timer_at {
+            st.timer.as_mut().reset(Instant::from_std(t));
+            st.timer_at = t;
+        }
+    }
+}
+
 /// After a send: flushes from the caller's task, or corks (see [`TransportConfig::cork`]) and
 /// returns the
 /// driver's waker so that it flushes once the caller yields. Called with the lock held.
@@ -827,12 +838,7 @@ fn flush_or_cork(shared: &Shared, st: &mut State, now: std::time::Instant) -> Op
         .is_some_and(|t| now.saturating_duration_since(t) < shared.config.cork);
     if burst {
         st.flush_wanted = true;
-        if let Some(t) = st.endpoint.poll_timeout() {
-            if t < st.timer_at {
-                st.timer.as_mut().reset(Instant::from_std(t));
-                st.timer_at = t;
-            }
-        }
+        pull_timer_earlier(st);
         return st.driver_waker.take();
     }
     flush(shared, st);
@@ -845,12 +851,7 @@ fn flush_or_cork(shared: &Shared, st: &mut State, now: std::time::Instant) -> Op
 /// returns the driver's waker if the command left output the socket would not take. Called
 /// with the lock held; the caller wakes the waker after releasing the lock.
 fn driver_to_wake(st: &mut State) -> Option<Waker> {
-    if let Some(t) = st.endpoint.poll_timeout() {
-        if t < st.timer_at {
-            st.timer.as_mut().reset(Instant::from_std(t));
-            st.timer_at = t;
-        }
-    }
+    pull_timer_earlier(st);
     if !st.blocked_tx.is_empty() && !st.armed_writable {
         st.driver_waker.take()
     } else {
