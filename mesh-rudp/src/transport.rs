@@ -215,9 +215,6 @@ pub struct Driver {
     shared: Arc<Shared>,
     storage: Vec<u8>,
     metas: Vec<quinn_udp::RecvMeta>,
-    /// Messages were just routed without a flush: the consumer gets a turn first, so that an
-    /// answer it sends at once carries the acknowledgement.
-    deferred: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -326,7 +323,6 @@ impl Transport {
             shared: shared.clone(),
             storage: vec![0u8; RECV_SLOT * slots],
             metas: vec![quinn_udp::RecvMeta::default(); slots],
-            deferred: false,
         };
         Ok((
             Self {
@@ -882,7 +878,6 @@ impl Driver {
             shared,
             storage,
             metas,
-            deferred,
         } = self;
         let shared = &**shared;
         for _ in 0..DRIVE_TURNS {
@@ -900,7 +895,6 @@ impl Driver {
                     st.driver_waker = None;
                     return Poll::Ready(None);
                 }
-                *deferred = false;
                 st.flush_wanted = false;
                 flush(shared, &mut st);
                 if !st.blocked_tx.is_empty() && shared.socket.poll_send_ready(cx).is_ready() {
@@ -941,8 +935,8 @@ impl Driver {
                     continue;
                 }
                 // Let the application run first: an answer it sends at once carries our
-                // acknowledgement, which then costs no datagram of its own.
-                *deferred = true;
+                // acknowledgement, which then costs no datagram of its own. The next poll
+                // flushes first thing.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
