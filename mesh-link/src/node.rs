@@ -15,8 +15,8 @@ use mesh_discovery::{
     RedisRegistry,
 };
 use mesh_rudp::{
-    Delivery, DownReason, Driver, EndpointStats, Received, SendError, Transport, TransportConfig,
-    TransportError,
+    Delivery, DownReason, Driver, EndpointStats, Payload, Received, SendError, Transport,
+    TransportConfig, TransportError,
 };
 use mesh_wire::{Envelope, EnvelopeKind, ErrorBody, ErrorCode};
 use parking_lot::{Mutex, RwLock};
@@ -427,6 +427,7 @@ impl MeshNode {
         }
         tc.endpoint
             .mtu(config.mtu)
+            .loopback_mtu(config.loopback_mtu)
             .max_message_size(largest)
             .peer_timeout(config.peer_timeout)
             .flush_interval(config.send_interval);
@@ -643,8 +644,8 @@ impl MeshNode {
             } else {
                 Delivery::Unordered
             };
-            let envelope = envelope(EnvelopeKind::OneWay, id, 0, &data);
-            let send = |k: NodeKey, envelope: Bytes| async move {
+            let envelope = envelope_payload(EnvelopeKind::OneWay, id, 0, &data);
+            let send = |k: NodeKey, envelope: Payload| async move {
                 let r = match self
                     .inner
                     .transport
@@ -1046,7 +1047,7 @@ impl MeshNode {
         }
         // Removes the entry however this future ends (answered, failed, timed out, dropped).
         let _cleanup = PendingGuard(&self.inner, request_id);
-        let envelope = envelope(EnvelopeKind::Request, id, request_id, &data);
+        let envelope = envelope_payload(EnvelopeKind::Request, id, request_id, &data);
         let deadline = Instant::now() + timeout;
         let not_delivered = |e: SendError| RequestError::NotDelivered {
             node,
@@ -1096,7 +1097,7 @@ impl MeshNode {
             }
             self.inner
                 .transport
-                .send_unreliable(node.socket_addr(), envelope)
+                .send_unreliable(node.socket_addr(), envelope.to_bytes())
                 .map_err(|e| match e {
                     TransportError::Send(e) => not_delivered(e),
                     _ => not_delivered(SendError::Closed),
@@ -1337,6 +1338,20 @@ fn delivery_error(e: RequestError) -> DeliveryError {
         RequestError::Stopped => DeliveryError::Stopped,
         other => DeliveryError::Unreachable(other.to_string()),
     }
+}
+
+/// Bodies at least this long go to the transport behind their envelope header rather than
+/// copied into one buffer with it: below it, one small copy is cheaper than two buffers.
+const COPY_LIMIT: usize = 4096;
+
+/// An envelope for the transport: see [`COPY_LIMIT`].
+fn envelope_payload(kind: EnvelopeKind, handler: u16, request_id: u64, body: &Bytes) -> Payload {
+    if body.len() < COPY_LIMIT {
+        return envelope(kind, handler, request_id, body).into();
+    }
+    let mut head = Vec::with_capacity(Envelope::header_len(kind));
+    Envelope::encode_header(kind, handler, request_id, &mut head);
+    Payload::with_head(Bytes::from(head), body.clone())
 }
 
 fn envelope(kind: EnvelopeKind, handler: u16, request_id: u64, payload: &[u8]) -> Bytes {
@@ -1694,17 +1709,17 @@ fn answer_job(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, Failure>) -
 
 async fn send_answer(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, Failure>) {
     let bytes = match r {
-        Ok(answer) => envelope(
+        Ok(answer) => envelope_payload(
             EnvelopeKind::Response,
             to.handler,
             to.request_id,
-            answer.as_deref().unwrap_or_default(),
+            &answer.unwrap_or_default(),
         ),
-        Err(f) => error_envelope(to.handler, to.request_id, f.code, &f.message),
+        Err(f) => error_envelope(to.handler, to.request_id, f.code, &f.message).into(),
     };
     let t = &node.inner.transport;
     if !to.reliable && bytes.len() <= t.max_unreliable_size() {
-        if let Err(e) = t.send_unreliable(to.peer, bytes) {
+        if let Err(e) = t.send_unreliable(to.peer, bytes.to_bytes()) {
             debug!(to = %to.peer, error = %e, "answer not sent");
         }
         return;

@@ -9,6 +9,7 @@ use crate::ConfigError;
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub(crate) mtu: usize,
+    pub(crate) loopback_mtu: Option<usize>,
     pub(crate) max_message_size: usize,
     pub(crate) max_peers: usize,
     pub(crate) new_peers_per_second: u32,
@@ -32,10 +33,20 @@ pub struct EndpointConfig {
     pub(crate) max_clock_skew: Duration,
 }
 
+/// The default [`EndpointConfig::loopback_mtu`]. Linux's loopback interface carries datagrams
+/// up to 64 KiB; elsewhere (macOS caps UDP datagrams at 9 KiB by default) loopback peers get the
+/// ordinary MTU.
+pub const DEFAULT_LOOPBACK_MTU: Option<usize> = if cfg!(target_os = "linux") {
+    Some(32_000)
+} else {
+    None
+};
+
 impl Default for EndpointConfig {
     fn default() -> Self {
         Self {
             mtu: 1200,
+            loopback_mtu: DEFAULT_LOOPBACK_MTU,
             max_message_size: 16 << 20,
             max_peers: 4096,
             new_peers_per_second: 1024,
@@ -77,6 +88,14 @@ impl EndpointConfig {
         /// Largest UDP payload this endpoint sends, header included. Default 1200 bytes: safe
         /// on common networks (IPv6 minimum MTU less headers). Range 256..=65507.
         mtu: usize
+    );
+    setter!(
+        /// Largest UDP payload to a peer on a loopback address (another process on this host),
+        /// in place of `mtu`; `None` treats loopback peers like any other. Loopback never
+        /// fragments below 64 KiB on Linux, and fewer, larger datagrams move bulk data between
+        /// co-located processes at several times the speed. Default `Some(32_000)` on Linux
+        /// (measured best between 24 and 48 KB), `None` elsewhere. Range 256..=65507.
+        loopback_mtu: Option<usize>
     );
     setter!(
         /// Largest reliable message, in bytes. Default 16 MiB. Larger sends are refused, and
@@ -183,9 +202,21 @@ impl EndpointConfig {
         max_clock_skew: Duration
     );
 
+    /// The largest datagram to send to `peer`: `loopback_mtu` for a loopback address.
+    pub(crate) fn mtu_for(&self, peer: std::net::SocketAddr) -> usize {
+        match self.loopback_mtu {
+            Some(m) if peer.ip().is_loopback() => m,
+            _ => self.mtu,
+        }
+    }
+
     /// Checks the values against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(256..=mesh_wire::MAX_DATAGRAM_LEN).contains(&self.mtu) {
+        if !(256..=mesh_wire::MAX_DATAGRAM_LEN).contains(&self.mtu)
+            || self
+                .loopback_mtu
+                .is_some_and(|m| !(256..=mesh_wire::MAX_DATAGRAM_LEN).contains(&m))
+        {
             return Err(ConfigError::Invalid("mtu must be within 256..=65507"));
         }
         if self.max_message_size == 0 {
@@ -214,7 +245,8 @@ impl EndpointConfig {
         if self.max_peers == 0 || self.max_incoming_messages == 0 || self.unreliable_queue == 0 {
             return Err(ConfigError::Invalid("caps must be positive"));
         }
-        if self.initial_cwnd_datagrams < 2 || self.max_cwnd_bytes < 2 * self.mtu {
+        let largest = self.mtu.max(self.loopback_mtu.unwrap_or(0));
+        if self.initial_cwnd_datagrams < 2 || self.max_cwnd_bytes < 2 * largest {
             return Err(ConfigError::Invalid("congestion window too small"));
         }
         Ok(())

@@ -15,7 +15,8 @@ use crate::config::EndpointConfig;
 use crate::peer::{Peer, RecvOutcome, Refused, Room};
 use crate::rng::Rng;
 use crate::types::{
-    ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, PeerStats, SendError,
+    ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, Payload, PeerStats,
+    SendError,
 };
 
 /// Close datagrams owed to addresses we hold no state for (bounded).
@@ -203,10 +204,10 @@ impl Endpoint {
         &mut self,
         now: Instant,
         peer: SocketAddr,
-        data: Bytes,
+        data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<MessageId, SendError> {
-        self.queue_message(now, peer, data, delivery, false)
+        self.queue_message(now, peer, data.into(), delivery, false)
     }
 
     /// [`send_reliable`](Self::send_reliable) for a message whose acknowledgement nobody waits
@@ -217,17 +218,17 @@ impl Endpoint {
         &mut self,
         now: Instant,
         peer: SocketAddr,
-        data: Bytes,
+        data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<MessageId, SendError> {
-        self.queue_message(now, peer, data, delivery, true)
+        self.queue_message(now, peer, data.into(), delivery, true)
     }
 
     fn queue_message(
         &mut self,
         now: Instant,
         peer: SocketAddr,
-        data: Bytes,
+        data: Payload,
         delivery: Delivery,
         lazy: bool,
     ) -> Result<MessageId, SendError> {
@@ -286,8 +287,16 @@ impl Endpoint {
             return Err(SendError::TooManyPeers);
         }
         let id = self.rng.next_id();
-        self.peers
-            .insert(peer, Box::new(Peer::new(id, 0, now, &self.config)));
+        self.peers.insert(
+            peer,
+            Box::new(Peer::new(
+                id,
+                0,
+                self.config.mtu_for(peer),
+                now,
+                &self.config,
+            )),
+        );
         self.stats.peers = self.peers.len();
         Ok(())
     }
@@ -298,7 +307,7 @@ impl Endpoint {
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
-        if !p.in_ready && p.wants_transmit(now, &self.config) {
+        if !p.in_ready && p.wants_transmit(now) {
             p.in_ready = true;
             self.ready.push_back(addr);
         }
@@ -457,8 +466,16 @@ impl Endpoint {
             return false;
         }
         let id = self.rng.next_id();
-        self.peers
-            .insert(from, Box::new(Peer::new(id, remote, now, &self.config)));
+        self.peers.insert(
+            from,
+            Box::new(Peer::new(
+                id,
+                remote,
+                self.config.mtu_for(from),
+                now,
+                &self.config,
+            )),
+        );
         self.stats.peers = self.peers.len();
         debug!(peer = %from, "new peer");
         true
@@ -657,17 +674,27 @@ impl Endpoint {
     /// Writes the next datagram to send into `buf` (cleared first), or returns `None` when
     /// there is nothing to send now.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        buf.clear();
+        self.poll_transmit_append(now, buf)
+    }
+
+    /// Like [`poll_transmit`](Self::poll_transmit), but appends the datagram to what `buf`
+    /// already holds: it is `buf[len_before..len_before + size]`. A driver fills one buffer
+    /// with a batch this way and hands it to the socket without copying.
+    pub fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let start = buf.len();
         if let Some(s) = self.stray.pop_front() {
             let header = Header::new(s.src, s.dst);
             let size = if self.config.cluster_key.is_some() {
                 let pn = self.next_packet_number(now);
                 let key = self.config.cluster_key.as_ref()?;
-                let mut w = DatagramWriter::new_authenticated(buf, header, self.config.mtu);
-                w.push(&Peer::close_frame(s.reason)).ok()?;
+                let mut w = DatagramWriter::append_authenticated(buf, header, self.config.mtu);
+                // A close frame always fits an empty datagram.
+                let _ = w.push(&Peer::close_frame(s.reason));
                 w.finish_authenticated(pn, key).len()
             } else {
-                let mut w = DatagramWriter::new(buf, header, self.config.mtu);
-                w.push(&Peer::close_frame(s.reason)).ok()?;
+                let mut w = DatagramWriter::append(buf, header, self.config.mtu);
+                let _ = w.push(&Peer::close_frame(s.reason));
                 w.finish().len()
             };
             self.stats.datagrams_sent += 1;
@@ -690,9 +717,9 @@ impl Endpoint {
             p.in_ready = false;
             let header = Header::new(p.local_id, p.remote_id);
             let mut w = if self.config.cluster_key.is_some() {
-                DatagramWriter::new_authenticated(buf, header, self.config.mtu)
+                DatagramWriter::append_authenticated(buf, header, p.mtu)
             } else {
-                DatagramWriter::new(buf, header, self.config.mtu)
+                DatagramWriter::append(buf, header, p.mtu)
             };
             let mut retransmitted = 0;
             p.write_datagram(
@@ -706,6 +733,7 @@ impl Endpoint {
             if w.is_empty() {
                 // Nothing fitted after all (the window closed): wait for an ack or a timer,
                 // rather than coming straight back to this peer.
+                buf.truncate(start);
                 self.update_timer(addr);
                 continue;
             }

@@ -77,7 +77,7 @@ pub mod sim;
 mod transport;
 mod types;
 
-pub use config::EndpointConfig;
+pub use config::{EndpointConfig, DEFAULT_LOOPBACK_MTU};
 pub use endpoint::{Endpoint, Transmit};
 pub use ranges::RangeSet;
 #[cfg(feature = "tokio")]
@@ -85,5 +85,6 @@ pub use transport::{
     CloseReport, Driver, Intercept, Received, Transport, TransportConfig, TransportError,
 };
 pub use types::{
-    ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, PeerStats, SendError,
+    ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, Payload, PeerStats,
+    SendError,
 };

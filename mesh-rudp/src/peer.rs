@@ -12,7 +12,7 @@ use mesh_wire::{
 use crate::config::EndpointConfig;
 use crate::ranges::{unwrap_seq, RangeSet};
 use crate::rtt::Rtt;
-use crate::types::{Delivery, MessageId, PeerStats};
+use crate::types::{Delivery, MessageId, Payload, PeerStats};
 
 /// Data frames a sender may have in flight to one peer.
 pub(crate) const MAX_INFLIGHT_FRAMES: usize = 4096;
@@ -46,7 +46,7 @@ struct OutMsg {
     message: u32,
     channel: u8,
     order: Option<u32>,
-    data: Bytes,
+    data: Payload,
     count: u32,
     next_frag: u32,
     frag_size: usize,
@@ -57,11 +57,11 @@ struct OutMsg {
 impl OutMsg {
     fn frame_payload(&self, index: u32) -> Bytes {
         if self.count == 1 {
-            return self.data.clone();
+            return self.data.to_bytes();
         }
         let start = index as usize * self.frag_size;
         let end = (start + self.frag_size).min(self.data.len());
-        self.data.slice(start..end)
+        self.data.range(start, end)
     }
 
     fn fragment(&self, index: u32) -> Option<Fragment> {
@@ -110,8 +110,28 @@ struct Partial {
     order: Option<u32>,
     frag_size: Option<usize>,
     last_len: Option<usize>,
-    pieces: BTreeMap<u32, Bytes>,
+    /// Pieces `0..next`, back to back. A piece that arrives in order is copied once, straight
+    /// here, so the finished message needs no second pass.
+    head: Vec<u8>,
+    next: u32,
+    /// Pieces that arrived ahead of `next`, until the gap before them fills.
+    ahead: BTreeMap<u32, Bytes>,
     charged: usize,
+}
+
+impl Partial {
+    /// Appends a piece to `head`. Capacity grows fourfold, as received bytes justify (fewer
+    /// reallocations than doubling, and still within a small multiple of what arrived), never past
+    /// `bound` (the most the whole message can be), so a finished message wastes less than a
+    /// piece of capacity.
+    fn extend_head(&mut self, piece: &[u8], bound: usize) {
+        let need = self.head.len() + piece.len();
+        if need > self.head.capacity() {
+            let want = (self.head.capacity() * 4).min(bound).max(need);
+            self.head.reserve_exact(want - self.head.len());
+        }
+        self.head.extend_from_slice(piece);
+    }
 }
 
 /// Ordered-delivery state of one channel from one peer.
@@ -152,6 +172,8 @@ pub(crate) struct Peer {
     pub(crate) replay: ReplayWindow,
     pub(crate) local_id: u64,
     pub(crate) remote_id: u64,
+    /// Largest datagram to this peer (see `EndpointConfig::loopback_mtu`).
+    pub(crate) mtu: usize,
     pub(crate) retired_remote: u64,
     pub(crate) timer: Option<Instant>,
     pub(crate) in_ready: bool,
@@ -224,11 +246,13 @@ impl Peer {
     pub(crate) fn new(
         local_id: u64,
         remote_id: u64,
+        mtu: usize,
         now: Instant,
         config: &EndpointConfig,
     ) -> Self {
-        let cwnd = config.initial_cwnd_datagrams * config.mtu;
+        let cwnd = config.initial_cwnd_datagrams * mtu;
         Self {
+            mtu,
             replay: ReplayWindow::default(),
             local_id,
             remote_id,
@@ -285,8 +309,8 @@ impl Peer {
     }
 
     /// Bytes of one unfragmented message's payload that fit a datagram, and of one fragment.
-    fn payload_sizes(config: &EndpointConfig, ordered: bool) -> (usize, usize) {
-        let room = config.mtu - HEADER_LEN - ACK_RESERVE;
+    fn payload_sizes(&self, ordered: bool) -> (usize, usize) {
+        let room = self.mtu - HEADER_LEN - ACK_RESERVE;
         (
             room - DataFrame::overhead(ordered, false),
             room - DataFrame::overhead(ordered, true),
@@ -307,7 +331,7 @@ impl Peer {
         &mut self,
         now: Instant,
         id: MessageId,
-        data: Bytes,
+        data: Payload,
         delivery: Delivery,
         lazy: bool,
         config: &EndpointConfig,
@@ -336,7 +360,7 @@ impl Peer {
                 (channel, Some(o))
             }
         };
-        let (whole, frag_size) = Self::payload_sizes(config, order.is_some());
+        let (whole, frag_size) = self.payload_sizes(order.is_some());
         let count = if data.len() <= whole {
             1
         } else {
@@ -399,10 +423,10 @@ impl Peer {
             && (self.in_flight_bytes == 0 || self.in_flight_bytes + len <= self.cwnd)
     }
 
-    fn flush_allows(&self, now: Instant, config: &EndpointConfig) -> bool {
+    fn flush_allows(&self, now: Instant) -> bool {
         match self.flush_at {
             None => true,
-            Some(at) => at <= now || self.unsent_bytes >= config.mtu,
+            Some(at) => at <= now || self.unsent_bytes >= self.mtu,
         }
     }
 
@@ -424,7 +448,7 @@ impl Peer {
     }
 
     /// Whether a datagram would carry anything right now.
-    pub(crate) fn wants_transmit(&self, now: Instant, config: &EndpointConfig) -> bool {
+    pub(crate) fn wants_transmit(&self, now: Instant) -> bool {
         if self.ack_now || self.ping_now || !self.pongs.is_empty() {
             return true;
         }
@@ -434,7 +458,7 @@ impl Peer {
             .and_then(|seq| self.sent.get(seq))
             .is_some_and(|s| self.window_allows(s.wire_len()));
         lost_fits
-            || (self.flush_allows(now, config)
+            || (self.flush_allows(now)
                 && (self
                     .next_new_frame_len()
                     .is_some_and(|len| self.window_allows(len))
@@ -501,7 +525,7 @@ impl Peer {
             self.stats.retransmitted += 1;
             *retransmitted += 1;
         }
-        if self.flush_allows(now, config) {
+        if self.flush_allows(now) {
             self.write_new_data(now, w);
             while let Some(data) = self.unreliable.front() {
                 if w.push(&Frame::Unreliable(UnreliableFrame { payload: data }))
@@ -699,13 +723,13 @@ impl Peer {
             if self.cwnd < self.ssthresh {
                 self.cwnd += acked_bytes;
             } else {
-                self.cwnd += (config.mtu * acked_bytes / self.cwnd).max(1);
+                self.cwnd += (self.mtu * acked_bytes / self.cwnd).max(1);
             }
             self.cwnd = self.cwnd.min(config.max_cwnd_bytes);
         }
         self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
         if !self.rtt.is_fixed() {
-            self.detect_losses(config);
+            self.detect_losses();
         }
         self.rto_deadline = (self.in_flight_frames > 0).then(|| now + self.rto(config));
         Ok(())
@@ -729,7 +753,7 @@ impl Peer {
     }
 
     /// Marks frames lost that `PACKET_THRESHOLD` later frames have overtaken.
-    fn detect_losses(&mut self, config: &EndpointConfig) {
+    fn detect_losses(&mut self) {
         let Some(largest) = self.largest_acked else {
             return;
         };
@@ -750,13 +774,13 @@ impl Peer {
         self.loss_scan_from = threshold;
         if let Some(seq) = first_loss {
             if seq >= self.recovery_until {
-                self.enter_recovery(config, false);
+                self.enter_recovery(false);
             }
         }
     }
 
-    fn enter_recovery(&mut self, config: &EndpointConfig, timeout: bool) {
-        let min = MIN_CWND_DATAGRAMS * config.mtu;
+    fn enter_recovery(&mut self, timeout: bool) {
+        let min = MIN_CWND_DATAGRAMS * self.mtu;
         self.ssthresh = (self.cwnd / 2).max(min);
         self.cwnd = if timeout { min } else { self.ssthresh };
         self.recovery_until = self.next_seq;
@@ -773,7 +797,7 @@ impl Peer {
         self.in_flight_bytes = 0;
         self.in_flight_frames = 0;
         self.loss_scan_from = self.next_seq;
-        self.enter_recovery(config, true);
+        self.enter_recovery(true);
         self.rtt.backoff = self.rtt.backoff.saturating_add(1);
         self.rto_deadline = Some(now + self.rto(config));
     }
@@ -896,7 +920,9 @@ impl Peer {
             order: d.order,
             frag_size: None,
             last_len: None,
-            pieces: BTreeMap::new(),
+            head: Vec::new(),
+            next: 0,
+            ahead: BTreeMap::new(),
             charged: 0,
         });
         if p.count != f.count || p.channel != d.channel || p.order != d.order {
@@ -922,27 +948,33 @@ impl Peer {
                 return Err(Refused::Violation);
             }
         }
-        if p.pieces.contains_key(&f.index) {
+        if f.index < p.next || p.ahead.contains_key(&f.index) {
             // A different sequence number carrying a piece we have: only a broken or hostile
             // sender does that.
             return Err(Refused::Violation);
         }
-        p.pieces.insert(f.index, Bytes::copy_from_slice(d.payload));
+        // Every piece but the last is `frag_size` long, so this bounds the whole message.
+        let bound = p.frag_size.unwrap_or(len).saturating_mul(p.count as usize);
+        if f.index == p.next {
+            p.extend_head(d.payload, bound);
+            p.next += 1;
+            while let Some(piece) = p.ahead.remove(&p.next) {
+                p.extend_head(&piece, bound);
+                p.next += 1;
+            }
+        } else {
+            p.ahead.insert(f.index, Bytes::copy_from_slice(d.payload));
+        }
         p.charged += cost;
         self.reassembly_bytes += cost;
         out.charge += cost as isize;
-        if p.pieces.len() as u64 != u64::from(p.count) {
+        if p.next != p.count {
             return Ok(None);
         }
         let p = self.partials.remove(&d.message).expect("present");
-        let total: usize = p.pieces.values().map(Bytes::len).sum();
-        let mut data = Vec::with_capacity(total);
-        for piece in p.pieces.values() {
-            data.extend_from_slice(piece);
-        }
         self.reassembly_bytes -= p.charged;
         out.charge -= p.charged as isize;
-        Ok(Some(Bytes::from(data)))
+        Ok(Some(Bytes::from(p.head)))
     }
 
     fn deliver(&mut self, channel: u8, order: Option<u32>, data: Bytes, out: &mut RecvOutcome) {

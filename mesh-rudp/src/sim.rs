@@ -160,13 +160,14 @@ impl Sim {
         self.seed
     }
 
-    /// Adds an endpoint at `127.0.0.1:(10000 + index)`; its seed is derived from the sim's.
+    /// Adds an endpoint at `10.0.0.1:(10000 + index)` (not loopback: a simulated network
+    /// follows `mtu`); its seed is derived from the sim's.
     pub fn add_endpoint(&mut self, mut config: EndpointConfig) -> usize {
         let i = self.nodes.len();
         config.seed(self.rng.next_u64());
         let endpoint = Endpoint::new(config.clone()).expect("valid config");
         self.nodes.push(Node {
-            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10_000 + i as u16),
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 10_000 + i as u16),
             endpoint,
             config,
             events: Vec::new(),

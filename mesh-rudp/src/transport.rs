@@ -19,7 +19,7 @@ use tracing::debug;
 
 use crate::{
     ConfigError, Delivery, DownReason, Endpoint, EndpointConfig, EndpointStats, Event, MessageId,
-    PeerStats, SendError,
+    Payload, PeerStats, SendError,
 };
 
 /// Most `recvmmsg` calls per turn of the driver before it flushes output.
@@ -117,7 +117,6 @@ struct State {
     peer_events: VecDeque<(SocketAddr, DownReason)>,
     failed_on_close: Vec<(SocketAddr, MessageId)>,
     blocked_tx: VecDeque<Run>,
-    buf: Vec<u8>,
     /// Datagrams gathered for one batch of sends, back to back.
     out: Vec<u8>,
     /// `(destination, length)` of each datagram in `out`.
@@ -299,7 +298,6 @@ impl Transport {
                 peer_events: VecDeque::new(),
                 failed_on_close: Vec::new(),
                 blocked_tx: VecDeque::new(),
-                buf: Vec::with_capacity(65_536),
                 out: Vec::with_capacity(SEND_BATCH * 1500),
                 out_meta: Vec::with_capacity(SEND_BATCH),
                 shutdown: false,
@@ -379,10 +377,10 @@ impl Transport {
     pub async fn queue(
         &self,
         peer: SocketAddr,
-        data: Bytes,
+        data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
-        self.queue_message(peer, data, delivery, false).await
+        self.queue_message(peer, data.into(), delivery, false).await
     }
 
     /// [`queue`](Self::queue) for a message whose acknowledgement nobody waits on soon, such
@@ -390,16 +388,16 @@ impl Transport {
     pub async fn queue_lazy(
         &self,
         peer: SocketAddr,
-        data: Bytes,
+        data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
-        self.queue_message(peer, data, delivery, true).await
+        self.queue_message(peer, data.into(), delivery, true).await
     }
 
     async fn queue_message(
         &self,
         peer: SocketAddr,
-        data: Bytes,
+        data: Payload,
         delivery: Delivery,
         lazy: bool,
     ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
@@ -422,7 +420,7 @@ impl Transport {
     fn try_queue(
         &self,
         peer: SocketAddr,
-        data: &Bytes,
+        data: &Payload,
         delivery: Delivery,
         lazy: bool,
     ) -> Option<Result<oneshot::Receiver<Result<(), SendError>>, TransportError>> {
@@ -625,7 +623,6 @@ fn transmit(shared: &Shared, st: &mut State) {
     loop {
         let State {
             endpoint,
-            buf,
             out,
             out_meta,
             blocked_tx,
@@ -634,10 +631,9 @@ fn transmit(shared: &Shared, st: &mut State) {
         out.clear();
         out_meta.clear();
         while out_meta.len() < SEND_BATCH {
-            let Some(t) = endpoint.poll_transmit(now, buf) else {
+            let Some(t) = endpoint.poll_transmit_append(now, out) else {
                 break;
             };
-            out.extend_from_slice(&buf[..t.size]);
             out_meta.push((t.destination, t.size));
         }
         if out_meta.is_empty() {

@@ -10,6 +10,74 @@ use thiserror::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub u64);
 
+/// The bytes of one reliable message: an optional short `head` followed by a `body`, sent as
+/// one message. A layer above that frames messages (the mesh's envelope) passes its header as
+/// the head, so a large body goes out without first being copied behind it: fragments are
+/// slices of the body, and only a fragment that straddles the two is copied.
+///
+/// ```
+/// use bytes::Bytes;
+/// use mesh_rudp::Payload;
+///
+/// let p = Payload::with_head(Bytes::from_static(b"hdr:"), Bytes::from_static(b"body"));
+/// assert_eq!(p.len(), 8);
+/// assert_eq!(p.to_bytes(), Bytes::from_static(b"hdr:body"));
+/// let whole: Payload = Bytes::from_static(b"just a body").into();
+/// assert_eq!(whole.len(), 11);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Payload {
+    head: Bytes,
+    body: Bytes,
+}
+
+impl Payload {
+    /// `head` then `body`, as one message.
+    pub fn with_head(head: Bytes, body: Bytes) -> Self {
+        Self { head, body }
+    }
+
+    /// Length of the whole message.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// Whether the message is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes `start..end` of the whole message: a slice when the range lies in one part, a copy
+    /// when it straddles both.
+    pub(crate) fn range(&self, start: usize, end: usize) -> Bytes {
+        let h = self.head.len();
+        if start >= h {
+            self.body.slice(start - h..end - h)
+        } else if end <= h {
+            self.head.slice(start..end)
+        } else {
+            let mut v = Vec::with_capacity(end - start);
+            v.extend_from_slice(&self.head[start..]);
+            v.extend_from_slice(&self.body[..end - h]);
+            Bytes::from(v)
+        }
+    }
+
+    /// The whole message in one buffer (a copy only when it has a head).
+    pub fn to_bytes(&self) -> Bytes {
+        self.range(0, self.len())
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(body: Bytes) -> Self {
+        Self {
+            head: Bytes::new(),
+            body,
+        }
+    }
+}
+
 /// How a reliable message is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]

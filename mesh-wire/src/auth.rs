@@ -92,8 +92,13 @@ impl ClusterKey {
     /// Appends the tag of `datagram` (everything before it, CRC field zeroed) with the current
     /// key. `datagram` must be at least a header long.
     pub fn seal(&self, datagram: &mut Vec<u8>) {
-        let tag = Self::tag_with(&self.current, datagram);
+        let tag = self.tag_of(datagram);
         datagram.extend_from_slice(&tag);
+    }
+
+    /// The tag [`seal`](Self::seal) would append to `datagram`.
+    pub(crate) fn tag_of(&self, datagram: &[u8]) -> [u8; TAG_LEN] {
+        Self::tag_with(&self.current, datagram)
     }
 
     /// Whether the last [`TAG_LEN`] bytes of `datagram` are the tag of the rest, under the

@@ -70,6 +70,8 @@ fn checksum(datagram: &[u8]) -> u32 {
 #[derive(Debug)]
 pub struct DatagramWriter<'b> {
     out: &'b mut Vec<u8>,
+    /// Where this datagram starts in `out`.
+    start: usize,
     max_len: usize,
     frames: usize,
 }
@@ -79,6 +81,14 @@ impl<'b> DatagramWriter<'b> {
     /// and is itself capped at [`MAX_DATAGRAM_LEN`].
     pub fn new(out: &'b mut Vec<u8>, header: Header, max_len: usize) -> Self {
         out.clear();
+        Self::append(out, header, max_len)
+    }
+
+    /// Like [`new`](Self::new), but starts the datagram after what `out` already holds, so a
+    /// batch of datagrams can be written back to back into one buffer and handed to the socket
+    /// without copying. [`finish`](Self::finish) returns only this datagram.
+    pub fn append(out: &'b mut Vec<u8>, header: Header, max_len: usize) -> Self {
+        let start = out.len();
         out.extend_from_slice(&MAGIC);
         put_u8(out, VERSION);
         put_u8(out, header.flags);
@@ -87,6 +97,7 @@ impl<'b> DatagramWriter<'b> {
         put_u32(out, 0); // checksum, filled in by finish()
         Self {
             out,
+            start,
             max_len: max_len.clamp(HEADER_LEN, MAX_DATAGRAM_LEN),
             frames: 0,
         }
@@ -94,7 +105,7 @@ impl<'b> DatagramWriter<'b> {
 
     /// Bytes still free under the size limit.
     pub fn remaining(&self) -> usize {
-        self.max_len - self.out.len()
+        self.max_len - (self.out.len() - self.start)
     }
 
     /// Frames written so far.
@@ -123,17 +134,25 @@ impl<'b> DatagramWriter<'b> {
 
     /// Writes the checksum and returns the finished datagram.
     pub fn finish(self) -> &'b [u8] {
-        let crc = checksum(self.out);
-        self.out[CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
-        self.out
+        let datagram = &mut self.out[self.start..];
+        let crc = checksum(datagram);
+        datagram[CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        datagram
     }
 
     /// Like [`new`](Self::new) for a datagram [`finish_authenticated`](Self::finish_authenticated)
     /// will seal: sets [`FLAG_AUTH`] and keeps room for the trailer under `max_len`.
-    pub fn new_authenticated(out: &'b mut Vec<u8>, mut header: Header, max_len: usize) -> Self {
+    pub fn new_authenticated(out: &'b mut Vec<u8>, header: Header, max_len: usize) -> Self {
+        out.clear();
+        Self::append_authenticated(out, header, max_len)
+    }
+
+    /// [`append`](Self::append) for a datagram [`finish_authenticated`](Self::finish_authenticated)
+    /// will seal.
+    pub fn append_authenticated(out: &'b mut Vec<u8>, mut header: Header, max_len: usize) -> Self {
         header.flags |= FLAG_AUTH;
         let max_len = max_len.clamp(HEADER_LEN + AUTH_TRAILER_LEN, MAX_DATAGRAM_LEN);
-        let mut w = Self::new(out, header, max_len);
+        let mut w = Self::append(out, header, max_len);
         w.max_len = max_len - AUTH_TRAILER_LEN;
         w
     }
@@ -141,7 +160,8 @@ impl<'b> DatagramWriter<'b> {
     /// Appends the packet number and the tag under `key`, then the checksum.
     pub fn finish_authenticated(self, packet_number: u64, key: &ClusterKey) -> &'b [u8] {
         put_u64(self.out, packet_number);
-        key.seal(self.out);
+        let tag = key.tag_of(&self.out[self.start..]);
+        self.out.extend_from_slice(&tag);
         self.finish()
     }
 }

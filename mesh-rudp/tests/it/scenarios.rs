@@ -432,3 +432,94 @@ fn lazy_acks_are_held_and_eager_ones_are_not() {
         .collect();
     assert_eq!(delivered.len(), 2, "both delivered once");
 }
+
+#[test]
+fn loopback_peers_get_large_datagrams_and_others_the_mtu() {
+    use bytes::Bytes;
+    use mesh_rudp::Endpoint;
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    let local: SocketAddr = "127.0.0.1:4002".parse().unwrap();
+    let remote: SocketAddr = "10.0.0.2:4002".parse().unwrap();
+    let largest = |loopback_mtu: Option<usize>| {
+        let config = EndpointConfig::default()
+            .loopback_mtu(loopback_mtu)
+            .seed(1)
+            .clone();
+        let mut a = Endpoint::new(config).unwrap();
+        let now = Instant::now();
+        for to in [local, remote] {
+            a.send_reliable(
+                now,
+                to,
+                Bytes::from(vec![1u8; 100_000]),
+                Delivery::Unordered,
+            )
+            .unwrap();
+        }
+        let mut buf = Vec::new();
+        let mut largest = HashMap::new();
+        while let Some(t) = a.poll_transmit(now, &mut buf) {
+            let e = largest.entry(t.destination).or_insert(0);
+            *e = t.size.max(*e);
+        }
+        (largest[&local], largest[&remote])
+    };
+    let (to_local, to_remote) = largest(Some(30_000));
+    assert!(
+        to_local > 20_000 && to_local <= 30_000,
+        "loopback datagrams up to loopback_mtu: {to_local}"
+    );
+    assert!(to_remote <= 1200, "others up to mtu: {to_remote}");
+    let (to_local, _) = largest(None);
+    assert!(
+        to_local <= 1200,
+        "loopback like any other when off: {to_local}"
+    );
+}
+
+#[test]
+fn a_message_with_a_head_arrives_whole_when_its_fragments_come_backwards() {
+    use bytes::Bytes;
+    use mesh_rudp::{Endpoint, Payload};
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    let a_addr: SocketAddr = "10.0.0.1:4001".parse().unwrap();
+    let b_addr: SocketAddr = "10.0.0.2:4002".parse().unwrap();
+    let mut a = Endpoint::new(EndpointConfig::default().seed(1).clone()).unwrap();
+    let mut b = Endpoint::new(EndpointConfig::default().seed(2).clone()).unwrap();
+    let now = Instant::now();
+    let head = Bytes::from_static(b"head:");
+    let body: Bytes = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    a.send_reliable(
+        now,
+        b_addr,
+        Payload::with_head(head.clone(), body.clone()),
+        Delivery::Unordered,
+    )
+    .unwrap();
+    let mut datagrams = Vec::new();
+    let mut buf = Vec::new();
+    while let Some(t) = a.poll_transmit(now, &mut buf) {
+        datagrams.push(buf[..t.size].to_vec());
+    }
+    assert!(datagrams.len() >= 8, "fragmented: {}", datagrams.len());
+    for d in datagrams.iter().rev() {
+        b.handle_datagram(now, a_addr, d);
+    }
+    // A repeat of a piece already placed changes nothing.
+    b.handle_datagram(now, a_addr, &datagrams[0]);
+    let got: Vec<Bytes> = std::iter::from_fn(|| b.poll_event())
+        .filter_map(|e| match e {
+            Event::Message { data, .. } => Some(data),
+            _ => None,
+        })
+        .collect();
+    let mut whole = head.to_vec();
+    whole.extend_from_slice(&body);
+    assert_eq!(got, vec![Bytes::from(whole)]);
+    assert_eq!(b.stats().reassembly_bytes, 0, "nothing left held");
+}

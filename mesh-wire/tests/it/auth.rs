@@ -89,3 +89,35 @@ proptest! {
         prop_assert!(Datagram::decode_with(&d, Some(&k)).is_err());
     }
 }
+
+#[test]
+fn appended_datagrams_are_byte_for_byte_the_ones_written_alone() {
+    let key = ClusterKey::from_secret(b"append");
+    let frames = [Frame::Ping { token: 1 }, Frame::Ping { token: 2 }];
+    // Written alone, each into its own buffer.
+    let mut alone = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let mut buf = Vec::new();
+        if i == 0 {
+            let mut w = DatagramWriter::new(&mut buf, Header::new(3, 4), 1200);
+            w.push(f).unwrap();
+            alone.push(w.finish().to_vec());
+        } else {
+            let mut w = DatagramWriter::new_authenticated(&mut buf, Header::new(3, 4), 1200);
+            w.push(f).unwrap();
+            alone.push(w.finish_authenticated(9, &key).to_vec());
+        }
+    }
+    // Back to back in one buffer.
+    let mut batch = vec![0xAA; 3]; // whatever was there stays
+    let mut w = DatagramWriter::append(&mut batch, Header::new(3, 4), 1200);
+    w.push(&frames[0]).unwrap();
+    assert_eq!(w.finish(), &alone[0][..]);
+    let mut w = DatagramWriter::append_authenticated(&mut batch, Header::new(3, 4), 1200);
+    w.push(&frames[1]).unwrap();
+    assert_eq!(w.finish_authenticated(9, &key), &alone[1][..]);
+    assert_eq!(&batch[..3], &[0xAA; 3]);
+    assert_eq!(batch.len(), 3 + alone[0].len() + alone[1].len());
+    let second = &batch[3 + alone[0].len()..];
+    assert!(Datagram::decode_with(second, Some(&key)).is_ok());
+}
