@@ -1402,6 +1402,17 @@ impl TaskHandle {
 
 type Job = BoxFuture<'static, ()>;
 
+/// Runs a job until it first waits, and keeps it in `running` only if it does: most handlers
+/// finish in one go (the answer is queued without waiting), and then cost no slot in the set.
+/// A job that waits registered the no-op waker; `running` polls it again at once (a pushed
+/// future is queued to run), which registers the real one.
+fn start_job(running: &mut FuturesUnordered<Job>, mut job: Job) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if job.as_mut().poll(&mut cx).is_pending() {
+        running.push(job);
+    }
+}
+
 /// Drives the transport and runs handlers, all in this one task: a request goes from the
 /// socket to its handler, and the answer (carrying the acknowledgement) back to the socket,
 /// without waking another task.
@@ -1581,7 +1592,7 @@ fn on_message(
             }
             .boxed();
             if running.len() < max {
-                running.push(job);
+                start_job(running, job);
             } else if let Some(to) = reply {
                 finish_one(inner);
                 inner.counters.overloaded.fetch_add(1, Ordering::Relaxed);

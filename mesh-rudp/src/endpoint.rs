@@ -320,7 +320,12 @@ impl Endpoint {
         }
     }
 
-    /// Files the peer's next deadline in `timers` if it moved.
+    /// Files the peer's next deadline in `timers` if it moved earlier. A deadline that moved
+    /// later (an acknowledgement cleared the retransmission timer, a datagram pushed the
+    /// keep-alive back) stays filed where it was: it fires early, finds nothing due, and is
+    /// filed anew then. Most datagrams move the deadline later, so this saves a removal and an
+    /// insertion in the timer set for nearly every one, at the cost of an occasional spurious
+    /// wake-up (at most one per retransmission timeout or keep-alive interval per peer).
     fn retime(
         timers: &mut BTreeSet<(Instant, SocketAddr)>,
         p: &mut Peer,
@@ -328,11 +333,12 @@ impl Endpoint {
         config: &EndpointConfig,
     ) {
         let deadline = p.deadline(config);
-        if p.timer == Some(deadline) {
-            return;
-        }
-        if let Some(old) = p.timer.take() {
-            timers.remove(&(old, addr));
+        match p.timer {
+            Some(filed) if filed <= deadline => return,
+            Some(filed) => {
+                timers.remove(&(filed, addr));
+            }
+            None => {}
         }
         p.timer = Some(deadline);
         timers.insert((deadline, addr));
@@ -669,6 +675,12 @@ impl Endpoint {
     /// Messages queued or in flight, over all peers.
     pub fn pending_messages(&self) -> usize {
         self.peers.values().map(|p| p.pending_ids().count()).sum()
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) may have a datagram now (when this is
+    /// false it has none, and a driver can skip reading the clock for it).
+    pub fn has_transmit(&self) -> bool {
+        !self.stray.is_empty() || !self.ready.is_empty()
     }
 
     /// Writes the next datagram to send into `buf` (cleared first), or returns `None` when

@@ -233,6 +233,35 @@ fn new_socket(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// quinn-udp asks the kernel for a receive timestamp, the TOS byte and the destination address
+/// of every datagram; the driver reads none of them, and each costs the kernel a control message
+/// per datagram (the timestamp, a clock read too). Turned off where the OS allows; GRO stays.
+#[cfg(target_os = "linux")]
+fn quiet_ancillary_data(socket: &UdpSocket, local: SocketAddr) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let off = |r: nix::Result<()>| {
+        if let Err(e) = r {
+            debug!(error = %e, "ancillary data left on");
+        }
+    };
+    off(setsockopt(socket, sockopt::ReceiveTimestampns, &false));
+    if local.is_ipv4() {
+        off(setsockopt(socket, sockopt::IpRecvTos, &false));
+        off(setsockopt(socket, sockopt::Ipv4PacketInfo, &false));
+    } else {
+        off(setsockopt(socket, sockopt::Ipv6RecvTClass, &false));
+        off(setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &false));
+        // Set for the IPv4-mapped side of a dual-stack socket; refused on a v6-only one.
+        let _ = setsockopt(socket, sockopt::IpRecvTos, &false);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn quiet_ancillary_data(_: &UdpSocket, _: SocketAddr) {}
+
+/// Where a queued message's outcome arrives.
+type Outcome = oneshot::Receiver<Result<(), SendError>>;
+
 /// A seed from the OS, for the endpoint's session ids (the core itself never asks the OS).
 fn os_seed() -> u64 {
     use std::collections::hash_map::RandomState;
@@ -290,6 +319,7 @@ impl Transport {
         let endpoint = Endpoint::new(config.endpoint.clone())?;
         let local_addr = socket.local_addr()?;
         let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+        quiet_ancillary_data(&socket, local_addr);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 endpoint,
@@ -380,27 +410,37 @@ impl Transport {
         data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
-        self.queue_message(peer, data.into(), delivery, false).await
+        let rx = self
+            .queue_message(peer, data.into(), delivery, false)
+            .await?;
+        Ok(rx.expect("a waiter for an eager message"))
     }
 
     /// [`queue`](Self::queue) for a message whose acknowledgement nobody waits on soon, such
-    /// as an answer: see [`Endpoint::send_reliable_lazy`].
+    /// as an answer: see [`Endpoint::send_reliable_lazy`]. Nobody waits on its outcome either,
+    /// which saves registering a waiter: a failure is counted in
+    /// [`EndpointStats::messages_failed`] and logged at debug level (the requester of an answer
+    /// learns of it by its own timeout or by the peer going down).
     pub async fn queue_lazy(
         &self,
         peer: SocketAddr,
         data: impl Into<Payload>,
         delivery: Delivery,
-    ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
-        self.queue_message(peer, data.into(), delivery, true).await
+    ) -> Result<(), TransportError> {
+        self.queue_message(peer, data.into(), delivery, true)
+            .await
+            .map(|_| ())
     }
 
+    /// Queues a message, waiting while the peer's queue is full. With `lazy`, registers no
+    /// waiter and returns `None`.
     async fn queue_message(
         &self,
         peer: SocketAddr,
         data: Payload,
         delivery: Delivery,
         lazy: bool,
-    ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
+    ) -> Result<Option<Outcome>, TransportError> {
         // The common case takes the lock once and registers no waiter.
         if let Some(r) = self.try_queue(peer, &data, delivery, lazy) {
             return r;
@@ -416,14 +456,15 @@ impl Transport {
         }
     }
 
-    /// One attempt of [`queue`](Self::queue): `None` while the peer's queue is full.
+    /// One attempt of [`queue_message`](Self::queue_message): `None` while the peer's queue is
+    /// full.
     fn try_queue(
         &self,
         peer: SocketAddr,
         data: &Payload,
         delivery: Delivery,
         lazy: bool,
-    ) -> Option<Result<oneshot::Receiver<Result<(), SendError>>, TransportError>> {
+    ) -> Option<Result<Option<Outcome>, TransportError>> {
         let mut st = self.shared.state.lock();
         if st.shutdown {
             return Some(Err(SendError::Closed.into()));
@@ -437,8 +478,11 @@ impl Transport {
         };
         match queued {
             Ok(id) => {
-                let (tx, rx) = oneshot::channel();
-                st.waiters.insert(id, tx);
+                let rx = (!lazy).then(|| {
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.insert(id, tx);
+                    rx
+                });
                 let w = flush_or_cork(&self.shared, &mut st, now);
                 drop(st);
                 if let Some(w) = w {
@@ -618,6 +662,9 @@ fn flush(shared: &Shared, st: &mut State) {
 /// Hands every datagram the endpoint has ready to the socket, runs of same-sized datagrams to
 /// one destination as one GSO send.
 fn transmit(shared: &Shared, st: &mut State) {
+    if !st.endpoint.has_transmit() {
+        return;
+    }
     let now = Instant::now().into_std();
     let max_segments = shared.udp.max_gso_segments().max(1);
     loop {
@@ -754,8 +801,11 @@ fn route_events(shared: &Shared, st: &mut State) -> bool {
                 if error == SendError::Closed {
                     st.failed_on_close.push((peer, id));
                 }
-                if let Some(w) = st.waiters.remove(&id) {
-                    let _ = w.send(Err(error));
+                match st.waiters.remove(&id) {
+                    Some(w) => {
+                        let _ = w.send(Err(error));
+                    }
+                    None => debug!(%peer, %error, "a message nobody waits on failed"),
                 }
             }
             Event::PeerDown { peer, reason } => {
@@ -876,6 +926,9 @@ impl Driver {
             metas,
         } = self;
         let shared = &**shared;
+        // Read once per turn and once per batch received: the clock is not free on every
+        // machine (virtual ones especially).
+        let mut now;
         for _ in 0..DRIVE_TURNS {
             {
                 let mut st = shared.state.lock();
@@ -897,7 +950,7 @@ impl Driver {
                     send_blocked(shared, &mut st);
                     flush(shared, &mut st);
                 }
-                let now = Instant::now().into_std();
+                now = Instant::now().into_std();
                 if st.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                     st.endpoint.handle_timeout(now);
                     continue;
@@ -913,10 +966,11 @@ impl Driver {
                 }
                 received += n;
                 let mut st = shared.state.lock();
+                let now = Instant::now().into_std();
                 for (meta, slot) in metas.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
                     let stride = meta.stride.max(1);
                     for d in slot[..meta.len].chunks(stride) {
-                        on_datagram(shared, &mut st, meta.addr, d);
+                        on_datagram(shared, &mut st, now, meta.addr, d);
                     }
                 }
                 delivered |= route_events(shared, &mut st);
@@ -948,7 +1002,7 @@ impl Driver {
             if st.armed_writable && shared.socket.poll_send_ready(cx).is_ready() {
                 continue;
             }
-            let now = Instant::now().into_std();
+            // The turn's clock reading: at most a read of the socket old.
             let at = st.endpoint.poll_timeout().unwrap_or(now + IDLE_TIMER);
             if st.timer_at != at {
                 st.timer.as_mut().reset(Instant::from_std(at));
@@ -974,11 +1028,16 @@ impl Driver {
     }
 }
 
-fn on_datagram(shared: &Shared, st: &mut State, from: SocketAddr, bytes: &[u8]) {
+fn on_datagram(
+    shared: &Shared,
+    st: &mut State,
+    now: std::time::Instant,
+    from: SocketAddr,
+    bytes: &[u8],
+) {
     if shared.config.answer_raw_ping && bytes == b"ping" {
         let _ = shared.socket.try_send_to(b"PONG\n", from);
         return;
     }
-    st.endpoint
-        .handle_datagram(Instant::now().into_std(), from, bytes);
+    st.endpoint.handle_datagram(now, from, bytes);
 }
