@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -1046,7 +1047,7 @@ impl MeshNode {
             );
         }
         // Removes the entry however this future ends (answered, failed, timed out, dropped).
-        let _cleanup = PendingGuard(&self.inner, request_id);
+        let mut cleanup = PendingGuard(&self.inner, request_id, true);
         let envelope = envelope_payload(EnvelopeKind::Request, id, request_id, &data);
         let deadline = Instant::now() + timeout;
         let not_delivered = |e: SendError| RequestError::NotDelivered {
@@ -1059,35 +1060,37 @@ impl MeshNode {
             after: timeout,
         };
         if reliable {
-            let queued = tokio::time::timeout_at(
-                deadline,
-                self.inner
-                    .transport
-                    .queue(node.socket_addr(), envelope, Delivery::Unordered),
-            )
+            // No waiter for the request's acknowledgement: the answer implies it, and the
+            // transport gives up on a message only when its peer's session ends, which
+            // `watch_peers` turns into a failure of every request to that peer.
+            let queue = self.inner.transport.queue_unwatched(
+                node.socket_addr(),
+                envelope,
+                Delivery::Unordered,
+            );
+            tokio::pin!(queue);
+            // Queued at once unless the peer's queue is full: only then is a timer needed.
+            let queued = match std::future::poll_fn(|cx| {
+                Poll::Ready(std::future::Future::poll(queue.as_mut(), cx))
+            })
             .await
-            .map_err(|_| timed_out())?;
-            let ack = match queued {
-                Ok(ack) => ack,
+            {
+                Poll::Ready(r) => r,
+                Poll::Pending => tokio::time::timeout_at(deadline, queue)
+                    .await
+                    .map_err(|_| timed_out())?,
+            };
+            match queued {
+                Ok(()) => {}
                 Err(TransportError::Send(e)) => return Err(not_delivered(e)),
                 Err(_) => return Err(not_delivered(SendError::Closed)),
-            };
-            let answer = async {
-                tokio::pin!(rx);
-                tokio::select! {
-                    biased;
-                    r = &mut rx => r.unwrap_or(Err(RequestError::Stopped)),
-                    a = ack => match a {
-                        // Delivered: now wait for the answer alone.
-                        Ok(Ok(())) => rx.await.unwrap_or(Err(RequestError::Stopped)),
-                        Ok(Err(e)) => Err(not_delivered(e)),
-                        Err(_) => Err(RequestError::Stopped),
-                    },
-                }
-            };
-            unbudgeted(tokio::time::timeout_at(deadline, answer))
+            }
+            let answer = unbudgeted(tokio::time::timeout_at(deadline, rx))
                 .await
-                .map_err(|_| timed_out())?
+                .map_err(|_| timed_out())?;
+            // Whoever completed or dropped the answer's sender removed the entry.
+            cleanup.2 = false;
+            answer.unwrap_or(Err(RequestError::Stopped))
         } else {
             if envelope.len() > self.inner.transport.max_unreliable_size() {
                 return Err(not_delivered(SendError::TooLarge {
@@ -1373,11 +1376,15 @@ fn error_envelope(handler: u16, request_id: u64, code: ErrorCode, message: &str)
     Bytes::from(out)
 }
 
-struct PendingGuard<'a>(&'a Inner, u64);
+/// Removes a request's entry however its future ends, unless disarmed (`.2`) by one that
+/// knows the entry is gone already.
+struct PendingGuard<'a>(&'a Inner, u64, bool);
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.0.pending.lock().remove(&self.1);
+        if self.2 {
+            self.0.pending.lock().remove(&self.1);
+        }
     }
 }
 
@@ -1549,7 +1556,13 @@ fn on_message(
                     ));
                     return;
                 };
-                relay_job(node.clone(), to, sender, header, data)
+                let inner2 = inner.clone();
+                let relay = relay_job(node.clone(), to, sender, header, data);
+                async move {
+                    relay.await;
+                    finish_one(&inner2);
+                }
+                .boxed()
             } else {
                 let h = inner.handlers.read().get(&env.handler).cloned();
                 let Some(h) = h else {
@@ -1571,6 +1584,7 @@ fn on_message(
                 };
                 let ctx = node.context(sender, false, m.reliable, env.handler);
                 let node2 = node.clone();
+                // One box for the handler's run and its bookkeeping (a job per request).
                 async move {
                     let r = handler::run(h, payload, ctx).await;
                     match reply {
@@ -1581,16 +1595,11 @@ fn on_message(
                             }
                         }
                     }
+                    finish_one(&node2.inner);
                 }
                 .boxed()
             };
             inner.inflight.fetch_add(1, Ordering::AcqRel);
-            let inner2 = inner.clone();
-            let job = async move {
-                job.await;
-                finish_one(&inner2);
-            }
-            .boxed();
             if running.len() < max {
                 start_job(running, job);
             } else if let Some(to) = reply {

@@ -119,6 +119,8 @@ pub struct Endpoint {
     stats: EndpointStats,
     ack_scratch: Vec<SeqRange>,
     delivered_scratch: Vec<MessageId>,
+    /// Kept between datagrams so that delivering a message does not allocate a list for it.
+    recv_scratch: RecvOutcome,
     /// The last packet number sent (with a cluster key): the clock in microseconds, or one
     /// more than the last, whichever is larger.
     last_pn: u64,
@@ -149,6 +151,7 @@ impl Endpoint {
             stats: EndpointStats::default(),
             ack_scratch: Vec::new(),
             delivered_scratch: Vec::new(),
+            recv_scratch: RecvOutcome::default(),
             last_pn: 0,
             // The one reading of the OS clock: packet numbers carry wall-clock time so a
             // receiver can refuse old sessions replayed at it.
@@ -222,6 +225,14 @@ impl Endpoint {
         delivery: Delivery,
     ) -> Result<MessageId, SendError> {
         self.queue_message(now, peer, data.into(), delivery, true)
+    }
+
+    /// Whether a reliable message of `len` bytes to `peer` fits its send queue now (a send
+    /// would otherwise fail with [`SendError::QueueFull`]).
+    pub fn has_room(&self, peer: SocketAddr, len: usize) -> bool {
+        self.peers
+            .get(&peer)
+            .is_none_or(|p| p.queue_has_room(len, &self.config))
     }
 
     fn queue_message(
@@ -488,7 +499,9 @@ impl Endpoint {
     }
 
     fn process_frames(&mut self, now: Instant, from: SocketAddr, d: &Datagram<'_>, len: usize) {
-        let mut out = RecvOutcome::default();
+        let mut out = std::mem::take(&mut self.recv_scratch);
+        out.delivered.clear();
+        out.charge = 0;
         let mut delivered = std::mem::take(&mut self.delivered_scratch);
         delivered.clear();
         let mut violation = false;
@@ -568,6 +581,7 @@ impl Endpoint {
             self.events.push_back(Event::Delivered { peer: from, id });
         }
         self.delivered_scratch = delivered;
+        self.recv_scratch = out;
         if violation {
             debug!(peer = %from, "protocol violation; closing");
             self.close_peer_with(from, CLOSE_PROTOCOL_ERROR, DownReason::ProtocolError);

@@ -55,13 +55,22 @@ struct OutMsg {
 }
 
 impl OutMsg {
-    fn frame_payload(&self, index: u32) -> Bytes {
+    /// The payload of frame `index`. A message of one frame gives its bytes up rather than
+    /// cloning them (cloning a `Bytes` made from a `Vec` allocates); [`give_back`](Self::give_back)
+    /// returns them if the frame is not sent after all.
+    fn take_frame_payload(&mut self, index: u32) -> Bytes {
         if self.count == 1 {
-            return self.data.to_bytes();
+            return std::mem::take(&mut self.data).into_bytes();
         }
         let start = index as usize * self.frag_size;
         let end = (start + self.frag_size).min(self.data.len());
         self.data.range(start, end)
+    }
+
+    fn give_back(&mut self, payload: Bytes) {
+        if self.count == 1 {
+            self.data = payload.into();
+        }
     }
 
     fn fragment(&self, index: u32) -> Option<Fragment> {
@@ -327,6 +336,10 @@ impl Peer {
         self.pending.keys().copied()
     }
 
+    pub(crate) fn queue_has_room(&self, len: usize, config: &EndpointConfig) -> bool {
+        self.queued_bytes + len <= config.send_queue_per_peer
+    }
+
     pub(crate) fn queue_reliable(
         &mut self,
         now: Instant,
@@ -336,7 +349,7 @@ impl Peer {
         lazy: bool,
         config: &EndpointConfig,
     ) -> bool {
-        if self.queued_bytes + data.len() > config.send_queue_per_peer {
+        if !self.queue_has_room(data.len(), config) {
             return false;
         }
         if self.pending.is_empty() {
@@ -556,12 +569,13 @@ impl Peer {
                 return;
             };
             let index = msg.next_frag;
-            let payload = msg.frame_payload(index);
+            let payload = msg.take_frame_payload(index);
             let fragment = msg.fragment(index);
             let len = DataFrame::overhead(msg.order.is_some(), fragment.is_some()) + payload.len();
             if !(self.in_flight_frames < MAX_INFLIGHT_FRAMES
                 && (self.in_flight_bytes == 0 || self.in_flight_bytes + len <= self.cwnd))
             {
+                msg.give_back(payload);
                 return;
             }
             let seq = self.next_seq;
@@ -575,6 +589,7 @@ impl Peer {
                 payload: &payload,
             });
             if w.push(&frame).is_err() {
+                msg.give_back(payload);
                 return;
             }
             self.next_seq += 1;

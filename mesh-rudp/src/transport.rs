@@ -22,6 +22,9 @@ use crate::{
     Payload, PeerStats, SendError,
 };
 
+/// Fewest datagrams a read asks for (see `Driver::batch`); two or more, so that a read that
+/// gets fewer than it asked for knows the queue is empty.
+const MIN_BATCH: usize = 4;
 /// Most `recvmmsg` calls per turn of the driver before it flushes output.
 const RECV_CALLS: usize = 8;
 /// Most turns of the driver per poll before it yields to other tasks (a socket that never
@@ -214,6 +217,10 @@ pub struct Driver {
     shared: Arc<Shared>,
     storage: Vec<u8>,
     metas: Vec<quinn_udp::RecvMeta>,
+    /// Datagrams the next read asks for: twice what the last one got, within
+    /// `MIN_BATCH..=metas.len()`. Preparing a slot costs even when nothing fills it, so a
+    /// request-response exchange asks for few and a burst quickly for many.
+    batch: usize,
 }
 
 impl std::fmt::Debug for Driver {
@@ -351,6 +358,7 @@ impl Transport {
             shared: shared.clone(),
             storage: vec![0u8; RECV_SLOT * slots],
             metas: vec![quinn_udp::RecvMeta::default(); slots],
+            batch: MIN_BATCH.min(slots),
         };
         Ok((
             Self {
@@ -411,9 +419,9 @@ impl Transport {
         delivery: Delivery,
     ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
         let rx = self
-            .queue_message(peer, data.into(), delivery, false)
+            .queue_message(peer, data.into(), delivery, false, true)
             .await?;
-        Ok(rx.expect("a waiter for an eager message"))
+        Ok(rx.expect("a watched message has a waiter"))
     }
 
     /// [`queue`](Self::queue) for a message whose acknowledgement nobody waits on soon, such
@@ -427,29 +435,47 @@ impl Transport {
         data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<(), TransportError> {
-        self.queue_message(peer, data.into(), delivery, true)
+        self.queue_message(peer, data.into(), delivery, true, false)
             .await
             .map(|_| ())
     }
 
-    /// Queues a message, waiting while the peer's queue is full. With `lazy`, registers no
-    /// waiter and returns `None`.
+    /// [`queue`](Self::queue) without a waiter for the outcome, for a caller that learns of
+    /// failures another way: the transport gives up on a message only when its peer's session
+    /// ends, and reports that through [`next_peer_down`](Self::next_peer_down) (what the mesh's
+    /// requests rely on, together with their own timeout). A failure is also counted in
+    /// [`EndpointStats::messages_failed`] and logged at debug level. Acknowledged eagerly.
+    pub async fn queue_unwatched(
+        &self,
+        peer: SocketAddr,
+        data: impl Into<Payload>,
+        delivery: Delivery,
+    ) -> Result<(), TransportError> {
+        self.queue_message(peer, data.into(), delivery, false, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Queues a message, waiting while the peer's queue is full. With `watch`, registers a
+    /// waiter for its outcome and returns it.
     async fn queue_message(
         &self,
         peer: SocketAddr,
         data: Payload,
         delivery: Delivery,
         lazy: bool,
+        watch: bool,
     ) -> Result<Option<Outcome>, TransportError> {
         // The common case takes the lock once and registers no waiter.
-        if let Some(r) = self.try_queue(peer, &data, delivery, lazy) {
+        let mut data = Some(data);
+        if let Some(r) = self.try_queue(peer, &mut data, delivery, lazy, watch) {
             return r;
         }
         loop {
             let progressed = self.shared.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if let Some(r) = self.try_queue(peer, &data, delivery, lazy) {
+            if let Some(r) = self.try_queue(peer, &mut data, delivery, lazy, watch) {
                 return r;
             }
             progressed.await;
@@ -457,28 +483,36 @@ impl Transport {
     }
 
     /// One attempt of [`queue_message`](Self::queue_message): `None` while the peer's queue is
-    /// full.
+    /// full. Takes `data` only when it queues it (moved, not cloned: cloning a `Bytes` made
+    /// from a `Vec` allocates).
     fn try_queue(
         &self,
         peer: SocketAddr,
-        data: &Payload,
+        data: &mut Option<Payload>,
         delivery: Delivery,
         lazy: bool,
+        watch: bool,
     ) -> Option<Result<Option<Outcome>, TransportError>> {
         let mut st = self.shared.state.lock();
         if st.shutdown {
             return Some(Err(SendError::Closed.into()));
         }
+        if !st
+            .endpoint
+            .has_room(peer, data.as_ref().map_or(0, Payload::len))
+        {
+            return None;
+        }
+        let data = data.take()?;
         let now = Instant::now().into_std();
         let queued = if lazy {
-            st.endpoint
-                .send_reliable_lazy(now, peer, data.clone(), delivery)
+            st.endpoint.send_reliable_lazy(now, peer, data, delivery)
         } else {
-            st.endpoint.send_reliable(now, peer, data.clone(), delivery)
+            st.endpoint.send_reliable(now, peer, data, delivery)
         };
         match queued {
             Ok(id) => {
-                let rx = (!lazy).then(|| {
+                let rx = watch.then(|| {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.insert(id, tx);
                     rx
@@ -490,7 +524,6 @@ impl Transport {
                 }
                 Some(Ok(rx))
             }
-            Err(SendError::QueueFull) => None,
             Err(e) => Some(Err(e.into())),
         }
     }
@@ -707,16 +740,7 @@ fn transmit(shared: &Shared, st: &mut State) {
             }
             let bytes = &out[offset..offset + len];
             if blocked_tx.is_empty() {
-                let t = quinn_udp::Transmit {
-                    destination: to,
-                    ecn: None,
-                    contents: bytes,
-                    segment_size: (j - i > 1).then_some(segment),
-                    src_ip: None,
-                };
-                match shared.socket.try_io(tokio::io::Interest::WRITABLE, || {
-                    shared.udp.try_send((&shared.socket).into(), &t)
-                }) {
+                match send_run(shared, to, bytes, (j - i > 1).then_some(segment)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked_tx.push_back(Run {
                         to,
@@ -739,19 +763,35 @@ fn transmit(shared: &Shared, st: &mut State) {
     }
 }
 
+/// Sends one datagram, or with `segment` a run of them as one GSO send. A lone datagram goes
+/// out by plain `sendto`: quinn-udp always adds a TOS control message, and the kernel parses
+/// it and looks the route up again for every datagram that carries one.
+fn send_run(
+    shared: &Shared,
+    to: SocketAddr,
+    bytes: &[u8],
+    segment: Option<usize>,
+) -> io::Result<()> {
+    if segment.is_none() {
+        return shared.socket.try_send_to(bytes, to).map(|_| ());
+    }
+    let t = quinn_udp::Transmit {
+        destination: to,
+        ecn: None,
+        contents: bytes,
+        segment_size: segment,
+        src_ip: None,
+    };
+    shared.socket.try_io(tokio::io::Interest::WRITABLE, || {
+        shared.udp.try_send((&shared.socket).into(), &t)
+    })
+}
+
 /// Sends held runs until the socket would block again.
 fn send_blocked(shared: &Shared, st: &mut State) {
     while let Some(run) = st.blocked_tx.pop_front() {
-        let t = quinn_udp::Transmit {
-            destination: run.to,
-            ecn: None,
-            contents: &run.bytes,
-            segment_size: (run.bytes.len() > run.segment).then_some(run.segment),
-            src_ip: None,
-        };
-        match shared.socket.try_io(tokio::io::Interest::WRITABLE, || {
-            shared.udp.try_send((&shared.socket).into(), &t)
-        }) {
+        let segment = (run.bytes.len() > run.segment).then_some(run.segment);
+        match send_run(shared, run.to, &run.bytes, segment) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 st.blocked_tx.push_front(run);
@@ -763,8 +803,9 @@ fn send_blocked(shared: &Shared, st: &mut State) {
 }
 
 /// Routes the endpoint's events: messages to the inbox, outcomes to their waiters. Returns
-/// whether any message was delivered.
-fn route_events(shared: &Shared, st: &mut State) -> bool {
+/// whether any message was delivered, and whether any went to the inbox (the rest were taken
+/// by the intercept hook).
+fn route_events(shared: &Shared, st: &mut State) -> (bool, bool) {
     // Each kind of waiter is woken only for its own kind of news: a task that waits for peer
     // events is not scheduled for every message (a spurious wake can cost a thread wake-up).
     let (mut sent, mut queued, mut down) = (false, false, false);
@@ -828,20 +869,25 @@ fn route_events(shared: &Shared, st: &mut State) -> bool {
     if down {
         shared.peer_down.notify_waiters();
     }
-    messages
+    (messages, queued)
 }
 
 /// One batched read (`recvmmsg`, GRO where the OS has them) into `storage`: how many slots
 /// were filled (0 when nothing was waiting). Takes no lock.
 fn recv_batch(shared: &Shared, storage: &mut [u8], metas: &mut [quinn_udp::RecvMeta]) -> usize {
-    let mut slots = storage.chunks_mut(RECV_SLOT);
-    // On the stack: this runs for every wake-up of the driver.
+    // On the stack: this runs for every wake-up of the driver. Only the slots asked for are
+    // pointed at buffers (a read asks for few when traffic is light).
     let mut bufs: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
-        std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
+        std::array::from_fn(|_| IoSliceMut::new(&mut []));
     let batch = bufs.len().min(metas.len());
+    for (b, slot) in bufs[..batch].iter_mut().zip(storage.chunks_mut(RECV_SLOT)) {
+        *b = IoSliceMut::new(slot);
+    }
     let mut drained = 0;
     match shared.socket.try_io(tokio::io::Interest::READABLE, || {
-        let n = shared.udp.recv((&shared.socket).into(), &mut bufs, metas)?;
+        let n = shared
+            .udp
+            .recv((&shared.socket).into(), &mut bufs[..batch], metas)?;
         if n < batch {
             // Fewer than asked for: the queue is empty now. Saying "would block" clears the
             // readiness, which saves the syscall that would only learn so. A datagram that
@@ -924,6 +970,7 @@ impl Driver {
             shared,
             storage,
             metas,
+            batch,
         } = self;
         let shared = &**shared;
         // Read once per turn and once per batch received: the clock is not free on every
@@ -958,10 +1005,13 @@ impl Driver {
             }
             // The socket is read without the lock, so senders are not held up by the syscall.
             let mut received = 0;
-            let mut delivered = false;
+            let (mut delivered, mut queued, mut drained) = (false, false, false);
             for _ in 0..RECV_CALLS {
-                let n = recv_batch(shared, storage, metas);
+                let asked = *batch;
+                let n = recv_batch(shared, storage, &mut metas[..asked]);
+                *batch = (2 * n).clamp(MIN_BATCH.min(metas.len()), metas.len());
                 if n == 0 {
+                    drained = true;
                     break;
                 }
                 received += n;
@@ -973,28 +1023,35 @@ impl Driver {
                         on_datagram(shared, &mut st, now, meta.addr, d);
                     }
                 }
-                delivered |= route_events(shared, &mut st);
-                if n < metas.len() {
+                let (m, q) = route_events(shared, &mut st);
+                delivered |= m;
+                queued |= q;
+                if n < asked {
                     // The queue was drained: another call would only say so, at a syscall's
                     // cost.
+                    drained = true;
                     break;
                 }
             }
-            if delivered {
-                if take {
-                    continue;
-                }
+            if delivered && !take {
                 // Let the application run first: an answer it sends at once carries our
                 // acknowledgement, which then costs no datagram of its own. The next poll
                 // flushes first thing.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            if received > 0 {
+            if (queued && take) || !drained {
+                // A message to hand over, or more to read.
                 continue;
             }
             // Nothing more to do now: sleep until the socket, the timer or a command wakes us.
             let mut st = shared.state.lock();
+            if received > 0 {
+                // What the datagrams just read owe (acknowledgements), without another turn
+                // (the socket is drained, and answers taken by the intercept hook are with
+                // their requesters already).
+                flush(shared, &mut st);
+            }
             if st.flush_wanted || shared.socket.poll_recv_ready(cx).is_ready() {
                 continue;
             }

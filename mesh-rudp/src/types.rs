@@ -67,6 +67,15 @@ impl Payload {
     pub fn to_bytes(&self) -> Bytes {
         self.range(0, self.len())
     }
+
+    /// [`to_bytes`](Self::to_bytes), by value: without a head, the body itself.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        if self.head.is_empty() {
+            self.body
+        } else {
+            self.to_bytes()
+        }
+    }
 }
 
 impl From<Bytes> for Payload {
