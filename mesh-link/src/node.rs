@@ -1,6 +1,6 @@
 //! [`MeshNode`]: one process's membership of a mesh, its handlers and its messaging.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -130,7 +130,7 @@ pub(crate) struct Inner {
     pub(crate) membership: Membership<Backend>,
     local: NodeKey,
     config: Config,
-    handlers: RwLock<HashMap<u16, HandlerFn>>,
+    handlers: RwLock<rustc_hash::FxHashMap<u16, HandlerFn>>,
     pending: Mutex<rustc_hash::FxHashMap<u64, Pending>>,
     next_id: AtomicU64,
     rng: Mutex<u64>,
@@ -401,7 +401,7 @@ impl MeshNode {
         handlers: Vec<(u16, HandlerFn)>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let mut table = HashMap::new();
+        let mut table = rustc_hash::FxHashMap::default();
         for (id, h) in handlers {
             check_id(id)?;
             if table.insert(id, h).is_some() {

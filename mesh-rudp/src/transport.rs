@@ -688,17 +688,23 @@ impl Drop for Transport {
 
 /// Sends what the endpoint has to send and routes its events. Called with the lock held.
 fn flush(shared: &Shared, st: &mut State) {
-    transmit(shared, st);
+    transmit(shared, st, None);
+    route_events(shared, st);
+}
+
+/// [`flush`] with the caller's reading of the clock.
+fn flush_at(shared: &Shared, st: &mut State, now: std::time::Instant) {
+    transmit(shared, st, Some(now));
     route_events(shared, st);
 }
 
 /// Hands every datagram the endpoint has ready to the socket, runs of same-sized datagrams to
 /// one destination as one GSO send.
-fn transmit(shared: &Shared, st: &mut State) {
+fn transmit(shared: &Shared, st: &mut State, now: Option<std::time::Instant>) {
     if !st.endpoint.has_transmit() {
         return;
     }
-    let now = Instant::now().into_std();
+    let now = now.unwrap_or_else(|| Instant::now().into_std());
     let max_segments = shared.udp.max_gso_segments().max(1);
     loop {
         let State {
@@ -929,7 +935,7 @@ fn flush_or_cork(shared: &Shared, st: &mut State, now: std::time::Instant) -> Op
         pull_timer_earlier(st);
         return st.driver_waker.take();
     }
-    flush(shared, st);
+    flush_at(shared, st, now);
     // Measured after the flush: a burst's sends follow one another closely only in between.
     st.last_inline_flush = Some(Instant::now().into_std());
     driver_to_wake(st)
@@ -992,12 +998,12 @@ impl Driver {
                     return Poll::Ready(None);
                 }
                 st.flush_wanted = false;
-                flush(shared, &mut st);
+                now = Instant::now().into_std();
+                flush_at(shared, &mut st, now);
                 if !st.blocked_tx.is_empty() && shared.socket.poll_send_ready(cx).is_ready() {
                     send_blocked(shared, &mut st);
-                    flush(shared, &mut st);
+                    flush_at(shared, &mut st, now);
                 }
-                now = Instant::now().into_std();
                 if st.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                     st.endpoint.handle_timeout(now);
                     continue;
