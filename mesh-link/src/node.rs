@@ -4,7 +4,6 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -1063,23 +1062,16 @@ impl MeshNode {
             // No waiter for the request's acknowledgement: the answer implies it, and the
             // transport gives up on a message only when its peer's session ends, which
             // `watch_peers` turns into a failure of every request to that peer.
-            let queue = self.inner.transport.queue_unwatched(
-                node.socket_addr(),
-                envelope,
-                Delivery::Unordered,
-            );
-            tokio::pin!(queue);
-            // Queued at once unless the peer's queue is full: only then is a timer needed.
-            let queued = match std::future::poll_fn(|cx| {
-                Poll::Ready(std::future::Future::poll(queue.as_mut(), cx))
-            })
+            let queued = tokio::time::timeout_at(
+                deadline,
+                self.inner.transport.queue_unwatched(
+                    node.socket_addr(),
+                    envelope,
+                    Delivery::Unordered,
+                ),
+            )
             .await
-            {
-                Poll::Ready(r) => r,
-                Poll::Pending => tokio::time::timeout_at(deadline, queue)
-                    .await
-                    .map_err(|_| timed_out())?,
-            };
+            .map_err(|_| timed_out())?;
             match queued {
                 Ok(()) => {}
                 Err(TransportError::Send(e)) => return Err(not_delivered(e)),
