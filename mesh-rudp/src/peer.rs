@@ -125,18 +125,24 @@ struct Partial {
     next: u32,
     /// Pieces that arrived ahead of `next`, until the gap before them fills.
     ahead: BTreeMap<u32, Bytes>,
+    /// Charged against the reassembly caps: every piece taken, plus `slack`.
     charged: usize,
+    /// Capacity of `head` not filled yet, charged like received bytes, so that the caps bound
+    /// what is allocated and not only what arrived.
+    slack: usize,
 }
 
 impl Partial {
-    /// Appends a piece to `head`. Capacity grows fourfold, as received bytes justify (fewer
-    /// reallocations than doubling, and still within a small multiple of what arrived), never past
-    /// `bound` (the most the whole message can be), so a finished message wastes less than a
-    /// piece of capacity.
-    fn extend_head(&mut self, piece: &[u8], bound: usize) {
+    /// Appends a piece to `head`. Capacity grows fourfold (fewer reallocations than doubling),
+    /// never past `bound` (the most the whole message can be), and never leaves more than
+    /// `max_slack` bytes unfilled: the caller's room under the reassembly caps.
+    fn extend_head(&mut self, piece: &[u8], bound: usize, max_slack: usize) {
         let need = self.head.len() + piece.len();
         if need > self.head.capacity() {
-            let want = (self.head.capacity() * 4).min(bound).max(need);
+            let want = (self.head.capacity() * 4)
+                .min(bound)
+                .min(need.saturating_add(max_slack))
+                .max(need);
             self.head.reserve_exact(want - self.head.len());
         }
         self.head.extend_from_slice(piece);
@@ -939,6 +945,7 @@ impl Peer {
             next: 0,
             ahead: BTreeMap::new(),
             charged: 0,
+            slack: 0,
         });
         if p.count != f.count || p.channel != d.channel || p.order != d.order {
             return Err(Refused::Violation);
@@ -970,19 +977,29 @@ impl Peer {
         }
         // Every piece but the last is `frag_size` long, so this bounds the whole message.
         let bound = p.frag_size.unwrap_or(len).saturating_mul(p.count as usize);
+        // What the caps leave once this piece is charged: the most the buffer may grow
+        // beyond what it holds (its current slack is charged already).
+        let free = room
+            .reassembly_left
+            .min(config.reassembly_per_peer - self.reassembly_bytes)
+            - cost;
+        let max_slack = p.slack + free;
         if f.index == p.next {
-            p.extend_head(d.payload, bound);
+            p.extend_head(d.payload, bound, max_slack);
             p.next += 1;
             while let Some(piece) = p.ahead.remove(&p.next) {
-                p.extend_head(&piece, bound);
+                p.extend_head(&piece, bound, max_slack);
                 p.next += 1;
             }
         } else {
             p.ahead.insert(f.index, Bytes::copy_from_slice(d.payload));
         }
-        p.charged += cost;
-        self.reassembly_bytes += cost;
-        out.charge += cost as isize;
+        let slack = p.head.capacity() - p.head.len();
+        let charge = (cost + slack) as isize - p.slack as isize;
+        p.slack = slack;
+        p.charged = (p.charged as isize + charge) as usize;
+        self.reassembly_bytes = (self.reassembly_bytes as isize + charge) as usize;
+        out.charge += charge;
         if p.next != p.count {
             return Ok(None);
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mesh_rudp::sim::Sim;
 use mesh_rudp::{Delivery, Endpoint, EndpointConfig};
-use mesh_wire::{DataFrame, DatagramWriter, Frame, Header};
+use mesh_wire::{DataFrame, DatagramWriter, Fragment, Frame, Header};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -37,6 +37,7 @@ fn memory() {
     let _profiler = dhat::Profiler::builder().testing().build();
     idle_peers_cost_under_1_kib_each();
     traffic_leaves_no_growth();
+    unfinished_messages_stay_within_the_reassembly_cap();
 }
 
 fn idle_peers_cost_under_1_kib_each() {
@@ -109,5 +110,61 @@ fn traffic_leaves_no_growth() {
         after < settled + 64 * 1024,
         "memory grew by {} bytes over three rounds",
         after.saturating_sub(settled)
+    );
+}
+
+/// Senders that start many large messages and never finish them: what the endpoint allocates
+/// for them (buffers grown ahead of the pieces included) stays within `reassembly_total`.
+fn unfinished_messages_stay_within_the_reassembly_cap() {
+    const CAP: usize = 1 << 20;
+    let config = EndpointConfig::default()
+        .max_message_size(CAP)
+        .reassembly_per_peer(CAP)
+        .reassembly_total(CAP)
+        .send_queue_per_peer(CAP)
+        .loopback_mtu(None)
+        .new_peers_per_second(10_000)
+        .clone();
+    let mut ep = Endpoint::new(config).unwrap();
+    let now = Instant::now();
+    let mut buf = Vec::new();
+    let mut datagram = Vec::new();
+    let piece = vec![7u8; 1100];
+    let before = heap();
+    let mut refused = 0;
+    for p in 0..4u32 {
+        let mut seq = 0u32;
+        for message in 0..64u32 {
+            // Claims 900 pieces (under the size limit); sends the first six, in order, so the
+            // message's buffer grows several times.
+            for index in 0..6u32 {
+                let mut w =
+                    DatagramWriter::new(&mut datagram, Header::new(u64::from(p) + 1, 0), 1200);
+                w.push(&Frame::Data(DataFrame {
+                    lazy_ack: false,
+                    channel: 0,
+                    seq,
+                    message,
+                    order: None,
+                    fragment: Some(Fragment { index, count: 900 }),
+                    payload: &piece,
+                }))
+                .unwrap();
+                seq += 1;
+                let bytes = w.finish().to_vec();
+                let dropped = ep.stats().dropped_no_room;
+                ep.handle_datagram(now, peer(200 + p), &bytes);
+                refused += ep.stats().dropped_no_room - dropped;
+                while ep.poll_transmit(now, &mut buf).is_some() {}
+            }
+        }
+    }
+    let grown = heap() - before;
+    println!("unfinished messages: {grown} bytes held, {refused} pieces refused");
+    assert!(refused > 0, "the cap was reached");
+    assert!(ep.stats().reassembly_bytes <= CAP, "charged within the cap");
+    assert!(
+        grown < CAP + 256 * 1024,
+        "{grown} bytes held for unfinished messages under a {CAP}-byte cap"
     );
 }
