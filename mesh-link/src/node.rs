@@ -18,7 +18,7 @@ use mesh_rudp::{
     Delivery, DownReason, Driver, EndpointStats, Payload, Received, SendError, Transport,
     TransportConfig, TransportError,
 };
-use mesh_wire::{Envelope, EnvelopeKind, ErrorBody, ErrorCode};
+use mesh_wire::{DecodeError, Envelope, EnvelopeKind, ErrorBody, ErrorCode};
 use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -1452,12 +1452,11 @@ fn on_message(
     max: usize,
 ) {
     let inner = &node.inner;
-    let Ok(env) = Envelope::decode(&m.data) else {
+    let Ok((env, payload)) = split_envelope(m.data) else {
         inner.counters.malformed.fetch_add(1, Ordering::Relaxed);
         debug!(from = %m.from, "unreadable envelope dropped");
         return;
     };
-    let payload = m.data.slice_ref(env.payload);
     match env.kind {
         EnvelopeKind::Response | EnvelopeKind::ErrorResponse => {
             resolve_answer(inner, m.from, &env, payload);
@@ -1646,23 +1645,45 @@ fn resolve_answer(inner: &Inner, from: SocketAddr, env: &Envelope<'_>, payload: 
 /// Takes answers straight from the transport's task: the waiting request is woken without a
 /// hand-off through the receive loop. Everything else goes on to the loop.
 fn intercept_answers(inner: std::sync::Weak<Inner>) -> mesh_rudp::Intercept {
-    Arc::new(move |m: &Received| {
-        let Ok(env) = Envelope::decode(&m.data) else {
-            return false;
+    Arc::new(move |m: Received| {
+        let head = match Envelope::decode(&m.data) {
+            Ok(env)
+                if matches!(
+                    env.kind,
+                    EnvelopeKind::Response | EnvelopeKind::ErrorResponse
+                ) =>
+            {
+                without_payload(&env)
+            }
+            _ => return Some(m),
         };
-        if !matches!(
-            env.kind,
-            EnvelopeKind::Response | EnvelopeKind::ErrorResponse
-        ) {
-            return false;
-        }
         let Some(inner) = inner.upgrade() else {
-            return false;
+            return Some(m);
         };
-        let payload = m.data.slice_ref(env.payload);
-        resolve_answer(&inner, m.from, &env, payload);
-        true
+        let mut payload = m.data;
+        bytes::Buf::advance(&mut payload, Envelope::header_len(head.kind));
+        resolve_answer(&inner, m.from, &head, payload);
+        None
     })
+}
+
+fn without_payload(env: &Envelope<'_>) -> Envelope<'static> {
+    Envelope {
+        kind: env.kind,
+        handler: env.handler,
+        request_id: env.request_id,
+        payload: &[],
+    }
+}
+
+/// Splits a received message into its envelope (with an empty payload) and the payload, which
+/// keeps the message's buffer: moving its start past the header allocates nothing, where
+/// slicing a buffer made from a `Vec` allocates a shared handle.
+fn split_envelope(data: Bytes) -> Result<(Envelope<'static>, Bytes), DecodeError> {
+    let head = without_payload(&Envelope::decode(&data)?);
+    let mut payload = data;
+    bytes::Buf::advance(&mut payload, Envelope::header_len(head.kind));
+    Ok((head, payload))
 }
 
 /// A relay head's work: run the handler here (once per fan-out), spread to the rest, report.

@@ -149,9 +149,10 @@ struct Run {
     segment: usize,
 }
 
-/// A hook that may take a received message before it is queued for [`Transport::recv`]; see
+/// A hook that may take a received message before it is queued for [`Transport::recv`]: it
+/// returns `None` when it took the message, or gives it back; see
 /// [`Transport::set_intercept`].
-pub type Intercept = Arc<dyn Fn(&Received) -> bool + Send + Sync>;
+pub type Intercept = Arc<dyn Fn(Received) -> Option<Received> + Send + Sync>;
 
 struct Shared {
     state: Mutex<State>,
@@ -371,7 +372,8 @@ impl Transport {
     }
 
     /// Installs a hook that sees each received message first, on the driver's task, and
-    /// returns true to take it (it then never reaches [`recv`](Self::recv)). It runs with the
+    /// takes it (returns `None`: it then never reaches [`recv`](Self::recv)) or gives it back.
+    /// By value, so that the hook can keep the message's bytes without copying them. It runs with the
     /// transport's state locked, so it must be quick and must not call this transport; it
     /// exists so that a layer above can complete waiting work (an answer to a request) without
     /// a hand-off to another task.
@@ -831,9 +833,13 @@ fn route_events(shared: &Shared, st: &mut State) -> (bool, bool) {
                 // Either way the application has work: the driver lets it run before it
                 // flushes, so an answer sent at once carries the acknowledgement.
                 messages = true;
-                if shared.intercept.read().as_ref().is_some_and(|f| f(&m)) {
-                    continue;
-                }
+                let m = match shared.intercept.read().as_ref() {
+                    Some(hook) => match hook(m) {
+                        Some(m) => m,
+                        None => continue,
+                    },
+                    None => m,
+                };
                 st.inbox.push_back(m);
                 queued = true;
             }
