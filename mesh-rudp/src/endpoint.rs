@@ -227,12 +227,16 @@ impl Endpoint {
         self.queue_message(now, peer, data.into(), delivery, true)
     }
 
-    /// Whether a reliable message of `len` bytes to `peer` fits its send queue now (a send
-    /// would otherwise fail with [`SendError::QueueFull`]).
+    /// Whether a reliable send of `len` bytes to `peer` would not fail with
+    /// [`SendError::QueueFull`] now. A send refused for another reason (too large, closing)
+    /// counts as having room: waiting would not change its fate.
     pub fn has_room(&self, peer: SocketAddr, len: usize) -> bool {
-        self.peers
-            .get(&peer)
-            .is_none_or(|p| p.queue_has_room(len, &self.config))
+        self.closing
+            || len > self.config.max_message_size
+            || self
+                .peers
+                .get(&peer)
+                .is_none_or(|p| p.queue_has_room(len, &self.config))
     }
 
     fn queue_message(

@@ -367,3 +367,36 @@ async fn a_burst_of_sends_is_packed_into_few_datagrams() {
     a.close().await;
     b.close().await;
 }
+
+/// A message larger than the peer's whole send queue is refused as too large at once, not
+/// left waiting for room that can never come.
+#[tokio::test]
+async fn a_message_larger_than_the_send_queue_is_refused_not_held() {
+    let mut config = TransportConfig::default();
+    config
+        .endpoint
+        .max_message_size(1 << 20)
+        .send_queue_per_peer(1 << 20);
+    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let b = transport().await;
+    // The peer is known first, with its queue empty.
+    a.send(b.local_addr(), &b"hello"[..]).await.unwrap();
+    let big = bytes::Bytes::from(vec![1u8; 2 << 20]);
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        a.queue(b.local_addr(), big, Default::default()),
+    )
+    .await
+    .expect("refused at once, not held waiting for room");
+    assert!(
+        matches!(
+            r,
+            Err(mesh_rudp::TransportError::Send(
+                mesh_rudp::SendError::TooLarge { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+}
