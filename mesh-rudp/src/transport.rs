@@ -604,7 +604,7 @@ impl Transport {
     pub fn mark_down(&self, peer: SocketAddr) {
         let mut st = self.shared.state.lock();
         st.endpoint.mark_down(peer);
-        flush(&self.shared, &mut st);
+        flush(&self.shared, &mut st, None);
         let w = driver_to_wake(&mut st);
         drop(st);
         if let Some(w) = w {
@@ -657,9 +657,9 @@ impl Transport {
         let (report, w) = {
             let mut st = self.shared.state.lock();
             // What was received is acknowledged before the goodbye.
-            flush(&self.shared, &mut st);
+            flush(&self.shared, &mut st, None);
             st.endpoint.close_all();
-            flush(&self.shared, &mut st);
+            flush(&self.shared, &mut st, None);
             st.shutdown = true;
             let report = CloseReport {
                 undelivered: std::mem::take(&mut st.failed_on_close),
@@ -688,15 +688,10 @@ impl Drop for Transport {
     }
 }
 
-/// Sends what the endpoint has to send and routes its events. Called with the lock held.
-fn flush(shared: &Shared, st: &mut State) {
-    transmit(shared, st, None);
-    route_events(shared, st);
-}
-
-/// [`flush`] with the caller's reading of the clock.
-fn flush_at(shared: &Shared, st: &mut State, now: std::time::Instant) {
-    transmit(shared, st, Some(now));
+/// Sends what the endpoint has to send and routes its events, at `now` when the caller has
+/// read the clock already. Called with the lock held.
+fn flush(shared: &Shared, st: &mut State, now: Option<std::time::Instant>) {
+    transmit(shared, st, now);
     route_events(shared, st);
 }
 
@@ -941,7 +936,7 @@ fn flush_or_cork(shared: &Shared, st: &mut State, now: std::time::Instant) -> Op
         pull_timer_earlier(st);
         return st.driver_waker.take();
     }
-    flush_at(shared, st, now);
+    flush(shared, st, Some(now));
     // Measured after the flush: a burst's sends follow one another closely only in between.
     st.last_inline_flush = Some(Instant::now().into_std());
     driver_to_wake(st)
@@ -1005,10 +1000,10 @@ impl Driver {
                 }
                 st.flush_wanted = false;
                 now = Instant::now().into_std();
-                flush_at(shared, &mut st, now);
+                flush(shared, &mut st, Some(now));
                 if !st.blocked_tx.is_empty() && shared.socket.poll_send_ready(cx).is_ready() {
                     send_blocked(shared, &mut st);
-                    flush_at(shared, &mut st, now);
+                    flush(shared, &mut st, Some(now));
                 }
                 if st.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                     st.endpoint.handle_timeout(now);
@@ -1062,7 +1057,7 @@ impl Driver {
                 // What the datagrams just read owe (acknowledgements), without another turn
                 // (the socket is drained, and answers taken by the intercept hook are with
                 // their requesters already).
-                flush(shared, &mut st);
+                flush(shared, &mut st, None);
             }
             if st.flush_wanted || shared.socket.poll_recv_ready(cx).is_ready() {
                 continue;

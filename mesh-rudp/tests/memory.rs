@@ -47,21 +47,9 @@ fn idle_peers_cost_under_1_kib_each() {
     let mut ep = Endpoint::new(config).unwrap();
     let now = Instant::now();
     let mut buf = Vec::new();
-    let mut datagram = Vec::new();
     // Warm up the endpoint's own scratch buffers with one peer, then measure 1000 more.
     let mut add = |ep: &mut Endpoint, i: u32| {
-        let mut w = DatagramWriter::new(&mut datagram, Header::new(u64::from(i) + 1, 0), 1200);
-        w.push(&Frame::Data(DataFrame {
-            lazy_ack: false,
-            channel: 0,
-            seq: 0,
-            message: 0,
-            order: None,
-            fragment: None,
-            payload: b"hello",
-        }))
-        .unwrap();
-        let bytes = w.finish().to_vec();
+        let bytes = data_datagram(u64::from(i) + 1, 0, 0, None, b"hello");
         ep.handle_datagram(now, peer(i), &bytes);
         while ep.poll_transmit(now, &mut buf).is_some() {}
         while ep.poll_event().is_some() {}
@@ -128,7 +116,6 @@ fn unfinished_messages_stay_within_the_reassembly_cap() {
     let mut ep = Endpoint::new(config).unwrap();
     let now = Instant::now();
     let mut buf = Vec::new();
-    let mut datagram = Vec::new();
     let piece = vec![7u8; 1100];
     let before = heap();
     let mut refused = 0;
@@ -138,20 +125,14 @@ fn unfinished_messages_stay_within_the_reassembly_cap() {
             // Claims 900 pieces (under the size limit); sends the first six, in order, so the
             // message's buffer grows several times.
             for index in 0..6u32 {
-                let mut w =
-                    DatagramWriter::new(&mut datagram, Header::new(u64::from(p) + 1, 0), 1200);
-                w.push(&Frame::Data(DataFrame {
-                    lazy_ack: false,
-                    channel: 0,
+                let bytes = data_datagram(
+                    u64::from(p) + 1,
                     seq,
                     message,
-                    order: None,
-                    fragment: Some(Fragment { index, count: 900 }),
-                    payload: &piece,
-                }))
-                .unwrap();
+                    Some(Fragment { index, count: 900 }),
+                    &piece,
+                );
                 seq += 1;
-                let bytes = w.finish().to_vec();
                 let dropped = ep.stats().dropped_no_room;
                 ep.handle_datagram(now, peer(200 + p), &bytes);
                 refused += ep.stats().dropped_no_room - dropped;
@@ -167,4 +148,27 @@ fn unfinished_messages_stay_within_the_reassembly_cap() {
         grown < CAP + 256 * 1024,
         "{grown} bytes held for unfinished messages under a {CAP}-byte cap"
     );
+}
+
+/// One datagram from session `src` carrying one data frame.
+fn data_datagram(
+    src: u64,
+    seq: u32,
+    message: u32,
+    fragment: Option<Fragment>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut datagram = Vec::new();
+    let mut w = DatagramWriter::new(&mut datagram, Header::new(src, 0), 1200);
+    w.push(&Frame::Data(DataFrame {
+        lazy_ack: false,
+        channel: 0,
+        seq,
+        message,
+        order: None,
+        fragment,
+        payload,
+    }))
+    .unwrap();
+    w.finish().to_vec()
 }
