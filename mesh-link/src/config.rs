@@ -92,6 +92,10 @@ pub struct Config {
     /// Largest message, in bytes. Default 16 MiB. Above that, the transport's per-peer
     /// buffers grow to hold two such messages.
     pub max_message_size: usize,
+    /// Bytes of spare buffers kept to reassemble large messages in (a message of 256 KiB or
+    /// more hands its buffer back when dropped). Default 64 MiB; 0 keeps none. See
+    /// `mesh_rudp::EndpointConfig::recycle_bytes`.
+    pub recycle_bytes: usize,
     /// How long a request waits for its answer unless told otherwise. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -179,6 +183,7 @@ impl Default for Config {
             mtu: 1200,
             loopback_mtu: mesh_rudp::DEFAULT_LOOPBACK_MTU,
             max_message_size: 16 << 20,
+            recycle_bytes: 64 << 20,
             request_timeout: Duration::from_secs(5),
             peer_timeout: Duration::from_secs(5),
             max_concurrent_handlers: 4096,

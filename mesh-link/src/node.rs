@@ -429,6 +429,7 @@ impl MeshNode {
             .mtu(config.mtu)
             .loopback_mtu(config.loopback_mtu)
             .max_message_size(largest)
+            .recycle_bytes(config.recycle_bytes)
             .peer_timeout(config.peer_timeout)
             .flush_interval(config.send_interval);
         tc.close_timeout = config.stop_timeout;

@@ -15,6 +15,7 @@ pub struct EndpointConfig {
     pub(crate) new_peers_per_second: u32,
     pub(crate) reassembly_per_peer: usize,
     pub(crate) reassembly_total: usize,
+    pub(crate) recycle_bytes: usize,
     pub(crate) send_queue_per_peer: usize,
     pub(crate) max_incoming_messages: usize,
     pub(crate) initial_rto: Duration,
@@ -52,6 +53,7 @@ impl Default for EndpointConfig {
             new_peers_per_second: 1024,
             reassembly_per_peer: 32 << 20,
             reassembly_total: 256 << 20,
+            recycle_bytes: 64 << 20,
             send_queue_per_peer: 64 << 20,
             max_incoming_messages: 65_536,
             initial_rto: Duration::from_millis(100),
@@ -119,6 +121,14 @@ impl EndpointConfig {
     setter!(
         /// Bytes of partial messages held over all peers. Default 256 MiB.
         reassembly_total: usize
+    );
+    setter!(
+        /// Bytes of spare message buffers kept for reuse. Default 64 MiB (in at most 8
+        /// buffers); 0 keeps none. A message reassembled from many datagrams (256 KiB or more)
+        /// hands its buffer back when the application drops it, and the next large message is
+        /// written into it instead of into fresh memory, which the kernel maps page by page:
+        /// those page faults cost more than the copy. Spare buffers stay allocated while idle.
+        recycle_bytes: usize
     );
     setter!(
         /// Bytes queued to send to one peer (not yet acknowledged). Default 64 MiB. Past it,

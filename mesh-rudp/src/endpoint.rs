@@ -13,6 +13,7 @@ use tracing::{debug, trace, trace_span};
 
 use crate::config::EndpointConfig;
 use crate::peer::{Peer, RecvOutcome, Refused, Room};
+use crate::pool::BufferPool;
 use crate::rng::Rng;
 use crate::types::{
     ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, Payload, PeerStats,
@@ -121,6 +122,8 @@ pub struct Endpoint {
     delivered_scratch: Vec<MessageId>,
     /// Kept between datagrams so that delivering a message does not allocate a list for it.
     recv_scratch: RecvOutcome,
+    /// Spare buffers for large messages.
+    pool: BufferPool,
     /// The last packet number sent (with a cluster key): the clock in microseconds, or one
     /// more than the last, whichever is larger.
     last_pn: u64,
@@ -135,6 +138,7 @@ impl Endpoint {
         config.validate()?;
         Ok(Self {
             rng: Rng::new(config.seed),
+            pool: BufferPool::new(config.recycle_bytes),
             peer_tokens: Bucket::default(),
             stray_tokens: Bucket::default(),
             config,
@@ -525,7 +529,7 @@ impl Endpoint {
                                 .reassembly_total
                                 .saturating_sub(self.reassembly_total),
                         };
-                        match p.on_data(now, &data, room, &self.config, &mut out) {
+                        match p.on_data(now, &data, room, &self.config, &self.pool, &mut out) {
                             Ok(()) => {}
                             Err(Refused::Duplicate) => self.stats.duplicates += 1,
                             Err(Refused::OutOfWindow) => {
@@ -809,6 +813,7 @@ impl Endpoint {
         let mut s = self.stats.clone();
         s.peers = self.peers.len();
         s.reassembly_bytes = self.reassembly_total;
+        s.recycled_buffers = self.pool.reused();
         s
     }
 

@@ -68,6 +68,7 @@ mod endpoint;
 #[doc(hidden)]
 pub mod fuzzing;
 mod peer;
+mod pool;
 mod ranges;
 mod rng;
 mod rtt;

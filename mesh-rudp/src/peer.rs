@@ -10,6 +10,7 @@ use mesh_wire::{
 };
 
 use crate::config::EndpointConfig;
+use crate::pool::BufferPool;
 use crate::ranges::{unwrap_seq, RangeSet};
 use crate::rtt::Rtt;
 use crate::types::{Delivery, MessageId, Payload, PeerStats};
@@ -136,8 +137,15 @@ impl Partial {
     /// Appends a piece to `head`. Capacity grows fourfold (fewer reallocations than doubling),
     /// never past `bound` (the most the whole message can be), and never leaves more than
     /// `max_slack` bytes unfilled: the caller's room under the reassembly caps.
-    fn extend_head(&mut self, piece: &[u8], bound: usize, max_slack: usize) {
+    /// The first growth takes a spare buffer from `pool` when one is large enough for the whole
+    /// message and within the room.
+    fn extend_head(&mut self, piece: &[u8], bound: usize, max_slack: usize, pool: &BufferPool) {
         let need = self.head.len() + piece.len();
+        if self.head.capacity() == 0 {
+            if let Some(buf) = pool.take(bound, need.saturating_add(max_slack)) {
+                self.head = buf;
+            }
+        }
         if need > self.head.capacity() {
             let want = (self.head.capacity() * 4)
                 .min(bound)
@@ -830,6 +838,7 @@ impl Peer {
         d: &DataFrame<'_>,
         room: Room,
         config: &EndpointConfig,
+        pool: &BufferPool,
         out: &mut RecvOutcome,
     ) -> Result<(), Refused> {
         self.stats.frames_received += 1;
@@ -863,7 +872,7 @@ impl Peer {
                 }
                 Some(Bytes::copy_from_slice(d.payload))
             }
-            Some(f) => self.on_fragment(d, f, room, config, out)?,
+            Some(f) => self.on_fragment(d, f, room, config, pool, out)?,
         };
         // Accepted: record the sequence number.
         if seq == self.recv_cum {
@@ -924,6 +933,7 @@ impl Peer {
         f: Fragment,
         room: Room,
         config: &EndpointConfig,
+        pool: &BufferPool,
         out: &mut RecvOutcome,
     ) -> Result<Option<Bytes>, Refused> {
         let len = d.payload.len();
@@ -985,10 +995,10 @@ impl Peer {
             - cost;
         let max_slack = p.slack + free;
         if f.index == p.next {
-            p.extend_head(d.payload, bound, max_slack);
+            p.extend_head(d.payload, bound, max_slack, pool);
             p.next += 1;
             while let Some(piece) = p.ahead.remove(&p.next) {
-                p.extend_head(&piece, bound, max_slack);
+                p.extend_head(&piece, bound, max_slack, pool);
                 p.next += 1;
             }
         } else {
@@ -1006,7 +1016,7 @@ impl Peer {
         let p = self.partials.remove(&d.message).expect("present");
         self.reassembly_bytes -= p.charged;
         out.charge -= p.charged as isize;
-        Ok(Some(Bytes::from(p.head)))
+        Ok(Some(pool.wrap(p.head)))
     }
 
     fn deliver(&mut self, channel: u8, order: Option<u32>, data: Bytes, out: &mut RecvOutcome) {

@@ -242,6 +242,10 @@ pub struct EndpointStats {
     pub retransmitted: u64,
     /// Duplicate data frames received (and suppressed).
     pub duplicates: u64,
+    /// Large messages reassembled in a spare buffer (see
+    /// [`EndpointConfig::recycle_bytes`](crate::EndpointConfig::recycle_bytes)) rather than in
+    /// fresh memory.
+    pub recycled_buffers: u64,
 }
 
 /// Counters and estimates of one peer. Pull them with [`crate::Endpoint::peer_stats`].

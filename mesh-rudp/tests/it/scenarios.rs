@@ -523,3 +523,33 @@ fn a_message_with_a_head_arrives_whole_when_its_fragments_come_backwards() {
     assert_eq!(got, vec![Bytes::from(whole)]);
     assert_eq!(b.stats().reassembly_bytes, 0, "nothing left held");
 }
+
+#[test]
+fn a_large_message_reuses_the_buffer_of_one_the_application_dropped() {
+    let run = |config: EndpointConfig| {
+        let (mut sim, a, b) = pair(9, config);
+        for t in 1..=3u64 {
+            sim.send(a, b, payload(t, 1 << 20), Delivery::Unordered)
+                .unwrap();
+            sim.run_until_idle(1_000_000).unwrap();
+            let got: Vec<_> = sim
+                .take_events(b)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Message { data, .. } => Some(data),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(got.len(), 1);
+            // Whole, and this message's own content, not the previous one's left in the buffer.
+            assert_eq!(tag_of(&got[0]), t);
+            assert_eq!(got[0].len(), 1 << 20);
+            // Dropped here: its buffer goes back to the pool.
+        }
+        let stats = sim.endpoint(b).stats();
+        assert_eq!(stats.reassembly_bytes, 0);
+        stats.recycled_buffers
+    };
+    assert_eq!(run(EndpointConfig::default()), 2, "messages 2 and 3 reuse");
+    assert_eq!(run(EndpointConfig::default().recycle_bytes(0).clone()), 0);
+}
