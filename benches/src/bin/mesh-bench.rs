@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -775,12 +775,40 @@ async fn bulk(args: &Args) -> Vec<Row> {
             }
         });
         let mut tcp = TcpStream::connect(tcp_addr).await.expect("tcp");
+        // TCP messages: each length-prefixed, received whole into a buffer of its own (what a
+        // framed protocol such as tokio-util's `LengthDelimitedCodec` hands its user).
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("tcp");
+        let framed_addr = l.local_addr().expect("addr");
+        let framed_got = Arc::new(AtomicU64::new(0));
+        let fg = framed_got.clone();
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            while let Ok(len) = s.read_u32().await {
+                let len = len as usize;
+                let mut message = BytesMut::with_capacity(len);
+                while message.len() < len {
+                    match (&mut s)
+                        .take((len - message.len()) as u64)
+                        .read_buf(&mut message)
+                        .await
+                    {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+                let message = message.freeze();
+                fg.fetch_add(message.len() as u64, Ordering::Relaxed);
+            }
+        });
+        let mut framed = TcpStream::connect(framed_addr).await.expect("tcp");
         let quic_got = Arc::new(AtomicU64::new(0));
         let (quic, cc) = quic_server(quic_got.clone()).await;
         let conn = quic_client(quic, cc).await;
-        let slice = Duration::from_secs(args.duration) / (args.rounds * 3 * 2);
-        let mut bytes = [0u64; 3];
-        let mut spent = [Duration::ZERO; 3];
+        let slice = Duration::from_secs(args.duration) / (args.rounds * 4 * 2);
+        let mut bytes = [0u64; 4];
+        let mut spent = [Duration::ZERO; 4];
         let to = server.local_key();
         for _ in 0..args.rounds {
             // mesh-link: up to 4 messages in flight, each resolved on acknowledgement.
@@ -817,6 +845,20 @@ async fn bulk(args: &Args) -> Vec<Row> {
             }
             spent[1] += t.elapsed();
             bytes[1] += written;
+            // TCP messages: a length, then the message.
+            let before = framed_got.load(Ordering::Relaxed);
+            let t = Instant::now();
+            let mut written = 0u64;
+            while t.elapsed() < slice {
+                framed.write_u32(size as u32).await.expect("tcp write");
+                framed.write_all(&data).await.expect("tcp write");
+                written += size as u64;
+            }
+            while framed_got.load(Ordering::Relaxed) - before < written {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            spent[2] += t.elapsed();
+            bytes[2] += written;
             // QUIC: one unidirectional stream per message, 4 in flight.
             let before = quic_got.load(Ordering::Relaxed);
             let t = Instant::now();
@@ -838,15 +880,16 @@ async fn bulk(args: &Args) -> Vec<Row> {
             while quic_got.load(Ordering::Relaxed) - before < written {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
-            spent[2] += t.elapsed();
-            bytes[2] += written;
+            spent[3] += t.elapsed();
+            bytes[3] += written;
         }
         let names = [
             "mesh-link reliable messages",
-            "TCP stream",
+            "TCP stream, one reused buffer",
+            "TCP messages, each its own buffer",
             "QUIC streams (quinn)",
         ];
-        let mut set: Vec<Row> = (0..3)
+        let mut set: Vec<Row> = (0..4)
             .map(|i| {
                 let mut r = Row::new(&label, names[i]);
                 r.mb_per_sec = Some(bytes[i] as f64 / 1e6 / spent[i].as_secs_f64());
