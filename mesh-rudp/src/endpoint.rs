@@ -267,7 +267,7 @@ impl Endpoint {
             return Err(SendError::QueueFull);
         }
         self.next_message_id += 1;
-        self.touch(peer, now);
+        Self::touch_peer(&mut self.ready, &mut self.timers, &self.config, p, peer, now);
         Ok(id)
     }
 
@@ -326,11 +326,23 @@ impl Endpoint {
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
+        Self::touch_peer(&mut self.ready, &mut self.timers, &self.config, p, addr, now);
+    }
+
+    /// [`touch`](Self::touch) for a caller that holds the peer already (no second lookup).
+    fn touch_peer(
+        ready: &mut VecDeque<SocketAddr>,
+        timers: &mut BTreeSet<(Instant, SocketAddr)>,
+        config: &EndpointConfig,
+        p: &mut Peer,
+        addr: SocketAddr,
+        now: Instant,
+    ) {
         if !p.in_ready && p.wants_transmit(now) {
             p.in_ready = true;
-            self.ready.push_back(addr);
+            ready.push_back(addr);
         }
-        Self::retime(&mut self.timers, p, addr, &self.config);
+        Self::retime(timers, p, addr, config);
     }
 
     fn update_timer(&mut self, addr: SocketAddr) {
@@ -621,7 +633,7 @@ impl Endpoint {
                 self.peer_down(addr, DownReason::Timeout);
                 continue;
             }
-            self.touch(addr, now);
+            Self::touch_peer(&mut self.ready, &mut self.timers, &self.config, p, addr, now);
         }
     }
 
@@ -778,7 +790,7 @@ impl Endpoint {
             p.stats.bytes_sent += size as u64;
             self.stats.datagrams_sent += 1;
             self.stats.bytes_sent += size as u64;
-            self.touch(addr, now);
+            Self::touch_peer(&mut self.ready, &mut self.timers, &self.config, p, addr, now);
             return Some(Transmit {
                 destination: addr,
                 size,
