@@ -267,7 +267,14 @@ impl Endpoint {
             return Err(SendError::QueueFull);
         }
         self.next_message_id += 1;
-        Self::touch_peer(&mut self.ready, &mut self.timers, &self.config, p, peer, now);
+        Self::touch_peer(
+            &mut self.ready,
+            &mut self.timers,
+            &self.config,
+            p,
+            peer,
+            now,
+        );
         Ok(id)
     }
 
@@ -326,7 +333,14 @@ impl Endpoint {
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
-        Self::touch_peer(&mut self.ready, &mut self.timers, &self.config, p, addr, now);
+        Self::touch_peer(
+            &mut self.ready,
+            &mut self.timers,
+            &self.config,
+            p,
+            addr,
+            now,
+        );
     }
 
     /// [`touch`](Self::touch) for a caller that holds the peer already (no second lookup).
@@ -633,7 +647,14 @@ impl Endpoint {
                 self.peer_down(addr, DownReason::Timeout);
                 continue;
             }
-            Self::touch_peer(&mut self.ready, &mut self.timers, &self.config, p, addr, now);
+            Self::touch_peer(
+                &mut self.ready,
+                &mut self.timers,
+                &self.config,
+                p,
+                addr,
+                now,
+            );
         }
     }
 
@@ -790,7 +811,14 @@ impl Endpoint {
             p.stats.bytes_sent += size as u64;
             self.stats.datagrams_sent += 1;
             self.stats.bytes_sent += size as u64;
-            Self::touch_peer(&mut self.ready, &mut self.timers, &self.config, p, addr, now);
+            Self::touch_peer(
+                &mut self.ready,
+                &mut self.timers,
+                &self.config,
+                p,
+                addr,
+                now,
+            );
             return Some(Transmit {
                 destination: addr,
                 size,

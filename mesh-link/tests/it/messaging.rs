@@ -460,3 +460,48 @@ async fn a_larger_message_limit_just_works() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_times_out_and_later_requests_still_do() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let bk = b.local_key();
+    // Answers after as many milliseconds as asked (bounded).
+    b.on_request(40, |ms: u64, _c| async move {
+        tokio::time::sleep(Duration::from_millis(ms.min(5_000))).await;
+        Ok::<_, HandlerError>(ms)
+    })
+    .unwrap();
+    for round in 0..3 {
+        let timeout = Duration::from_millis(100);
+        let e = within(
+            "a request that times out",
+            10,
+            a.request_with::<_, u64>(40, bk, &3_000u64, timeout),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            e,
+            RequestError::Timeout {
+                handler: 40,
+                node: bk,
+                after: timeout
+            },
+            "round {round}"
+        );
+        assert_eq!(a.stats().pending_requests, 0, "the entry is gone");
+        // With nothing pending, the expiry task rests; the next request must wake it, and a
+        // quick answer must still come back well inside its own timeout.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let v: u64 = within(
+            "a quick answer",
+            10,
+            a.request_with(40, bk, &1u64, Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(v, 1);
+    }
+    a.stop().await;
+    b.stop().await;
+}
