@@ -937,12 +937,12 @@ impl Peer {
         out: &mut RecvOutcome,
     ) -> Result<Option<Bytes>, Refused> {
         let len = d.payload.len();
-        let cost = len + FRAGMENT_OVERHEAD;
-        if cost > room.reassembly_left || self.reassembly_bytes + cost > config.reassembly_per_peer
+        let fresh = !self.partials.contains_key(&d.message);
+        if fresh
+            && (self.partials.len() >= MAX_PARTIALS
+                || len + FRAGMENT_OVERHEAD > room.reassembly_left
+                || self.reassembly_bytes + len + FRAGMENT_OVERHEAD > config.reassembly_per_peer)
         {
-            return Err(Refused::NoRoom);
-        }
-        if !self.partials.contains_key(&d.message) && self.partials.len() >= MAX_PARTIALS {
             return Err(Refused::NoRoom);
         }
         let p = self.partials.entry(d.message).or_insert_with(|| Partial {
@@ -985,16 +985,33 @@ impl Peer {
             // sender does that.
             return Err(Refused::Violation);
         }
+        // A piece copied into `head` costs its bytes; one held aside also its bookkeeping. A
+        // piece that lands in capacity already charged (as slack) costs nothing new, and is
+        // never refused: refusing it could leave two messages each holding the room the other
+        // needs, neither able to finish.
+        let in_order = f.index == p.next;
+        let cost = if in_order {
+            len
+        } else {
+            len + FRAGMENT_OVERHEAD
+        };
+        let left = room.reassembly_left.min(
+            config
+                .reassembly_per_peer
+                .saturating_sub(self.reassembly_bytes),
+        );
+        if !(in_order && len <= p.slack) && cost > left {
+            if fresh {
+                self.partials.remove(&d.message);
+            }
+            return Err(Refused::NoRoom);
+        }
         // Every piece but the last is `frag_size` long, so this bounds the whole message.
         let bound = p.frag_size.unwrap_or(len).saturating_mul(p.count as usize);
         // What the caps leave once this piece is charged: the most the buffer may grow
         // beyond what it holds (its current slack is charged already).
-        let free = room
-            .reassembly_left
-            .min(config.reassembly_per_peer - self.reassembly_bytes)
-            - cost;
-        let max_slack = p.slack + free;
-        if f.index == p.next {
+        let max_slack = p.slack + left.saturating_sub(cost);
+        if in_order {
             p.extend_head(d.payload, bound, max_slack, pool);
             p.next += 1;
             while let Some(piece) = p.ahead.remove(&p.next) {

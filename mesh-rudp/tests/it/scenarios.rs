@@ -553,3 +553,92 @@ fn a_large_message_reuses_the_buffer_of_one_the_application_dropped() {
     assert_eq!(run(EndpointConfig::default()), 2, "messages 2 and 3 reuse");
     assert_eq!(run(EndpointConfig::default().recycle_bytes(0).clone()), 0);
 }
+
+/// Two messages that each took a spare buffer sized for the whole message hold all the room
+/// the caps leave. Their next pieces land in capacity already charged, so they are taken, and
+/// both messages finish: refusing them (as the caps once did) left each message waiting for
+/// room only the other could free, until the sender gave up.
+#[test]
+fn messages_holding_all_the_room_in_spare_buffers_still_finish() {
+    use mesh_rudp::Endpoint;
+    use mesh_wire::{DataFrame, DatagramWriter, Fragment, Frame, Header};
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    const PIECE: usize = 1100;
+    const COUNT: u32 = 300;
+    const SIZE: usize = PIECE * COUNT as usize; // above the pool's 256 KiB floor
+    let config = EndpointConfig::default()
+        .max_message_size(SIZE)
+        .reassembly_per_peer(2 * SIZE)
+        .reassembly_total(2 * SIZE)
+        .clone();
+    let mut ep = Endpoint::new(config).unwrap();
+    let from: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+    let now = Instant::now();
+    let mut seq = 0u32;
+    let mut piece = |ep: &mut Endpoint, message: u32, index: u32| {
+        let payload = vec![message as u8; PIECE];
+        let mut datagram = Vec::new();
+        let mut w = DatagramWriter::new(&mut datagram, Header::new(77, 0), 1200);
+        w.push(&Frame::Data(DataFrame {
+            lazy_ack: false,
+            channel: 0,
+            seq,
+            message,
+            order: None,
+            fragment: Some(Fragment {
+                index,
+                count: COUNT,
+            }),
+            payload: &payload,
+        }))
+        .unwrap();
+        seq += 1;
+        ep.handle_datagram(now, from, w.finish());
+        let mut buf = Vec::new();
+        while ep.poll_transmit(now, &mut buf).is_some() {}
+    };
+    let delivered = |ep: &mut Endpoint| -> Vec<bytes::Bytes> {
+        std::iter::from_fn(|| ep.poll_event())
+            .filter_map(|e| match e {
+                Event::Message { data, .. } => {
+                    assert!(data.iter().all(|b| *b == data[0]), "one message's bytes");
+                    assert_eq!(data.len(), SIZE);
+                    Some(data)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let tags = |got: &[bytes::Bytes]| got.iter().map(|d| d[0]).collect::<Vec<u8>>();
+    // Two messages, both held by the application until both arrived; then dropped, they
+    // leave two spare buffers.
+    let mut held = Vec::new();
+    for message in 1..=2 {
+        for index in 0..COUNT {
+            piece(&mut ep, message, index);
+        }
+        let got = delivered(&mut ep);
+        assert_eq!(tags(&got), vec![message as u8]);
+        held.extend(got);
+    }
+    assert_eq!(ep.stats().recycled_buffers, 0);
+    drop(held);
+    // Messages 3 and 4 start; each takes a spare buffer, charged whole.
+    piece(&mut ep, 3, 0);
+    piece(&mut ep, 4, 0);
+    assert_eq!(ep.stats().recycled_buffers, 2);
+    assert_eq!(
+        ep.stats().reassembly_bytes,
+        2 * SIZE,
+        "all the room is held"
+    );
+    for index in 1..COUNT {
+        piece(&mut ep, 3, index);
+        piece(&mut ep, 4, index);
+    }
+    assert_eq!(tags(&delivered(&mut ep)), vec![3, 4]);
+    assert_eq!(ep.stats().dropped_no_room, 0);
+    assert_eq!(ep.stats().reassembly_bytes, 0);
+}
