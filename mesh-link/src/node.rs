@@ -1271,7 +1271,7 @@ impl MeshNode {
         if self
             .inner
             .state
-            .compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(RUNNING, STOPPING, Ordering::SeqCst, Ordering::Acquire)
             .is_err()
         {
             return StopReport::default();
@@ -1283,7 +1283,9 @@ impl MeshNode {
             let drained = inner.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            if inner.inflight.load(Ordering::Acquire) == 0 {
+            // SeqCst with `finish_one`: either it sees STOPPING and notifies, or this sees
+            // its decrement.
+            if inner.inflight.load(Ordering::SeqCst) == 0 {
                 break;
             }
             if tokio::time::timeout_at(deadline, drained).await.is_err() {
@@ -1401,8 +1403,12 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// A handler run ended. Only `stop` waits for the last one, so only a stopping node pays for
+/// the notification (it takes a lock, and a sequence of requests would pay it for every one).
 fn finish_one(inner: &Inner) {
-    if inner.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+    if inner.inflight.fetch_sub(1, Ordering::SeqCst) == 1
+        && inner.state.load(Ordering::SeqCst) != RUNNING
+    {
         inner.drained.notify_waiters();
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -162,6 +163,9 @@ struct Shared {
     udp: quinn_udp::UdpSocketState,
     /// Wakes whoever waits for sends to progress (queue space, acknowledgements for close).
     progress: Notify,
+    /// Tasks waiting on `progress` (see [`ProgressWait`]); with none, an acknowledgement
+    /// notifies nobody (a notification takes a lock, on every acknowledgement otherwise).
+    progress_waiters: AtomicUsize,
     /// Wakes [`Transport::recv`].
     arrived: Notify,
     /// Wakes [`Transport::next_peer_down`].
@@ -350,6 +354,7 @@ impl Transport {
             socket,
             udp,
             progress: Notify::new(),
+            progress_waiters: AtomicUsize::new(0),
             arrived: Notify::new(),
             peer_down: Notify::new(),
             config,
@@ -473,6 +478,7 @@ impl Transport {
         if let Some(r) = self.try_queue(peer, &mut data, delivery, lazy, watch) {
             return r;
         }
+        let _waiting = ProgressWait::new(&self.shared);
         loop {
             let progressed = self.shared.progress.notified();
             tokio::pin!(progressed);
@@ -643,6 +649,7 @@ impl Transport {
         if let Some(w) = w {
             w.wake();
         }
+        let _waiting = ProgressWait::new(&self.shared);
         loop {
             let progressed = self.shared.progress.notified();
             tokio::pin!(progressed);
@@ -790,6 +797,22 @@ fn send_run(
     })
 }
 
+/// Counts a task in `progress_waiters` while it lives (dropped futures included).
+struct ProgressWait<'a>(&'a Shared);
+
+impl<'a> ProgressWait<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.progress_waiters.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for ProgressWait<'_> {
+    fn drop(&mut self) {
+        self.0.progress_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Sends held runs until the socket would block again.
 fn send_blocked(shared: &Shared, st: &mut State) {
     while let Some(run) = st.blocked_tx.pop_front() {
@@ -867,7 +890,9 @@ fn route_events(shared: &Shared, st: &mut State) -> (bool, bool) {
     }
     let n = st.inbox.len();
     st.endpoint.set_backlog(n);
-    if sent {
+    // The lock held here orders this read after a waiter's registration (made before it
+    // took the lock to check its condition): a waiter is either counted or sees the news.
+    if sent && shared.progress_waiters.load(Ordering::SeqCst) > 0 {
         shared.progress.notify_waiters();
     }
     if queued {

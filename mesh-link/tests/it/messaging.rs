@@ -505,3 +505,38 @@ async fn a_slow_answer_times_out_and_later_requests_still_do() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_returns_as_soon_as_the_running_handlers_finish() {
+    let registry = Registry::memory();
+    let (a, _am) = suite_node(&registry, fast("drain"), "a").await;
+    let mut config = fast("drain");
+    // Far longer than the test may take: stop must be woken by the handler's end, not wait
+    // this out.
+    config.stop_timeout = Duration::from_secs(60);
+    let (b, _bm) = suite_node(&registry, config, "b").await;
+    wait_nodes(&a, 2).await;
+    b.on_request(41, |ms: u64, _c| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, HandlerError>(ms)
+    })
+    .unwrap();
+    let bk = b.local_key();
+    let asker = a.clone();
+    let answer = tokio::spawn(async move {
+        asker
+            .request_with::<_, u64>(41, bk, &300u64, Duration::from_secs(30))
+            .await
+    });
+    // The handler is running once the node counts it.
+    within("the handler starts", 10, async {
+        while b.stats().running_handlers == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let report = within("stop after the handler", 10, b.stop()).await;
+    assert_eq!(report.cancelled_handlers, 0, "{report:?}");
+    assert_eq!(within("the answer", 10, answer).await.unwrap(), Ok(300));
+    a.stop().await;
+}

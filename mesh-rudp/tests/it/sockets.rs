@@ -400,3 +400,41 @@ async fn a_message_larger_than_the_send_queue_is_refused_not_held() {
         "{r:?}"
     );
 }
+
+/// A sender that fills the peer's send queue waits for room and is woken when acknowledgements
+/// free it: more than a queue's worth goes through, each wait bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_send_queue_waits_and_is_woken_by_acknowledgements() {
+    let mut config = TransportConfig::default();
+    config
+        .endpoint
+        .max_message_size(512 << 10)
+        .send_queue_per_peer(1 << 20);
+    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let b = transport().await;
+    let to = b.local_addr();
+    for i in 0..8u8 {
+        let m = bytes::Bytes::from(vec![i; 512 << 10]);
+        tokio::time::timeout(Duration::from_secs(10), a.queue(to, m, Default::default()))
+            .await
+            .expect("woken when room was freed")
+            .unwrap();
+    }
+    let mut tags = Vec::new();
+    for _ in 0..8 {
+        let m = tokio::time::timeout(Duration::from_secs(10), b.recv())
+            .await
+            .expect("arrives")
+            .unwrap();
+        assert_eq!(m.data.len(), 512 << 10);
+        assert!(
+            m.data.iter().all(|x| *x == m.data[0]),
+            "one message's bytes"
+        );
+        tags.push(m.data[0]);
+    }
+    tags.sort_unstable();
+    assert_eq!(tags, (0..8).collect::<Vec<u8>>());
+}
