@@ -1038,6 +1038,10 @@ impl Driver {
             // The socket is read without the lock, so senders are not held up by the syscall.
             let mut received = 0;
             let (mut delivered, mut queued, mut drained) = (false, false, false);
+            // The first batch is stamped with the turn's reading, taken just before (late by at
+            // most the flush's sends: noise in an RTT sample, and the RTO has a floor of
+            // milliseconds); later batches follow processing, and read the clock again.
+            let mut stamp = Some(now);
             for _ in 0..RECV_CALLS {
                 let asked = *batch;
                 let n = recv_batch(shared, storage, &mut metas[..asked]);
@@ -1048,7 +1052,7 @@ impl Driver {
                 }
                 received += n;
                 let mut st = shared.state.lock();
-                let now = Instant::now().into_std();
+                let now = stamp.take().unwrap_or_else(|| Instant::now().into_std());
                 for (meta, slot) in metas.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
                     let stride = meta.stride.max(1);
                     for d in slot[..meta.len].chunks(stride) {
