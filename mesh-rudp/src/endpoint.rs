@@ -749,6 +749,32 @@ impl Endpoint {
     /// already holds: it is `buf[len_before..len_before + size]`. A driver fills one buffer
     /// with a batch this way and hands it to the socket without copying.
     pub fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.poll_transmit_inner(now, buf, None)
+    }
+
+    /// Like [`poll_transmit_append`](Self::poll_transmit_append), but a large data payload
+    /// is not copied: it is left in `tail` (a slice of the message), and the datagram is
+    /// `buf[len_before..len_before + size]` followed by the tail. For a driver that sends with
+    /// scatter-gather I/O. `tail` must be `None` on entry. `Transmit::size` counts the bytes in
+    /// `buf` only.
+    pub fn poll_transmit_gather(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        tail: &mut Option<Bytes>,
+    ) -> Option<Transmit> {
+        debug_assert!(tail.is_none());
+        // An authenticated datagram's trailer follows its frames: no detached payload then.
+        let tail = self.config.cluster_key.is_none().then_some(tail);
+        self.poll_transmit_inner(now, buf, tail)
+    }
+
+    fn poll_transmit_inner(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        mut tail: Option<&mut Option<Bytes>>,
+    ) -> Option<Transmit> {
         let start = buf.len();
         if let Some(s) = self.stray.pop_front() {
             let header = Header::new(s.src, s.dst);
@@ -795,6 +821,7 @@ impl Endpoint {
                 &self.config,
                 &mut self.ack_scratch,
                 &mut retransmitted,
+                tail.as_deref_mut(),
             );
             self.stats.retransmitted += retransmitted;
             if w.is_empty() {
@@ -804,13 +831,16 @@ impl Endpoint {
                 self.update_timer(addr);
                 continue;
             }
-            let size = match (&self.config.cluster_key, pn) {
-                (Some(key), Some(pn)) => w.finish_authenticated(pn, key).len(),
+            let detached = tail.as_deref().and_then(Option::as_ref);
+            let size = match (&self.config.cluster_key, pn, detached) {
+                (Some(key), Some(pn), _) => w.finish_authenticated(pn, key).len(),
+                (_, _, Some(payload)) => w.finish_detached(payload).len(),
                 _ => w.finish().len(),
             };
-            p.stats.bytes_sent += size as u64;
+            let wire = size + detached.map_or(0, Bytes::len);
+            p.stats.bytes_sent += wire as u64;
             self.stats.datagrams_sent += 1;
-            self.stats.bytes_sent += size as u64;
+            self.stats.bytes_sent += wire as u64;
             Self::touch_peer(
                 &mut self.ready,
                 &mut self.timers,

@@ -133,6 +133,28 @@ struct Partial {
     slack: usize,
 }
 
+/// Payloads from this size up are sent from where they lie (scatter-gather) when the caller
+/// takes a tail; smaller ones are copied, which costs less than another I/O vector.
+const DETACH_MIN: usize = 4096;
+
+/// Pushes a data frame whose payload is `bytes`: detached into `tail` when one is offered
+/// (and empty) and the payload is large, copied into the datagram otherwise.
+fn push_data(
+    w: &mut DatagramWriter<'_>,
+    frame: DataFrame<'_>,
+    bytes: &Bytes,
+    tail: &mut Option<&mut Option<Bytes>>,
+) -> Result<(), mesh_wire::EncodeError> {
+    match tail {
+        Some(slot) if slot.is_none() && bytes.len() >= DETACH_MIN => {
+            w.push_detached(&frame)?;
+            **slot = Some(bytes.clone());
+            Ok(())
+        }
+        _ => w.push(&Frame::Data(frame)),
+    }
+}
+
 impl Partial {
     /// Appends a piece to `head`. Capacity grows fourfold (fewer reallocations than doubling),
     /// never past `bound` (the most the whole message can be), and never leaves more than
@@ -493,6 +515,8 @@ impl Peer {
     }
 
     /// Writes one datagram's worth of frames. Returns whether anything was written.
+    /// Fills a datagram. With `tail` given, a large data frame's payload is left out of `w`
+    /// (see [`DatagramWriter::push_detached`]) and put in `tail`, to be sent behind it.
     pub(crate) fn write_datagram(
         &mut self,
         now: Instant,
@@ -500,6 +524,7 @@ impl Peer {
         config: &EndpointConfig,
         ack_scratch: &mut Vec<SeqRange>,
         retransmitted: &mut u64,
+        mut tail: Option<&mut Option<Bytes>>,
     ) {
         if self.ack_pending || self.ack_now {
             self.write_ack(now, w, ack_scratch);
@@ -531,7 +556,7 @@ impl Peer {
             {
                 break;
             }
-            let frame = Frame::Data(DataFrame {
+            let frame = DataFrame {
                 lazy_ack: s.lazy,
                 channel: s.channel,
                 seq: seq as u32,
@@ -539,8 +564,8 @@ impl Peer {
                 order: s.order,
                 fragment: s.fragment,
                 payload: &s.payload,
-            });
-            if w.push(&frame).is_err() {
+            };
+            if push_data(w, frame, &s.payload, &mut tail).is_err() {
                 break;
             }
             s.lost = false;
@@ -553,7 +578,7 @@ impl Peer {
             *retransmitted += 1;
         }
         if self.flush_allows(now) {
-            self.write_new_data(now, w);
+            self.write_new_data(now, w, &mut tail);
             while let Some(data) = self.unreliable.front() {
                 if w.push(&Frame::Unreliable(UnreliableFrame { payload: data }))
                     .is_err()
@@ -572,7 +597,12 @@ impl Peer {
         }
     }
 
-    fn write_new_data(&mut self, now: Instant, w: &mut DatagramWriter<'_>) {
+    fn write_new_data(
+        &mut self,
+        now: Instant,
+        w: &mut DatagramWriter<'_>,
+        tail: &mut Option<&mut Option<Bytes>>,
+    ) {
         loop {
             let from_small = !self.small.is_empty();
             let Some(msg) = (if from_small {
@@ -593,7 +623,7 @@ impl Peer {
                 return;
             }
             let seq = self.next_seq;
-            let frame = Frame::Data(DataFrame {
+            let frame = DataFrame {
                 lazy_ack: msg.lazy,
                 channel: msg.channel,
                 seq: seq as u32,
@@ -601,8 +631,8 @@ impl Peer {
                 order: msg.order,
                 fragment,
                 payload: &payload,
-            });
-            if w.push(&frame).is_err() {
+            };
+            if push_data(w, frame, &payload, tail).is_err() {
                 msg.give_back(payload);
                 return;
             }

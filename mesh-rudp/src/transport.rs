@@ -123,8 +123,11 @@ struct State {
     blocked_tx: VecDeque<Run>,
     /// Datagrams gathered for one batch of sends, back to back.
     out: Vec<u8>,
-    /// `(destination, length)` of each datagram in `out`.
+    /// `(destination, length)` of each datagram of the batch; its first `out_heads[i]` bytes
+    /// are in `out`, the rest is `out_tails[i]` (a payload sent from where it lies).
     out_meta: Vec<(SocketAddr, usize)>,
+    out_heads: Vec<usize>,
+    out_tails: Vec<Option<Bytes>>,
     shutdown: bool,
     /// The parked driver's waker; a command takes it when the driver must act sooner than it
     /// planned (an earlier timer, output to retry, shutdown).
@@ -342,6 +345,8 @@ impl Transport {
                 blocked_tx: VecDeque::new(),
                 out: Vec::with_capacity(SEND_BATCH * 1500),
                 out_meta: Vec::with_capacity(SEND_BATCH),
+                out_heads: Vec::with_capacity(SEND_BATCH),
+                out_tails: Vec::with_capacity(SEND_BATCH),
                 shutdown: false,
                 driver_waker: None,
                 timer: Box::pin(tokio::time::sleep(IDLE_TIMER)),
@@ -715,16 +720,28 @@ fn transmit(shared: &Shared, st: &mut State, now: Option<std::time::Instant>) {
             endpoint,
             out,
             out_meta,
+            out_heads,
+            out_tails,
             blocked_tx,
             ..
         } = &mut *st;
         out.clear();
         out_meta.clear();
+        out_heads.clear();
+        out_tails.clear();
         while out_meta.len() < SEND_BATCH {
-            let Some(t) = endpoint.poll_transmit_append(now, out) else {
+            let mut tail = None;
+            let t = if GATHER {
+                endpoint.poll_transmit_gather(now, out, &mut tail)
+            } else {
+                endpoint.poll_transmit_append(now, out)
+            };
+            let Some(t) = t else {
                 break;
             };
-            out_meta.push((t.destination, t.size));
+            out_meta.push((t.destination, t.size + tail.as_ref().map_or(0, Bytes::len)));
+            out_heads.push(t.size);
+            out_tails.push(tail);
         }
         if out_meta.is_empty() {
             return;
@@ -748,13 +765,40 @@ fn transmit(shared: &Shared, st: &mut State, now: Option<std::time::Instant>) {
                     break;
                 }
             }
-            let bytes = &out[offset..offset + len];
+            let heads: usize = out_heads[i..j].iter().sum();
+            let gathered = out_tails[i..j].iter().any(Option::is_some);
+            let gso = (j - i > 1).then_some(segment);
+            let contiguous = || {
+                if !gathered {
+                    return out[offset..offset + len].to_vec();
+                }
+                let mut v = Vec::with_capacity(len);
+                let mut at = offset;
+                for (head, tail) in out_heads[i..j].iter().zip(&out_tails[i..j]) {
+                    v.extend_from_slice(&out[at..at + head]);
+                    v.extend_from_slice(tail.as_deref().unwrap_or_default());
+                    at += head;
+                }
+                v
+            };
             if blocked_tx.is_empty() {
-                match send_run(shared, to, bytes, (j - i > 1).then_some(segment)) {
+                let sent = if gathered {
+                    send_gathered(
+                        shared,
+                        to,
+                        &out[offset..offset + heads],
+                        &out_heads[i..j],
+                        &out_tails[i..j],
+                        gso,
+                    )
+                } else {
+                    send_run(shared, to, &out[offset..offset + len], gso)
+                };
+                match sent {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked_tx.push_back(Run {
                         to,
-                        bytes: bytes.to_vec(),
+                        bytes: contiguous(),
                         segment,
                     }),
                     // A send error is like a lost datagram: the protocol recovers or reports.
@@ -763,11 +807,11 @@ fn transmit(shared: &Shared, st: &mut State, now: Option<std::time::Instant>) {
             } else if blocked_tx.len() < MAX_BLOCKED_TX {
                 blocked_tx.push_back(Run {
                     to,
-                    bytes: bytes.to_vec(),
+                    bytes: contiguous(),
                     segment,
                 });
             }
-            offset += len;
+            offset += heads;
             i = j;
         }
     }
@@ -811,6 +855,64 @@ impl Drop for ProgressWait<'_> {
     fn drop(&mut self) {
         self.0.progress_waiters.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Whether datagrams are sent with scatter-gather I/O, their large payloads straight from the
+/// messages (Linux, through `sendmsg`); elsewhere they are copied into the send batch.
+const GATHER: bool = cfg!(target_os = "linux");
+
+/// Sends a run of datagrams, each `heads[k]` bytes of `heads_bytes` followed by `tails[k]`,
+/// as one `sendmsg` (with `segment`, one GSO send): the payloads go to the kernel from where
+/// they lie, never copied into the batch.
+#[cfg(target_os = "linux")]
+fn send_gathered(
+    shared: &Shared,
+    to: SocketAddr,
+    heads_bytes: &[u8],
+    heads: &[usize],
+    tails: &[Option<Bytes>],
+    segment: Option<usize>,
+) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let mut iov = Vec::with_capacity(2 * heads.len());
+    let mut at = 0;
+    for (&head, tail) in heads.iter().zip(tails) {
+        iov.push(IoSlice::new(&heads_bytes[at..at + head]));
+        if let Some(t) = tail {
+            iov.push(IoSlice::new(t));
+        }
+        at += head;
+    }
+    let addr = SockaddrStorage::from(to);
+    // The segment size fits: datagrams are at most 65 507 bytes.
+    let size = segment.map(|s| s as u16);
+    let cmsg = size.as_ref().map(ControlMessage::UdpGsoSegments);
+    let cmsgs = cmsg.as_slice();
+    shared.socket.try_io(tokio::io::Interest::WRITABLE, || {
+        sendmsg(
+            shared.socket.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map(|_| ())
+        .map_err(io::Error::from)
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_gathered(
+    _: &Shared,
+    _: SocketAddr,
+    _: &[u8],
+    _: &[usize],
+    _: &[Option<Bytes>],
+    _: Option<usize>,
+) -> io::Result<()> {
+    unreachable!("GATHER is off here: no datagram has a tail")
 }
 
 /// Sends held runs until the socket would block again.

@@ -2,7 +2,7 @@
 
 use crate::auth::AUTH_TRAILER_LEN;
 use crate::bytes::{put_u32, put_u64, put_u8, Reader};
-use crate::frame::Frame;
+use crate::frame::{DataFrame, Frame};
 use crate::{ClusterKey, DecodeError, EncodeError};
 
 /// The two bytes every mesh datagram starts with: `"ML"`.
@@ -74,6 +74,9 @@ pub struct DatagramWriter<'b> {
     start: usize,
     max_len: usize,
     frames: usize,
+    /// Length of a data frame's payload left out of `out` by
+    /// [`push_detached`](Self::push_detached); 0 when none.
+    detached: usize,
 }
 
 impl<'b> DatagramWriter<'b> {
@@ -100,11 +103,16 @@ impl<'b> DatagramWriter<'b> {
             start,
             max_len: max_len.clamp(HEADER_LEN, MAX_DATAGRAM_LEN),
             frames: 0,
+            detached: 0,
         }
     }
 
-    /// Bytes still free under the size limit.
+    /// Bytes still free under the size limit (none after a detached payload, which must be
+    /// last).
     pub fn remaining(&self) -> usize {
+        if self.detached > 0 {
+            return 0;
+        }
         self.max_len - (self.out.len() - self.start)
     }
 
@@ -132,12 +140,55 @@ impl<'b> DatagramWriter<'b> {
         Ok(())
     }
 
-    /// Writes the checksum and returns the finished datagram.
+    /// Appends a data frame as the datagram's last frame, but leaves its payload out of the
+    /// buffer: the datagram is what [`finish_detached`](Self::finish_detached) returns followed
+    /// by the payload, for a scatter-gather send that never copies the payload. Nothing can
+    /// be pushed after it. Not for authenticated datagrams, whose trailer follows the frames.
+    pub fn push_detached(&mut self, frame: &DataFrame<'_>) -> Result<(), EncodeError> {
+        let needed = DataFrame::overhead(frame.order.is_some(), frame.fragment.is_some())
+            + frame.payload.len();
+        if needed > self.remaining() || frame.payload.is_empty() {
+            return Err(EncodeError::Full {
+                needed,
+                available: self.remaining(),
+            });
+        }
+        let whole = Frame::Data(frame.clone());
+        whole.validate()?;
+        frame.encode_head(self.out);
+        self.detached = frame.payload.len();
+        self.frames += 1;
+        Ok(())
+    }
+
+    /// Length of the payload [`push_detached`](Self::push_detached) left out (0: none).
+    pub fn detached_len(&self) -> usize {
+        self.detached
+    }
+
+    /// Writes the checksum and returns the finished datagram. A datagram with a detached
+    /// payload is finished with [`finish_detached`](Self::finish_detached) instead.
     pub fn finish(self) -> &'b [u8] {
+        debug_assert_eq!(self.detached, 0, "a detached payload needs finish_detached");
         let datagram = &mut self.out[self.start..];
         let crc = checksum(datagram);
         datagram[CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         datagram
+    }
+
+    /// Writes the checksum of the datagram that ends with `payload` (the one
+    /// [`push_detached`](Self::push_detached) left out) and returns what precedes it: send
+    /// the two back to back.
+    pub fn finish_detached(self, payload: &[u8]) -> &'b [u8] {
+        debug_assert_eq!(self.detached, payload.len(), "not the detached payload");
+        let head = &mut self.out[self.start..];
+        let mut h = crc32fast::Hasher::new();
+        h.update(&head[..CRC_OFFSET]);
+        h.update(&head[HEADER_LEN..]);
+        h.update(payload);
+        let crc = h.finalize();
+        head[CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        head
     }
 
     /// Like [`new`](Self::new) for a datagram [`finish_authenticated`](Self::finish_authenticated)

@@ -227,29 +227,7 @@ impl<'a> Frame<'a> {
         self.validate()?;
         match self {
             Frame::Data(d) => {
-                let mut flags = 0;
-                if d.order.is_some() {
-                    flags |= DATA_ORDERED;
-                }
-                if d.fragment.is_some() {
-                    flags |= DATA_FRAGMENTED;
-                }
-                if d.lazy_ack {
-                    flags |= DATA_LAZY_ACK;
-                }
-                put_u8(out, FRAME_DATA);
-                put_u8(out, flags);
-                put_u8(out, d.channel);
-                put_u32(out, d.seq);
-                put_u32(out, d.message);
-                if let Some(order) = d.order {
-                    put_u32(out, order);
-                }
-                if let Some(f) = d.fragment {
-                    put_u32(out, f.index);
-                    put_u32(out, f.count);
-                }
-                put_u16(out, d.payload.len() as u16);
+                d.encode_head(out);
                 out.extend_from_slice(d.payload);
             }
             Frame::Ack(a) => {
@@ -362,6 +340,34 @@ impl DataFrame<'_> {
     /// Bytes a data frame with these optional fields takes before its payload.
     pub const fn overhead(ordered: bool, fragmented: bool) -> usize {
         DATA_FIXED_LEN + if ordered { 4 } else { 0 } + if fragmented { 8 } else { 0 }
+    }
+
+    /// Appends everything of the frame but its payload (which follows it on the wire). The
+    /// caller has validated the frame.
+    pub(crate) fn encode_head(&self, out: &mut Vec<u8>) {
+        let mut flags = 0;
+        if self.order.is_some() {
+            flags |= DATA_ORDERED;
+        }
+        if self.fragment.is_some() {
+            flags |= DATA_FRAGMENTED;
+        }
+        if self.lazy_ack {
+            flags |= DATA_LAZY_ACK;
+        }
+        put_u8(out, FRAME_DATA);
+        put_u8(out, flags);
+        put_u8(out, self.channel);
+        put_u32(out, self.seq);
+        put_u32(out, self.message);
+        if let Some(order) = self.order {
+            put_u32(out, order);
+        }
+        if let Some(f) = self.fragment {
+            put_u32(out, f.index);
+            put_u32(out, f.count);
+        }
+        put_u16(out, self.payload.len() as u16);
     }
 }
 

@@ -157,6 +157,46 @@ proptest! {
     }
 
     #[test]
+    fn a_detached_payload_makes_the_same_datagram(
+        h in header(),
+        frames in prop::collection::vec(frame(), 0..6),
+        seq in any::<u32>(),
+        payload in prop::collection::vec(any::<u8>(), 1..3000),
+    ) {
+        let last = DataFrame {
+            lazy_ack: seq % 2 == 0,
+            channel: 3,
+            seq,
+            message: seq ^ 0x55,
+            order: (seq % 3 == 0).then_some(seq / 3),
+            fragment: Some(Fragment { index: 1, count: 4 }),
+            payload: &payload,
+        };
+        // Written whole...
+        let mut whole = Vec::new();
+        let mut w = DatagramWriter::new(&mut whole, h, MAX_DATAGRAM_LEN);
+        for f in &frames {
+            w.push(&f.frame()).expect("fits");
+        }
+        w.push(&Frame::Data(last.clone())).expect("fits");
+        let whole = w.finish().to_vec();
+        // ...and with the payload left out, then put back behind the head.
+        let mut head = vec![9u8; 5]; // appended after what the buffer holds
+        let mut w = DatagramWriter::append(&mut head, h, MAX_DATAGRAM_LEN);
+        for f in &frames {
+            w.push(&f.frame()).expect("fits");
+        }
+        w.push_detached(&last).expect("fits");
+        prop_assert_eq!(w.detached_len(), payload.len());
+        prop_assert_eq!(w.remaining(), 0);
+        prop_assert!(w.push(&Frame::Ping { token: 1 }).is_err(), "nothing after it");
+        let mut joined = w.finish_detached(&payload).to_vec();
+        joined.extend_from_slice(&payload);
+        prop_assert_eq!(&joined, &whole);
+        prop_assert!(Datagram::decode(&joined).is_ok());
+    }
+
+    #[test]
     fn a_flipped_bit_anywhere_is_rejected(
         h in header(),
         frames in prop::collection::vec(frame(), 1..4),
