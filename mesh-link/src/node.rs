@@ -440,6 +440,7 @@ impl MeshNode {
         tc.endpoint
             .mtu(config.mtu)
             .loopback_mtu(config.loopback_mtu)
+            .loopback_checksum(config.loopback_checksum)
             .max_message_size(largest)
             .recycle_bytes(config.recycle_bytes)
             .peer_timeout(config.peer_timeout)

@@ -10,6 +10,7 @@ use crate::ConfigError;
 pub struct EndpointConfig {
     pub(crate) mtu: usize,
     pub(crate) loopback_mtu: Option<usize>,
+    pub(crate) loopback_checksum: bool,
     pub(crate) max_message_size: usize,
     pub(crate) max_peers: usize,
     pub(crate) new_peers_per_second: u32,
@@ -48,6 +49,7 @@ impl Default for EndpointConfig {
         Self {
             mtu: 1200,
             loopback_mtu: DEFAULT_LOOPBACK_MTU,
+            loopback_checksum: false,
             max_message_size: 16 << 20,
             max_peers: 4096,
             new_peers_per_second: 1024,
@@ -98,6 +100,14 @@ impl EndpointConfig {
         /// co-located processes at several times the speed. Default `Some(32_000)` on Linux
         /// (measured best between 24 and 48 KB), `None` elsewhere. Range 256..=65507.
         loopback_mtu: Option<usize>
+    );
+    setter!(
+        /// Whether datagrams to a peer on a loopback address carry a CRC-32. Default false:
+        /// loopback moves datagrams within memory, where nothing can corrupt them (Linux skips
+        /// UDP's and TCP's checksums there too), and the checksum was an eighth of the CPU
+        /// time of a bulk transfer. A receiver takes a datagram without one only from a
+        /// loopback address. Datagrams to other peers always carry one.
+        loopback_checksum: bool
     );
     setter!(
         /// Largest reliable message, in bytes. Default 16 MiB. Larger sends are refused, and
@@ -215,11 +225,24 @@ impl EndpointConfig {
     /// The largest datagram to send to `peer`: `loopback_mtu` for a loopback address.
     pub(crate) fn mtu_for(&self, peer: std::net::SocketAddr) -> usize {
         match self.loopback_mtu {
-            Some(m) if peer.ip().is_loopback() => m,
+            Some(m) if is_loopback(peer) => m,
             _ => self.mtu,
         }
     }
+}
 
+/// Whether `addr` is a loopback address, an IPv4 one seen through a dual-stack IPv6 socket
+/// (`::ffff:127.0.0.1`) included.
+pub(crate) fn is_loopback(addr: std::net::SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+impl EndpointConfig {
     /// Checks the values against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(256..=mesh_wire::MAX_DATAGRAM_LEN).contains(&self.mtu)

@@ -7,11 +7,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use mesh_wire::{
     Datagram, DatagramWriter, DecodeError, Frame, Header, SeqRange, UnreliableFrame, CLOSE_NORMAL,
-    CLOSE_PROTOCOL_ERROR, CLOSE_UNKNOWN_SESSION, HEADER_LEN,
+    CLOSE_PROTOCOL_ERROR, CLOSE_UNKNOWN_SESSION, FLAG_NO_CHECKSUM, HEADER_LEN,
 };
 use tracing::{debug, trace, trace_span};
 
-use crate::config::EndpointConfig;
+use crate::config::{is_loopback, EndpointConfig};
 use crate::peer::{Peer, RecvOutcome, Refused, Room};
 use crate::pool::BufferPool;
 use crate::rng::Rng;
@@ -405,19 +405,21 @@ impl Endpoint {
         let _span = trace_span!("peer", peer = %from).entered();
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
-        let datagram = match Datagram::decode_with(bytes, self.config.cluster_key.as_ref()) {
-            Ok(d) => d,
-            Err(e @ (DecodeError::BadTag | DecodeError::Unauthenticated)) => {
-                trace!(%from, error = %e, "unauthenticated datagram");
-                self.stats.dropped_unauthenticated += 1;
-                return;
-            }
-            Err(e) => {
-                trace!(%from, error = %e, "invalid datagram");
-                self.stats.dropped_invalid += 1;
-                return;
-            }
-        };
+        let datagram =
+            match Datagram::decode_from(bytes, self.config.cluster_key.as_ref(), is_loopback(from))
+            {
+                Ok(d) => d,
+                Err(e @ (DecodeError::BadTag | DecodeError::Unauthenticated)) => {
+                    trace!(%from, error = %e, "unauthenticated datagram");
+                    self.stats.dropped_unauthenticated += 1;
+                    return;
+                }
+                Err(e) => {
+                    trace!(%from, error = %e, "invalid datagram");
+                    self.stats.dropped_invalid += 1;
+                    return;
+                }
+            };
         let h = datagram.header();
         if h.src_session == 0 {
             self.stats.dropped_invalid += 1;
@@ -808,7 +810,10 @@ impl Endpoint {
                 continue;
             };
             p.in_ready = false;
-            let header = Header::new(p.local_id, p.remote_id);
+            let mut header = Header::new(p.local_id, p.remote_id);
+            if !self.config.loopback_checksum && is_loopback(addr) {
+                header.flags |= FLAG_NO_CHECKSUM;
+            }
             let mut w = if self.config.cluster_key.is_some() {
                 DatagramWriter::append_authenticated(buf, header, p.mtu)
             } else {

@@ -16,8 +16,17 @@ pub(crate) const CRC_OFFSET: usize = 20;
 /// Header flag: the datagram ends with an authentication trailer (packet number and tag; see
 /// [`ClusterKey`]).
 pub const FLAG_AUTH: u8 = 0x01;
+/// Header flag: the checksum field is zero and not checked. For datagrams over the loopback
+/// interface only, where the kernel moves them within memory and nothing on the way can
+/// corrupt them (Linux skips UDP's and TCP's own checksums there for the same reason);
+/// receivers accept it only from a loopback address (see
+/// [`Datagram::decode_from`]). The checksum guards against corruption, not forgery: a sender
+/// that can reach the receiver can compute one anyway.
+pub const FLAG_NO_CHECKSUM: u8 = 0x02;
 /// Header flags defined by this version; the other bits are reserved and must be zero.
-const KNOWN_FLAGS: u8 = FLAG_AUTH;
+const KNOWN_FLAGS: u8 = FLAG_AUTH | FLAG_NO_CHECKSUM;
+/// Offset of the flags byte in the header.
+const FLAGS_OFFSET: usize = 3;
 /// The largest datagram that fits in one UDP/IPv4 packet.
 pub const MAX_DATAGRAM_LEN: usize = 65_507;
 
@@ -171,8 +180,10 @@ impl<'b> DatagramWriter<'b> {
     pub fn finish(self) -> &'b [u8] {
         debug_assert_eq!(self.detached, 0, "a detached payload needs finish_detached");
         let datagram = &mut self.out[self.start..];
-        let crc = checksum(datagram);
-        datagram[CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        if datagram[FLAGS_OFFSET] & FLAG_NO_CHECKSUM == 0 {
+            let crc = checksum(datagram);
+            datagram[CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        }
         datagram
     }
 
@@ -182,12 +193,14 @@ impl<'b> DatagramWriter<'b> {
     pub fn finish_detached(self, payload: &[u8]) -> &'b [u8] {
         debug_assert_eq!(self.detached, payload.len(), "not the detached payload");
         let head = &mut self.out[self.start..];
-        let mut h = crc32fast::Hasher::new();
-        h.update(&head[..CRC_OFFSET]);
-        h.update(&head[HEADER_LEN..]);
-        h.update(payload);
-        let crc = h.finalize();
-        head[CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        if head[FLAGS_OFFSET] & FLAG_NO_CHECKSUM == 0 {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&head[..CRC_OFFSET]);
+            h.update(&head[HEADER_LEN..]);
+            h.update(payload);
+            let crc = h.finalize();
+            head[CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        }
         head
     }
 
@@ -246,6 +259,17 @@ impl<'a> Datagram<'a> {
     /// [`FLAG_AUTH`]. The checksum is checked first, so noise costs no hashing. Replay
     /// protection is the receiver's: see [`packet_number`](Self::packet_number).
     pub fn decode_with(bytes: &'a [u8], key: Option<&ClusterKey>) -> Result<Self, DecodeError> {
+        Self::decode_from(bytes, key, false)
+    }
+
+    /// [`decode_with`](Self::decode_with) for a datagram that came over the loopback interface
+    /// when `loopback` is true: one flagged [`FLAG_NO_CHECKSUM`] is then taken without a
+    /// checksum. Off loopback such a datagram is refused ([`DecodeError::Unchecked`]).
+    pub fn decode_from(
+        bytes: &'a [u8],
+        key: Option<&ClusterKey>,
+        loopback: bool,
+    ) -> Result<Self, DecodeError> {
         let header = Self::decode_header(bytes)?;
         let stored = u32::from_le_bytes([
             bytes[CRC_OFFSET],
@@ -253,7 +277,15 @@ impl<'a> Datagram<'a> {
             bytes[CRC_OFFSET + 2],
             bytes[CRC_OFFSET + 3],
         ]);
-        if checksum(bytes) != stored {
+        if header.flags & FLAG_NO_CHECKSUM != 0 {
+            if !loopback {
+                return Err(DecodeError::Unchecked);
+            }
+            // The field is zero in such a datagram: one encoding per datagram.
+            if stored != 0 {
+                return Err(DecodeError::Checksum);
+            }
+        } else if checksum(bytes) != stored {
             return Err(DecodeError::Checksum);
         }
         let authenticated = header.flags & FLAG_AUTH != 0;

@@ -29,6 +29,10 @@ pub enum DecodeError {
     /// The CRC-32 over the datagram does not match the one it carries.
     #[error("checksum mismatch")]
     Checksum,
+    /// A datagram without a checksum ([`FLAG_NO_CHECKSUM`](crate::FLAG_NO_CHECKSUM)) that did
+    /// not come over the loopback interface.
+    #[error("datagram without a checksum off the loopback interface")]
+    Unchecked,
     /// A frame type byte that this version does not define.
     #[error("unknown frame type {0:#04x}")]
     UnknownFrame(u8),

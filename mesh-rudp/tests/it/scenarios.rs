@@ -642,3 +642,55 @@ fn messages_holding_all_the_room_in_spare_buffers_still_finish() {
     assert_eq!(ep.stats().dropped_no_room, 0);
     assert_eq!(ep.stats().reassembly_bytes, 0);
 }
+
+#[test]
+fn datagrams_to_loopback_peers_carry_no_checksum_and_only_loopback_may_send_those() {
+    use mesh_rudp::Endpoint;
+    use mesh_wire::{Datagram, FLAG_NO_CHECKSUM};
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    let now = Instant::now();
+    let local: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+    let mapped: SocketAddr = "[::ffff:127.0.0.1]:4001".parse().unwrap();
+    let remote: SocketAddr = "10.0.0.7:4001".parse().unwrap();
+    let first = |config: EndpointConfig, to: SocketAddr| {
+        let mut a = Endpoint::new(config).unwrap();
+        a.send_reliable(
+            now,
+            to,
+            bytes::Bytes::from_static(b"hi"),
+            Delivery::Unordered,
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let t = a.poll_transmit(now, &mut buf).unwrap();
+        buf.truncate(t.size);
+        buf
+    };
+    let to_local = first(EndpointConfig::default(), local);
+    let header = Datagram::decode_header(&to_local).unwrap();
+    assert_ne!(
+        header.flags & FLAG_NO_CHECKSUM,
+        0,
+        "no checksum over loopback"
+    );
+    let to_remote = first(EndpointConfig::default(), remote);
+    assert_eq!(Datagram::decode_header(&to_remote).unwrap().flags, 0);
+    let checked = first(
+        EndpointConfig::default().loopback_checksum(true).clone(),
+        local,
+    );
+    assert_eq!(Datagram::decode_header(&checked).unwrap().flags, 0);
+    // A receiver takes the unchecked datagram from a loopback address (an IPv4 one seen
+    // through a dual-stack socket too), and drops it from any other.
+    for (from, taken) in [(local, true), (mapped, true), (remote, false)] {
+        let mut b = Endpoint::new(EndpointConfig::default()).unwrap();
+        b.handle_datagram(now, from, &to_local);
+        let got = std::iter::from_fn(|| b.poll_event())
+            .filter(|e| matches!(e, Event::Message { .. }))
+            .count();
+        assert_eq!(got, usize::from(taken), "from {from}");
+        assert_eq!(b.stats().dropped_invalid, u64::from(!taken), "from {from}");
+    }
+}

@@ -373,3 +373,39 @@ fn too_large_fields_are_refused_by_the_encoder() {
     });
     assert!(a.encode(&mut out).is_err());
 }
+
+#[test]
+fn a_datagram_without_a_checksum_passes_only_over_loopback() {
+    let mut h = Header::new(5, 6);
+    h.flags |= mesh_wire::FLAG_NO_CHECKSUM;
+    let mut buf = Vec::new();
+    let mut w = DatagramWriter::new(&mut buf, h, 1200);
+    w.push(&Frame::Ping { token: 9 }).unwrap();
+    let bytes = w.finish().to_vec();
+    assert_eq!(&bytes[20..24], &[0, 0, 0, 0], "no checksum written");
+    let d = Datagram::decode_from(&bytes, None, true).unwrap();
+    assert_eq!(d.header(), h);
+    assert_eq!(d.frames().next(), Some(Frame::Ping { token: 9 }));
+    assert_eq!(
+        Datagram::decode(&bytes).unwrap_err(),
+        DecodeError::Unchecked,
+        "off loopback"
+    );
+    // The field must be zero: one encoding per datagram.
+    let mut odd = bytes.clone();
+    odd[21] = 1;
+    assert_eq!(
+        Datagram::decode_from(&odd, None, true).unwrap_err(),
+        DecodeError::Checksum
+    );
+    // Without the flag, loopback changes nothing: the checksum is checked.
+    let mut plain = Vec::new();
+    let mut w = DatagramWriter::new(&mut plain, Header::new(5, 6), 1200);
+    w.push(&Frame::Ping { token: 9 }).unwrap();
+    let mut plain = w.finish().to_vec();
+    plain[24] ^= 0x40;
+    assert_eq!(
+        Datagram::decode_from(&plain, None, true).unwrap_err(),
+        DecodeError::Checksum
+    );
+}
