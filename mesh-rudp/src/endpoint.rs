@@ -104,8 +104,8 @@ pub struct Endpoint {
     /// Keyed by what senders choose, so the hasher is seeded per process (foldhash: fast,
     /// minimally DoS-resistant); the map is bounded by `max_peers` either way.
     peers: HashMap<SocketAddr, Box<Peer>, foldhash::fast::RandomState>,
-    timers: BTreeSet<(Instant, SocketAddr)>,
-    ready: VecDeque<SocketAddr>,
+    /// Which peers have datagrams to send and when each needs its timer.
+    sched: Schedule,
     events: VecDeque<Event>,
     incoming: usize,
     backlog: usize,
@@ -132,6 +132,44 @@ pub struct Endpoint {
     clock_base: Instant,
 }
 
+/// The endpoint's agenda: peers with datagrams to send, in turn, and each peer's next deadline.
+#[derive(Debug, Default)]
+struct Schedule {
+    ready: VecDeque<SocketAddr>,
+    timers: BTreeSet<(Instant, SocketAddr)>,
+}
+
+impl Schedule {
+    /// Re-evaluates a peer after a change: transmit readiness and its timer. For a caller that
+    /// holds the peer already (no second lookup).
+    fn touch(&mut self, config: &EndpointConfig, p: &mut Peer, addr: SocketAddr, now: Instant) {
+        if !p.in_ready && p.wants_transmit(now) {
+            p.in_ready = true;
+            self.ready.push_back(addr);
+        }
+        self.retime(p, addr, config);
+    }
+
+    /// Files the peer's next deadline in `timers` if it moved earlier. A deadline that moved
+    /// later (an acknowledgement cleared the retransmission timer, a datagram pushed the
+    /// keep-alive back) stays filed where it was: it fires early, finds nothing due, and is
+    /// filed anew then. Most datagrams move the deadline later, so this saves a removal and an
+    /// insertion in the timer set for nearly every one, at the cost of an occasional spurious
+    /// wake-up (at most one per retransmission timeout or keep-alive interval per peer).
+    fn retime(&mut self, p: &mut Peer, addr: SocketAddr, config: &EndpointConfig) {
+        let deadline = p.deadline(config);
+        match p.timer {
+            Some(filed) if filed <= deadline => return,
+            Some(filed) => {
+                self.timers.remove(&(filed, addr));
+            }
+            None => {}
+        }
+        p.timer = Some(deadline);
+        self.timers.insert((deadline, addr));
+    }
+}
+
 impl Endpoint {
     /// An endpoint with no peers.
     pub fn new(config: EndpointConfig) -> Result<Self, ConfigError> {
@@ -143,8 +181,7 @@ impl Endpoint {
             stray_tokens: Bucket::default(),
             config,
             peers: HashMap::default(),
-            timers: BTreeSet::new(),
-            ready: VecDeque::new(),
+            sched: Schedule::default(),
             events: VecDeque::new(),
             incoming: 0,
             backlog: 0,
@@ -267,14 +304,7 @@ impl Endpoint {
             return Err(SendError::QueueFull);
         }
         self.next_message_id += 1;
-        Self::touch_peer(
-            &mut self.ready,
-            &mut self.timers,
-            &self.config,
-            p,
-            peer,
-            now,
-        );
+        self.sched.touch(&self.config, p, peer, now);
         Ok(id)
     }
 
@@ -333,60 +363,13 @@ impl Endpoint {
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
-        Self::touch_peer(
-            &mut self.ready,
-            &mut self.timers,
-            &self.config,
-            p,
-            addr,
-            now,
-        );
-    }
-
-    /// [`touch`](Self::touch) for a caller that holds the peer already (no second lookup).
-    fn touch_peer(
-        ready: &mut VecDeque<SocketAddr>,
-        timers: &mut BTreeSet<(Instant, SocketAddr)>,
-        config: &EndpointConfig,
-        p: &mut Peer,
-        addr: SocketAddr,
-        now: Instant,
-    ) {
-        if !p.in_ready && p.wants_transmit(now) {
-            p.in_ready = true;
-            ready.push_back(addr);
-        }
-        Self::retime(timers, p, addr, config);
+        self.sched.touch(&self.config, p, addr, now);
     }
 
     fn update_timer(&mut self, addr: SocketAddr) {
         if let Some(p) = self.peers.get_mut(&addr) {
-            Self::retime(&mut self.timers, p, addr, &self.config);
+            self.sched.retime(p, addr, &self.config);
         }
-    }
-
-    /// Files the peer's next deadline in `timers` if it moved earlier. A deadline that moved
-    /// later (an acknowledgement cleared the retransmission timer, a datagram pushed the
-    /// keep-alive back) stays filed where it was: it fires early, finds nothing due, and is
-    /// filed anew then. Most datagrams move the deadline later, so this saves a removal and an
-    /// insertion in the timer set for nearly every one, at the cost of an occasional spurious
-    /// wake-up (at most one per retransmission timeout or keep-alive interval per peer).
-    fn retime(
-        timers: &mut BTreeSet<(Instant, SocketAddr)>,
-        p: &mut Peer,
-        addr: SocketAddr,
-        config: &EndpointConfig,
-    ) {
-        let deadline = p.deadline(config);
-        match p.timer {
-            Some(filed) if filed <= deadline => return,
-            Some(filed) => {
-                timers.remove(&(filed, addr));
-            }
-            None => {}
-        }
-        p.timer = Some(deadline);
-        timers.insert((deadline, addr));
     }
 
     fn take_new_peer_token(&mut self, now: Instant) -> bool {
@@ -631,11 +614,11 @@ impl Endpoint {
         // Take every due peer first: each is processed once per call, even if its next
         // deadline is also already due.
         let mut due = Vec::new();
-        while let Some(&(at, addr)) = self.timers.first() {
+        while let Some(&(at, addr)) = self.sched.timers.first() {
             if at > now {
                 break;
             }
-            self.timers.pop_first();
+            self.sched.timers.pop_first();
             due.push(addr);
         }
         for addr in due {
@@ -649,14 +632,7 @@ impl Endpoint {
                 self.peer_down(addr, DownReason::Timeout);
                 continue;
             }
-            Self::touch_peer(
-                &mut self.ready,
-                &mut self.timers,
-                &self.config,
-                p,
-                addr,
-                now,
-            );
+            self.sched.touch(&self.config, p, addr, now);
         }
     }
 
@@ -666,7 +642,7 @@ impl Endpoint {
             return;
         };
         if let Some(t) = p.timer {
-            self.timers.remove(&(t, addr));
+            self.sched.timers.remove(&(t, addr));
         }
         self.reassembly_total = self.reassembly_total.saturating_sub(p.reassembly_bytes);
         let error = match reason {
@@ -737,7 +713,7 @@ impl Endpoint {
     /// Whether [`poll_transmit`](Self::poll_transmit) may have a datagram now (when this is
     /// false it has none, and a driver can skip reading the clock for it).
     pub fn has_transmit(&self) -> bool {
-        !self.stray.is_empty() || !self.ready.is_empty()
+        !self.stray.is_empty() || !self.sched.ready.is_empty()
     }
 
     /// Writes the next datagram to send into `buf` (cleared first), or returns `None` when
@@ -799,7 +775,7 @@ impl Endpoint {
                 size,
             });
         }
-        while let Some(addr) = self.ready.pop_front() {
+        while let Some(addr) = self.sched.ready.pop_front() {
             // Numbered whether or not the datagram is sent: gaps are harmless.
             let pn = self
                 .config
@@ -846,14 +822,7 @@ impl Endpoint {
             p.stats.bytes_sent += wire as u64;
             self.stats.datagrams_sent += 1;
             self.stats.bytes_sent += wire as u64;
-            Self::touch_peer(
-                &mut self.ready,
-                &mut self.timers,
-                &self.config,
-                p,
-                addr,
-                now,
-            );
+            self.sched.touch(&self.config, p, addr, now);
             return Some(Transmit {
                 destination: addr,
                 size,
@@ -864,7 +833,7 @@ impl Endpoint {
 
     /// The earliest instant [`handle_timeout`](Self::handle_timeout) has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|&(t, _)| t)
+        self.sched.timers.first().map(|&(t, _)| t)
     }
 
     /// The next event for the application.
