@@ -69,11 +69,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         nodes.push(node);
     }
     let (one, two) = (&nodes[0], &nodes[1]);
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        one.wait_for(|n| n.nodes_by_type("demo").len() == 3),
-    )
-    .await?;
+    // Every node, not only the sender, must see the others: a relay tree passes the message
+    // through them, and a relay forwards only to nodes it knows.
+    for node in &nodes {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            node.wait_for(|n| n.nodes_by_type("demo").len() == 3),
+        )
+        .await?;
+    }
     let all = one.nodes_by_type("demo");
     println!("node one sees {} nodes of type demo", all.len());
 
