@@ -100,8 +100,7 @@ pub struct Config {
     /// more hands its buffer back when dropped). Default 64 MiB; 0 keeps none. See
     /// `mesh_rudp::EndpointConfig::recycle_bytes`.
     pub recycle_bytes: usize,
-    /// How long a request waits for its answer unless told otherwise. Default 5 s. Expired
-    /// requests are swept every 10 ms, so one fails up to 10 ms after its timeout.
+    /// How long a request waits for its answer unless told otherwise. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// A peer that stops acknowledging for this long is reported down: its messages and

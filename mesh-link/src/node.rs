@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -119,10 +119,6 @@ struct Pending {
     tx: oneshot::Sender<Result<Bytes, RequestError>>,
 }
 
-/// How often [`expire_requests`] sweeps the pending requests while any wait: a request fails
-/// with `Timeout` up to this long after its timeout.
-const EXPIRY_TICK: Duration = Duration::from_millis(10);
-
 /// Where to send an answer.
 #[derive(Debug, Clone, Copy)]
 struct ReplyTo {
@@ -139,10 +135,12 @@ pub(crate) struct Inner {
     config: Config,
     handlers: RwLock<rustc_hash::FxHashMap<u16, HandlerFn>>,
     pending: Mutex<rustc_hash::FxHashMap<u64, Pending>>,
-    /// Set (with `pending` locked) when [`expire_requests`] waits for a first request; the
-    /// request that finds it set clears it and wakes the task through `expiry`.
-    expiry_parked: AtomicBool,
+    /// When [`expire_requests`] next looks at the pending requests, in microseconds since
+    /// `epoch` (`u64::MAX`: not before a request wakes it). Written and read with `pending`
+    /// locked; a request due earlier wakes the task through `expiry`.
+    expiry_at: AtomicU64,
     expiry: Notify,
+    epoch: Instant,
     next_id: AtomicU64,
     rng: Mutex<u64>,
     seen: Mutex<Seen>,
@@ -482,8 +480,9 @@ impl MeshNode {
             config,
             handlers: RwLock::new(table),
             pending: Mutex::new(rustc_hash::FxHashMap::default()),
-            expiry_parked: AtomicBool::new(false),
+            expiry_at: AtomicU64::new(u64::MAX),
             expiry: Notify::new(),
+            epoch: Instant::now(),
             next_id: AtomicU64::new(os_random() >> 1),
             rng: Mutex::new(os_random()),
             seen: Mutex::new(Seen::default()),
@@ -1065,7 +1064,16 @@ impl MeshNode {
                     tx,
                 },
             );
-            self.inner.expiry_parked.swap(false, Ordering::Relaxed)
+            // Due before the expiry task's next look: wake it to plan again.
+            deadline.is_some_and(|d| {
+                let due = micros_since(self.inner.epoch, d);
+                if due < self.inner.expiry_at.load(Ordering::Relaxed) {
+                    self.inner.expiry_at.store(due, Ordering::Relaxed);
+                    true
+                } else {
+                    false
+                }
+            })
         };
         if wake_expiry {
             self.inner.expiry.notify_one();
@@ -1801,13 +1809,14 @@ async fn maintain_shared(handle: TaskHandle) {
 
 /// Fails requests whose time is up. One task and one timer serve all of a node's requests, so
 /// a request registers no timer of its own (that cost about 3 % of a round trip's
-/// instructions): it stores its deadline in its pending entry, and this task sweeps the table
-/// every [`EXPIRY_TICK`] while any request waits. With none waiting it sleeps until the next
-/// request wakes it.
+/// instructions): it stores its deadline in its pending entry, and this task sleeps until the
+/// earliest deadline, fails what is due and plans again. A request due before the planned look
+/// wakes it; with the same timeout for every request that happens only when none was pending,
+/// so a steady stream of requests costs this task about one wake-up per timeout.
 async fn expire_requests(inner: Arc<Inner>) {
     let mut expired = Vec::new();
     loop {
-        let parked = {
+        let next = {
             let now = Instant::now();
             let mut p = inner.pending.lock();
             let due: Vec<u64> = p
@@ -1816,11 +1825,12 @@ async fn expire_requests(inner: Arc<Inner>) {
                 .map(|(k, _)| *k)
                 .collect();
             expired.extend(due.into_iter().filter_map(|id| p.remove(&id)));
-            let empty = p.is_empty();
-            if empty {
-                inner.expiry_parked.store(true, Ordering::Relaxed);
-            }
-            empty
+            let next = p.values().filter_map(|v| v.deadline).min();
+            inner.expiry_at.store(
+                next.map_or(u64::MAX, |d| micros_since(inner.epoch, d)),
+                Ordering::Relaxed,
+            );
+            next
         };
         for p in expired.drain(..) {
             let _ = p.tx.send(Err(RequestError::Timeout {
@@ -1829,14 +1839,23 @@ async fn expire_requests(inner: Arc<Inner>) {
                 after: p.after,
             }));
         }
-        if parked {
-            // A request that arrives after the lock was released finds the flag set and
-            // notifies; the permit is kept if this has not started waiting yet.
-            inner.expiry.notified().await;
-        } else {
-            tokio::time::sleep(EXPIRY_TICK).await;
+        // A request due earlier than planned notifies; the permit is kept if this has not
+        // started waiting yet.
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = inner.expiry.notified() => {}
+                }
+            }
+            None => inner.expiry.notified().await,
         }
     }
+}
+
+/// Microseconds from `epoch` to `t` (0 before it), saturating.
+fn micros_since(epoch: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX - 1)
 }
 
 /// Tells membership and waiting requests about peers the transport saw go.

@@ -540,3 +540,44 @@ async fn stop_returns_as_soon_as_the_running_handlers_finish() {
     assert_eq!(within("the answer", 10, answer).await.unwrap(), Ok(300));
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_timeout_fires_while_a_longer_request_waits() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let bk = b.local_key();
+    b.on_request(42, |ms: u64, _c| async move {
+        tokio::time::sleep(Duration::from_millis(ms.min(5_000))).await;
+        Ok::<_, HandlerError>(ms)
+    })
+    .unwrap();
+    // Pending with a 60 s timeout: the expiry task plans its next look a minute ahead.
+    let asker = a.clone();
+    let long = tokio::spawn(async move {
+        asker
+            .request_with::<_, u64>(42, bk, &400u64, Duration::from_secs(60))
+            .await
+    });
+    within("the long request is pending", 10, async {
+        while a.stats().pending_requests == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // A request due far sooner must wake it, not wait for that look.
+    let timeout = Duration::from_millis(100);
+    let e = within(
+        "the short request times out",
+        5,
+        a.request_with::<_, u64>(42, bk, &300u64, timeout),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, RequestError::Timeout { after, .. } if after == timeout),
+        "{e:?}"
+    );
+    // (Handlers here answer within the test config's 600 ms peer timeout.)
+    assert_eq!(within("the long answer", 10, long).await.unwrap(), Ok(400));
+    a.stop().await;
+    b.stop().await;
+}
