@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mesh_rudp::sim::Sim;
 use mesh_rudp::{Delivery, Endpoint, EndpointConfig};
-use mesh_wire::{DataFrame, DatagramWriter, Fragment, Frame, Header};
+use mesh_wire::Fragment;
+
+#[path = "it/wire.rs"]
+mod wire;
+use wire::data_datagram;
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -148,27 +152,4 @@ fn unfinished_messages_stay_within_the_reassembly_cap() {
         grown < CAP + 256 * 1024,
         "{grown} bytes held for unfinished messages under a {CAP}-byte cap"
     );
-}
-
-/// One datagram from session `src` carrying one data frame.
-fn data_datagram(
-    src: u64,
-    seq: u32,
-    message: u32,
-    fragment: Option<Fragment>,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut datagram = Vec::new();
-    let mut w = DatagramWriter::new(&mut datagram, Header::new(src, 0), 1200);
-    w.push(&Frame::Data(DataFrame {
-        lazy_ack: false,
-        channel: 0,
-        seq,
-        message,
-        order: None,
-        fragment,
-        payload,
-    }))
-    .unwrap();
-    w.finish().to_vec()
 }

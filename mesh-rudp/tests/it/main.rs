@@ -6,3 +6,4 @@ mod scenarios;
 mod sockets;
 mod sweeps;
 mod util;
+mod wire;

@@ -560,8 +560,9 @@ fn a_large_message_reuses_the_buffer_of_one_the_application_dropped() {
 /// room only the other could free, until the sender gave up.
 #[test]
 fn messages_holding_all_the_room_in_spare_buffers_still_finish() {
+    use crate::wire::data_datagram;
     use mesh_rudp::Endpoint;
-    use mesh_wire::{DataFrame, DatagramWriter, Fragment, Frame, Header};
+    use mesh_wire::Fragment;
     use std::net::SocketAddr;
     use std::time::Instant;
 
@@ -579,23 +580,13 @@ fn messages_holding_all_the_room_in_spare_buffers_still_finish() {
     let mut seq = 0u32;
     let mut piece = |ep: &mut Endpoint, message: u32, index: u32| {
         let payload = vec![message as u8; PIECE];
-        let mut datagram = Vec::new();
-        let mut w = DatagramWriter::new(&mut datagram, Header::new(77, 0), 1200);
-        w.push(&Frame::Data(DataFrame {
-            lazy_ack: false,
-            channel: 0,
-            seq,
-            message,
-            order: None,
-            fragment: Some(Fragment {
-                index,
-                count: COUNT,
-            }),
-            payload: &payload,
-        }))
-        .unwrap();
+        let fragment = Fragment {
+            index,
+            count: COUNT,
+        };
+        let datagram = data_datagram(77, seq, message, Some(fragment), &payload);
         seq += 1;
-        ep.handle_datagram(now, from, w.finish());
+        ep.handle_datagram(now, from, &datagram);
         let mut buf = Vec::new();
         while ep.poll_transmit(now, &mut buf).is_some() {}
     };
