@@ -514,9 +514,9 @@ impl Peer {
                     || !self.unreliable.is_empty()))
     }
 
-    /// Writes one datagram's worth of frames. Returns whether anything was written.
-    /// Fills a datagram. With `tail` given, a large data frame's payload is left out of `w`
-    /// (see [`DatagramWriter::push_detached`]) and put in `tail`, to be sent behind it.
+    /// Writes one datagram's worth of frames into `w`. With `tail` given, a large data frame's
+    /// payload is left out of `w` (see [`DatagramWriter::push_detached`]) and put in `tail`, to
+    /// be sent behind it.
     pub(crate) fn write_datagram(
         &mut self,
         now: Instant,
