@@ -195,7 +195,9 @@ impl EndpointConfig {
         initial_cwnd_datagrams: usize
     );
     setter!(
-        /// Upper bound of the congestion window, in bytes. Default 16 MiB.
+        /// Upper bound of the congestion window, in bytes. Default 16 MiB. A `Transport`
+        /// lowers it to the receive window its socket's buffer allows (see
+        /// `TransportConfig::socket_buffer`).
         max_cwnd_bytes: usize
     );
     setter!(

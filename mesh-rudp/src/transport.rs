@@ -33,6 +33,10 @@ const RECV_CALLS: usize = 8;
 const DRIVE_TURNS: usize = 16;
 /// How far ahead the driver's timer is set when the endpoint needs no timer.
 const IDLE_TIMER: Duration = Duration::from_secs(3600);
+/// Bytes read within one turn of the driver after which it sends what it owes (the
+/// acknowledgements) before reading on: a quarter of the default socket buffer, so a bulk
+/// sender is never held waiting on acknowledgements for more than the receiver can queue.
+const ACK_FLUSH_BYTES: usize = 2 << 20;
 /// Bytes of one receive slot: room for a GRO-coalesced run of datagrams.
 const RECV_SLOT: usize = 65_536;
 /// Most datagrams gathered before they are handed to the socket.
@@ -52,6 +56,12 @@ pub struct TransportConfig {
     pub endpoint: EndpointConfig,
     /// Requested socket send and receive buffer size, bytes. Default 8 MiB (the kernel may
     /// grant less): with the default ~208 KiB, bursts lose ~2 % here.
+    ///
+    /// What the kernel grants also bounds how much a sender keeps in flight toward one peer
+    /// (three quarters of it, and never more than [`EndpointConfig::max_cwnd_bytes`]), so a
+    /// fast sender does not overflow a slower receiver's socket: the receive window, taken
+    /// from our own socket since the peers of a mesh run alike. On Linux the grant is capped
+    /// by `net.core.rmem_max` (often 4 MiB, which the kernel doubles: a 6 MiB window).
     pub socket_buffer: usize,
     /// How long [`Transport::close`] waits for queued messages to be acknowledged. Default 2 s.
     pub close_timeout: Duration,
@@ -237,6 +247,18 @@ impl std::fmt::Debug for Driver {
     }
 }
 
+/// The most bytes a sender keeps unacknowledged toward a peer, given the receive buffer the
+/// kernel granted this socket (`granted`, as `SO_RCVBUF` reads back): three quarters of it,
+/// the rest left for the kernel's per-datagram bookkeeping, which it counts against the same
+/// buffer. A sender that never has more in flight than the receiver's socket can queue cannot
+/// overflow it, however slowly the receiver reads: TCP's receive window, for a receiver that
+/// is always reading. Peers of one mesh run alike, so our buffer stands for theirs. Never
+/// below four of the largest datagrams, so a tiny buffer slows a transfer rather than stalls it.
+fn receive_window(granted: usize, config: &EndpointConfig) -> usize {
+    let largest = config.mtu.max(config.loopback_mtu.unwrap_or(0));
+    (granted / 4 * 3).max(4 * largest)
+}
+
 fn new_socket(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -330,6 +352,12 @@ impl Transport {
     ) -> Result<(Self, Driver), TransportError> {
         if config.endpoint.seed == EndpointConfig::default().seed {
             config.endpoint.seed(os_seed());
+        }
+        if let Ok(granted) = socket2::SockRef::from(&socket).recv_buffer_size() {
+            let window = receive_window(granted, &config.endpoint);
+            if window < config.endpoint.max_cwnd_bytes {
+                config.endpoint.max_cwnd_bytes(window);
+            }
         }
         let endpoint = Endpoint::new(config.endpoint.clone())?;
         let local_addr = socket.local_addr()?;
@@ -1144,6 +1172,7 @@ impl Driver {
             // most the flush's sends: noise in an RTT sample, and the RTO has a floor of
             // milliseconds); later batches follow processing, and read the clock again.
             let mut stamp = Some(now);
+            let mut unacked_bytes = 0;
             for _ in 0..RECV_CALLS {
                 let asked = *batch;
                 let n = recv_batch(shared, storage, &mut metas[..asked]);
@@ -1157,9 +1186,16 @@ impl Driver {
                 let now = stamp.take().unwrap_or_else(|| Instant::now().into_std());
                 for (meta, slot) in metas.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
                     let stride = meta.stride.max(1);
+                    unacked_bytes += meta.len;
                     for d in slot[..meta.len].chunks(stride) {
                         on_datagram(shared, &mut st, now, meta.addr, d);
                     }
+                }
+                if unacked_bytes >= ACK_FLUSH_BYTES {
+                    // A bulk sender is waiting on these acknowledgements to send more: let it
+                    // have them now rather than after the turn's last read.
+                    transmit(shared, &mut st, Some(now));
+                    unacked_bytes = 0;
                 }
                 let (m, q) = route_events(shared, &mut st);
                 delivered |= m;

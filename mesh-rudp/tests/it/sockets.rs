@@ -438,3 +438,59 @@ async fn a_full_send_queue_waits_and_is_woken_by_acknowledgements() {
     tags.sort_unstable();
     assert_eq!(tags, (0..8).collect::<Vec<u8>>());
 }
+
+/// A sender keeps no more in flight than the receive window its socket's buffer allows: with
+/// a small buffer, its window stays under three quarters of what the kernel granted, where
+/// congestion control alone would grow it past the 8 MiB sent here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_socket_buffer_caps_what_is_in_flight() {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    socket.set_recv_buffer_size(256 << 10).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let granted = socket.recv_buffer_size().unwrap();
+    let config = TransportConfig::default();
+    let largest = mesh_rudp::DEFAULT_LOOPBACK_MTU.unwrap_or(1200);
+    let window = (granted / 4 * 3).max(4 * largest);
+    assert!(window < 8 << 20, "the kernel granted {granted} bytes");
+    let a = Transport::with_socket(UdpSocket::from_std(socket.into()).unwrap(), config).unwrap();
+    let b = transport().await;
+    let to = b.local_addr();
+    let receiver = tokio::spawn(async move {
+        let mut seen = HashSet::new();
+        while seen.len() < 8 {
+            let m = tokio::time::timeout(Duration::from_secs(30), b.recv())
+                .await
+                .expect("messages keep coming")
+                .unwrap();
+            assert_eq!(m.data.len(), 1 << 20);
+            assert!(seen.insert(tag_of(&m.data)));
+        }
+        b
+    });
+    let mut pending = Vec::new();
+    for t in 0..8 {
+        pending.push(
+            a.queue(to, payload(t, 1 << 20), Default::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut largest_cwnd = 0;
+    for rx in pending {
+        rx.await.unwrap().unwrap();
+        largest_cwnd = largest_cwnd.max(a.peer_stats(to).unwrap().cwnd);
+    }
+    receiver.await.unwrap();
+    assert!(
+        largest_cwnd <= window,
+        "congestion window {largest_cwnd} above the receive window {window}"
+    );
+}
