@@ -20,7 +20,10 @@
 //! - **Congestion control**, NewReno-style in bytes: slow start from 32 datagrams, additive
 //!   increase of one datagram per window, halving on loss once per recovery epoch, two
 //!   datagrams after a timeout. At most 4096 frames in flight; a bounded per-peer send queue
-//!   refuses with [`SendError::QueueFull`] when full (back-pressure).
+//!   refuses with [`SendError::QueueFull`] when full (back-pressure). A [`Transport`] also keeps
+//!   no more in flight than three quarters of its socket's granted receive buffer (a receive
+//!   window: a fast sender does not overflow a slower receiver's socket), and acknowledges every
+//!   2 MiB it reads under load.
 //! - **Fragmentation** of messages up to `max_message_size` (16 MiB by default), reassembly in
 //!   any order under per-peer and global byte caps; a fragment that does not fit is dropped
 //!   unacknowledged, so the sender retries rather than losing it.
