@@ -1305,4 +1305,16 @@ mod tests {
         assert_eq!(next_batch(1, 65_536, 32), MIN_BATCH);
         assert_eq!(next_batch(8, 8, 2), 2);
     }
+
+    #[test]
+    fn the_window_is_three_quarters_of_the_granted_buffer() {
+        let config = EndpointConfig::default();
+        let largest = crate::DEFAULT_LOOPBACK_MTU.unwrap_or(1200);
+        // Linux doubles what it grants: 4 MiB of `rmem_max` reads back as 8 MiB.
+        assert_eq!(receive_window(8 << 20, &config), 6 << 20);
+        // The default `rmem_max` (208 KiB, doubled).
+        assert_eq!(receive_window(425_984, &config), 319_488);
+        // Never below four of the largest datagrams.
+        assert_eq!(receive_window(1000, &config), 4 * largest);
+    }
 }
