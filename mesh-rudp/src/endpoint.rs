@@ -416,15 +416,18 @@ impl Endpoint {
                 return;
             }
         }
-        let is_close = datagram.frames().any(|f| matches!(f, Frame::Close(_)));
+        // Needed only off the common path (a datagram of the session we know), so it is not
+        // worked out (a pass over the frames) unless asked.
+        let is_close = || datagram.frames().any(|f| matches!(f, Frame::Close(_)));
         match self.peers.get(&from) {
             Some(p) => {
                 if h.dst_session != 0 && h.dst_session != p.local_id {
                     let src = p.local_id;
-                    self.stale_session(now, from, src, h.src_session, is_close);
+                    self.stale_session(now, from, src, h.src_session, is_close());
                     return;
                 }
                 if h.src_session != p.remote_id {
+                    let is_close = is_close();
                     if is_close && h.dst_session == p.local_id {
                         // A close on our session is honoured whoever's session it names.
                         self.peer_down(from, DownReason::Closed);
@@ -447,6 +450,7 @@ impl Endpoint {
                 }
             }
             None => {
+                let is_close = is_close();
                 if h.dst_session != 0 {
                     let src = self.rng.next_id();
                     self.stale_session(now, from, src, h.src_session, is_close);
