@@ -100,6 +100,12 @@ pub struct Config {
     /// more hands its buffer back when dropped). Default 64 MiB; 0 keeps none. See
     /// `mesh_rudp::EndpointConfig::recycle_bytes`.
     pub recycle_bytes: usize,
+    /// Socket send and receive buffer size to ask the OS for, in bytes. Default 8 MiB. What
+    /// the OS grants (Linux caps it at `net.core.rmem_max`) also bounds how much this node
+    /// keeps unacknowledged toward one peer: three quarters of it, so a fast sender does not
+    /// overflow a slower receiver's socket. Raise `rmem_max` and this together for fast links
+    /// with long round trips. See `mesh_rudp::TransportConfig::socket_buffer`.
+    pub socket_buffer: usize,
     /// How long a request waits for its answer unless told otherwise. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -189,6 +195,7 @@ impl Default for Config {
             loopback_checksum: false,
             max_message_size: 16 << 20,
             recycle_bytes: 64 << 20,
+            socket_buffer: 8 << 20,
             request_timeout: Duration::from_secs(5),
             peer_timeout: Duration::from_secs(5),
             max_concurrent_handlers: 4096,
@@ -222,6 +229,9 @@ impl Config {
         }
         if self.max_concurrent_handlers == 0 {
             return bad("max_concurrent_handlers must be at least 1");
+        }
+        if self.socket_buffer == 0 {
+            return bad("socket_buffer must be more than 0");
         }
         if self.max_pending_requests == 0 {
             return bad("max_pending_requests must be at least 1");

@@ -444,6 +444,7 @@ impl MeshNode {
             .peer_timeout(config.peer_timeout)
             .flush_interval(config.send_interval);
         tc.close_timeout = config.stop_timeout;
+        tc.socket_buffer = config.socket_buffer;
         tc.answer_raw_ping = config.answer_raw_ping && config.cluster_key.is_none();
         if let Some(secret) = &config.cluster_key {
             let mut key = mesh_wire::ClusterKey::from_secret(secret.expose());

@@ -350,6 +350,10 @@ async fn binding_follows_the_configuration() {
     let mut c = fast("bind");
     c.address = Some("0.0.0.0".parse().unwrap());
     assert!(matches!(MeshNode::start(c).await, Err(Error::Config(_))));
+    // Nor can a socket have no buffer.
+    let mut c = fast("bind");
+    c.socket_buffer = 0;
+    assert!(matches!(MeshNode::start(c).await, Err(Error::Config(_))));
     // A named interface: the loopback's address; a missing one fails or falls back.
     let mut c = fast("bind");
     c.address = None;
