@@ -1189,7 +1189,7 @@ impl Driver {
             // most the flush's sends: noise in an RTT sample, and the RTO has a floor of
             // milliseconds); later batches follow processing, and read the clock again.
             let mut stamp = Some(now);
-            let mut unacked_bytes = 0;
+            let mut read_unacked = 0;
             for _ in 0..RECV_CALLS {
                 let asked = *batch;
                 let n = recv_batch(shared, storage, &mut metas[..asked]);
@@ -1200,20 +1200,20 @@ impl Driver {
                     break;
                 }
                 received += n;
+                read_unacked += bytes;
                 let mut st = shared.state.lock();
                 let now = stamp.take().unwrap_or_else(|| Instant::now().into_std());
                 for (meta, slot) in metas.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
                     let stride = meta.stride.max(1);
-                    unacked_bytes += meta.len;
                     for d in slot[..meta.len].chunks(stride) {
                         on_datagram(shared, &mut st, now, meta.addr, d);
                     }
                 }
-                if unacked_bytes >= ACK_FLUSH_BYTES {
+                if read_unacked >= ACK_FLUSH_BYTES {
                     // A bulk sender is waiting on these acknowledgements to send more: let it
                     // have them now rather than after the turn's last read.
                     transmit(shared, &mut st, Some(now));
-                    unacked_bytes = 0;
+                    read_unacked = 0;
                 }
                 let (m, q) = route_events(shared, &mut st);
                 delivered |= m;
