@@ -24,7 +24,8 @@ pub struct EndpointConfig {
     pub(crate) max_rto: Duration,
     pub(crate) fixed_rto: Option<Duration>,
     pub(crate) max_ack_delay: Duration,
-    pub(crate) keepalive_interval: Duration,
+    /// `None`: derived from `peer_timeout` (see [`EndpointConfig::keepalive`]).
+    pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) peer_timeout: Duration,
     pub(crate) flush_interval: Option<Duration>,
     pub(crate) initial_cwnd_datagrams: usize,
@@ -63,7 +64,7 @@ impl Default for EndpointConfig {
             max_rto: Duration::from_secs(2),
             fixed_rto: None,
             max_ack_delay: Duration::ZERO,
-            keepalive_interval: Duration::from_secs(1),
+            keepalive_interval: None,
             peer_timeout: Duration::from_secs(5),
             flush_interval: None,
             initial_cwnd_datagrams: 32,
@@ -159,7 +160,10 @@ impl EndpointConfig {
         min_rto: Duration
     );
     setter!(
-        /// Upper bound of the retransmission timeout after backoff. Default 2 s.
+        /// Upper bound of the retransmission timeout after backoff. Default 2 s, and never
+        /// more than a quarter of [`peer_timeout`](Self::peer_timeout) (nor less than
+        /// `min_rto`): a lost datagram gets at least three retransmissions before its peer is
+        /// reported down.
         max_rto: Duration
     );
     setter!(
@@ -176,13 +180,20 @@ impl EndpointConfig {
         /// and every second data frame are acknowledged at once whatever this says.
         max_ack_delay: Duration
     );
-    setter!(
-        /// A peer not heard from for this long is probed with a ping. Default 1 s.
-        keepalive_interval: Duration
-    );
+    /// A peer not heard from for this long is probed with a ping. Default: a quarter of
+    /// [`peer_timeout`](Self::peer_timeout), at most 1 s, so a quiet but healthy peer is
+    /// probed four times before it could time out. Set explicitly, it must be at most a third
+    /// of `peer_timeout` ([`validate`](Self::validate) refuses the pair otherwise).
+    pub fn keepalive_interval(&mut self, value: Duration) -> &mut Self {
+        self.keepalive_interval = Some(value);
+        self
+    }
+
     setter!(
         /// A peer that acknowledges nothing for this long while data is in flight, or answers no
-        /// probe for this long, is reported down and its messages fail. Default 5 s.
+        /// probe for this long, is reported down and its messages fail. Default 5 s. The
+        /// keepalive and the longest retransmission timeout follow it (see
+        /// [`keepalive_interval`](Self::keepalive_interval) and [`max_rto`](Self::max_rto)).
         peer_timeout: Duration
     );
     setter!(
@@ -223,6 +234,19 @@ impl EndpointConfig {
         /// replays. Default 120 s.
         max_clock_skew: Duration
     );
+
+    /// How often a quiet peer is probed: the configured interval, or a quarter of
+    /// `peer_timeout` capped at 1 s.
+    pub fn keepalive(&self) -> Duration {
+        self.keepalive_interval
+            .unwrap_or_else(|| (self.peer_timeout / 4).min(Duration::from_secs(1)))
+    }
+
+    /// The longest retransmission timeout: `max_rto`, at most a quarter of `peer_timeout`, at
+    /// least `min_rto`.
+    pub fn effective_max_rto(&self) -> Duration {
+        self.max_rto.min(self.peer_timeout / 4).max(self.min_rto)
+    }
 
     /// The largest datagram to send to `peer`: `loopback_mtu` for a loopback address.
     pub(crate) fn mtu_for(&self, peer: std::net::SocketAddr) -> usize {
@@ -272,10 +296,20 @@ impl EndpointConfig {
         if self.min_rto.is_zero() || self.min_rto > self.max_rto {
             return Err(ConfigError::Invalid("need 0 < min_rto <= max_rto"));
         }
-        if self.peer_timeout <= self.min_rto || self.keepalive_interval.is_zero() {
-            return Err(ConfigError::Invalid(
-                "peer_timeout must exceed min_rto and keepalive_interval must be positive",
-            ));
+        if self.peer_timeout <= self.min_rto {
+            return Err(ConfigError::Conflict(format!(
+                "peer_timeout ({:?}) must exceed min_rto ({:?})",
+                self.peer_timeout, self.min_rto
+            )));
+        }
+        if let Some(k) = self.keepalive_interval {
+            if k.is_zero() || k.saturating_mul(3) > self.peer_timeout {
+                return Err(ConfigError::Conflict(format!(
+                    "keepalive_interval ({k:?}) must be positive and at most a third of \
+                     peer_timeout ({:?}), so a quiet peer is probed before it times out",
+                    self.peer_timeout
+                )));
+            }
         }
         if self.max_peers == 0 || self.max_incoming_messages == 0 || self.unreliable_queue == 0 {
             return Err(ConfigError::Invalid("caps must be positive"));

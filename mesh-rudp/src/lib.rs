@@ -34,8 +34,9 @@
 //!   optionally held for `flush_interval` to pack more. [`Transport`] also corks sends that
 //!   follow one another within a few microseconds and lets its driver pack them
 //!   ([`TransportConfig::cork`]); a lone send goes out at once from the sender's task.
-//! - **Liveness**: idle peers are pinged every `keepalive_interval`; a peer that answers nothing,
-//!   or acknowledges nothing while data is in flight, for `peer_timeout` is reported
+//! - **Liveness**: idle peers are pinged every `keepalive_interval` (by default a quarter of
+//!   `peer_timeout`, at most 1 s: the keepalive follows the timeout it must serve); a peer that
+//!   answers nothing, or acknowledges nothing while data is in flight, for `peer_timeout` is reported
 //!   [`Event::PeerDown`], and every message pending to it [`Event::Failed`]. Nothing is lost
 //!   silently.
 //! - **Sessions**: each side names its session with a random id; a restarted peer is a new

@@ -328,7 +328,7 @@ impl Peer {
             rtt: Rtt::new(
                 config.initial_rto,
                 config.min_rto,
-                config.max_rto,
+                config.effective_max_rto(),
                 config.fixed_rto,
             ),
             rto_deadline: None,
@@ -1114,7 +1114,7 @@ impl Peer {
         let mut d = self.last_recv + config.peer_timeout;
         if !self.ping_now {
             // While a ping waits to be written, its deadline has already fired.
-            d = d.min(heard + config.keepalive_interval);
+            d = d.min(heard + config.keepalive());
         }
         if self.has_outstanding() {
             d = d.min(self.last_progress + config.peer_timeout);
@@ -1147,7 +1147,7 @@ impl Peer {
             }
         }
         let heard = self.last_recv.max(self.last_ping.unwrap_or(self.last_recv));
-        if now >= heard + config.keepalive_interval {
+        if now >= heard + config.keepalive() {
             self.ping_now = true;
             self.ping_token = self.ping_token.wrapping_add(1);
         }

@@ -196,6 +196,9 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent with another.
     #[error("invalid configuration: {0}")]
     Invalid(&'static str),
+    /// Two values that must keep a ratio do not, named with their values.
+    #[error("invalid configuration: {0}")]
+    Conflict(String),
 }
 
 /// Counters of one endpoint, over all peers. Pull them with [`crate::Endpoint::stats`].

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod liveness;
 mod messaging;
 mod outage;
 mod relay;

@@ -685,3 +685,60 @@ fn datagrams_to_loopback_peers_carry_no_checksum_and_only_loopback_may_send_thos
         assert_eq!(b.stats().dropped_invalid, u64::from(!taken), "from {from}");
     }
 }
+
+/// The keepalive follows `peer_timeout`: with a short timeout (and no keepalive set), two quiet
+/// peers stay up for ten times the timeout, and a peer cut off is reported down within one
+/// timeout of the cut (virtual time: the bound is exact, not a measurement).
+#[test]
+fn keepalive_follows_a_short_peer_timeout() {
+    for timeout in [Duration::from_millis(20), Duration::from_millis(100)] {
+        let config = EndpointConfig::default().peer_timeout(timeout).clone();
+        assert!(
+            config.keepalive() * 3 <= timeout,
+            "{:?}",
+            config.keepalive()
+        );
+        let (mut sim, a, b) = pair(11, config);
+        sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
+        sim.run_until_idle(10_000).unwrap();
+        sim.run_for(timeout * 10, 100_000).unwrap();
+        for (x, y) in [(a, b), (b, a)] {
+            let events = sim.take_events(x);
+            assert!(
+                !events.iter().any(|e| matches!(e, Event::PeerDown { .. })),
+                "{timeout:?}: a quiet peer was taken for dead: {events:?}"
+            );
+            let addr = sim.addr(y);
+            assert!(sim.endpoint(x).peer_stats(addr).is_some());
+        }
+        let cut = sim.elapsed();
+        sim.partition(a, b, true);
+        let addr = sim.addr(b);
+        sim.run_until(100_000, |s| s.endpoint(a).peer_stats(addr).is_none())
+            .unwrap();
+        let found = sim.elapsed() - cut;
+        assert!(
+            found <= timeout,
+            "{timeout:?}: down {found:?} after the cut"
+        );
+        assert!(sim.take_events(a).contains(&Event::PeerDown {
+            peer: addr,
+            reason: DownReason::Timeout
+        }));
+    }
+}
+
+#[test]
+fn a_keepalive_that_cannot_serve_the_peer_timeout_is_refused() {
+    let mut config = EndpointConfig::default();
+    config
+        .peer_timeout(Duration::from_millis(500))
+        .keepalive_interval(Duration::from_secs(1));
+    let e = config.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("keepalive_interval (1s)") && e.contains("peer_timeout (500ms)"),
+        "{e}"
+    );
+    config.keepalive_interval(Duration::from_millis(150));
+    config.validate().unwrap();
+}
