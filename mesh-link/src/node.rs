@@ -1305,12 +1305,7 @@ impl MeshNode {
         let cancelled_handlers = inner.inflight.load(Ordering::Acquire);
         // Objects owned here die with the node: watchers are told before the transport closes
         // (which waits for them to be acknowledged); replicas are released.
-        for (to, env) in crate::shared::shutdown(inner) {
-            let _ = inner
-                .transport
-                .queue(to, env, Delivery::Ordered { channel: 1 })
-                .await;
-        }
+        crate::shared::shutdown(inner);
         let close = inner.transport.close().await;
         let abandoned: Vec<Pending> = inner.pending.lock().drain().map(|(_, p)| p).collect();
         let abandoned_requests = abandoned.len();

@@ -18,7 +18,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 pub use mesh_shared::{Event, Kind, Mid, Properties, Rejected, RemoveReason};
 
@@ -79,6 +79,32 @@ impl SharedState {
         }
     }
 
+    /// Hands out what the state machine produced, in the order it produced it, while the
+    /// caller still holds the lock under which it was produced: events to this node's
+    /// subscribers, messages to the transport's queues. Handing them out after the lock is let
+    /// go lets another thread's newer outputs overtake them (update streams went back in
+    /// time). Returns the resyncs to start: they are requests, which wait.
+    fn flush(&mut self, transport: &mesh_rudp::Transport) -> Vec<Mid> {
+        let mut resyncs = Vec::new();
+        while let Some(o) = self.objects.poll_output() {
+            match o {
+                Output::Event { mid, event } => {
+                    let removed = matches!(event, Event::Removed(_));
+                    if let Some(c) = self.channels.get(&mid) {
+                        let _ = c.events.send(event);
+                    }
+                    if removed {
+                        self.channels.remove(&mid);
+                    }
+                }
+                Output::Send { to, message } => send_now(transport, to, &message),
+                Output::Resync { mid } => resyncs.push(mid),
+                _ => {}
+            }
+        }
+        resyncs
+    }
+
     fn next_id(&mut self) -> u128 {
         // xorshift on both halves: ids need to be unique, not secret.
         let mut x = self.rng;
@@ -101,23 +127,17 @@ impl Drop for Token {
         let Some(inner) = self.node.upgrade() else {
             return;
         };
-        let out = {
-            let mut st = inner.shared.lock();
-            if st
-                .channels
-                .get(&self.mid)
-                .is_some_and(|c| c.token.strong_count() > 0)
-            {
-                return; // a new handle took over meanwhile
-            }
-            st.channels.remove(&self.mid);
-            st.objects.release(self.mid).map(|m| Output::Send {
-                to: self.mid.owner,
-                message: m,
-            })
-        };
-        if let Some(o) = out {
-            dispatch_inner(&inner, vec![o]);
+        let mut st = inner.shared.lock();
+        if st
+            .channels
+            .get(&self.mid)
+            .is_some_and(|c| c.token.strong_count() > 0)
+        {
+            return; // a new handle took over meanwhile
+        }
+        st.channels.remove(&self.mid);
+        if let Some(m) = st.objects.release(self.mid) {
+            send_now(&inner.transport, self.mid.owner, &m);
         }
     }
 }
@@ -189,15 +209,15 @@ impl SharedObjects {
         let owner = owner.node_key();
         let now = Instant::now().into_std();
         let inner = &self.node.inner;
-        let (mid, ask, outputs) = {
+        let (mid, ask, resyncs) = {
             let mut st = inner.shared.lock();
             let id = st.next_id();
             let (mid, ask) = st
                 .objects
                 .create(now, id, props, ttl, owner.socket_addr())?;
-            (mid, ask, drain(&mut st.objects))
+            (mid, ask, st.flush(&inner.transport))
         };
-        dispatch(&self.node, outputs);
+        resync(&self.node, resyncs);
         if let Some(ask) = ask {
             ask_owner(&self.node, mid, ask).await?;
         }
@@ -220,12 +240,13 @@ impl SharedObjects {
 
     /// Removes an object everywhere; every node holding it reports [`Event::Removed`] once.
     pub async fn remove(&self, so: &SharedObject) -> Result<(), SharedError> {
-        let (ask, outputs) = {
-            let mut st = self.node.inner.shared.lock();
+        let (ask, resyncs) = {
+            let inner = &self.node.inner;
+            let mut st = inner.shared.lock();
             let ask = st.objects.remove(so.mid)?;
-            (ask, drain(&mut st.objects))
+            (ask, st.flush(&inner.transport))
         };
-        dispatch(&self.node, outputs);
+        resync(&self.node, resyncs);
         if let Some(ask) = ask {
             ask_owner(&self.node, so.mid, ask).await?;
         }
@@ -349,12 +370,13 @@ impl SharedObject {
 
     async fn change(&self, op: Op) -> Result<u64, SharedError> {
         let now = Instant::now().into_std();
-        let (prepared, outputs) = {
-            let mut st = self.node.inner.shared.lock();
+        let (prepared, resyncs) = {
+            let inner = &self.node.inner;
+            let mut st = inner.shared.lock();
             let p = st.objects.prepare(now, self.mid, op);
-            (p, drain(&mut st.objects))
+            (p, st.flush(&inner.transport))
         };
-        dispatch(&self.node, outputs);
+        resync(&self.node, resyncs);
         match prepared? {
             Prepared::Applied { version } => Ok(version),
             Prepared::Ask(ask) => ask_owner(&self.node, self.mid, ask).await,
@@ -367,10 +389,6 @@ impl SharedObject {
 
 fn json<T: Serialize + ?Sized>(v: &T) -> Result<Value, SharedError> {
     serde_json::to_value(v).map_err(|e| SharedError::Value(e.to_string()))
-}
-
-fn drain(objects: &mut Objects) -> Vec<Output> {
-    std::iter::from_fn(|| objects.poll_output()).collect()
 }
 
 /// Sends a request to the owner and feeds its reply to the state machine.
@@ -404,69 +422,43 @@ async fn ask_owner(node: &MeshNode, mid: Mid, ask: Message) -> Result<u64, Share
         })
     })?;
     let now = Instant::now().into_std();
-    let (r, outputs) = {
+    let (r, resyncs) = {
         let mut st = node.inner.shared.lock();
         let r = st.objects.reply(now, mid, &ask, reply);
-        (r, drain(&mut st.objects))
+        (r, st.flush(&node.inner.transport))
     };
-    dispatch(node, outputs);
+    resync(node, resyncs);
     Ok(r?)
 }
 
-pub(crate) fn dispatch(node: &MeshNode, outputs: Vec<Output>) {
-    dispatch_inner(&node.inner, outputs);
+/// Asks the owners of replicas that missed changes for a snapshot, each in a task of its own.
+fn resync(node: &MeshNode, mids: Vec<Mid>) {
+    for mid in mids {
+        let node = node.clone();
+        tokio::spawn(async move {
+            debug!(%mid, "resyncing a replica");
+            let _ = ask_owner(&node, mid, Message::Get { id: mid.id }).await;
+        });
+    }
 }
 
-/// Routes the state machine's outputs: events to this node's subscribers, messages to other
-/// nodes, resyncs as snapshot requests.
-fn dispatch_inner(inner: &Arc<crate::node::Inner>, outputs: Vec<Output>) {
-    let mut sends = Vec::new();
-    for o in outputs {
-        match o {
-            Output::Send { to, message } => sends.push((to, message)),
-            Output::Event { mid, event } => {
-                let mut st = inner.shared.lock();
-                let removed = matches!(event, Event::Removed(_));
-                if let Some(c) = st.channels.get(&mid) {
-                    let _ = c.events.send(event);
-                }
-                if removed {
-                    st.channels.remove(&mid);
-                }
-            }
-            Output::Resync { mid } => {
-                let Some(node) = MeshNode::from_inner(inner) else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    debug!(%mid, "resyncing a replica");
-                    let _ = ask_owner(&node, mid, Message::Get { id: mid.id }).await;
-                });
-            }
-            _ => {}
+/// Queues a message to another node without waiting, so that it keeps its place behind the
+/// ones made before it. Changes to one watcher go in order on their own channel; one that
+/// cannot be queued (the watcher's queue is full: it has not acknowledged 64 MiB) is counted
+/// and logged, and the watcher repairs the gap by resync when the next change arrives, or
+/// when its session with us ends.
+fn send_now(transport: &mesh_rudp::Transport, to: std::net::SocketAddr, message: &Message) {
+    let body = match mesh_wire::codec::encode(message) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(%to, error = %e, "shared-object message not encodable");
+            return;
         }
+    };
+    let env = crate::node::envelope_bytes(system::SHARED, &body);
+    if let Err(e) = transport.try_queue(to, env, Delivery::Ordered { channel: 1 }) {
+        warn!(%to, error = %e, "shared-object message not sent");
     }
-    if sends.is_empty() {
-        return;
-    }
-    let inner = inner.clone();
-    tokio::spawn(async move {
-        for (to, message) in sends {
-            let Ok(body) = mesh_wire::codec::encode(&message) else {
-                continue;
-            };
-            let env = crate::node::envelope_bytes(system::SHARED, &body);
-            // Changes to one watcher go in order on their own channel; a lost one is
-            // detected by the watcher (a gap, or the session ending) and repaired by resync.
-            if let Err(e) = inner
-                .transport
-                .queue(to, env, Delivery::Ordered { channel: 1 })
-                .await
-            {
-                debug!(%to, error = %e, "shared-object message not sent");
-            }
-        }
-    });
 }
 
 /// A request or message about shared objects arrived from `from`: the reply, if any.
@@ -480,12 +472,12 @@ pub(crate) fn on_message(
         Err(e) => return Some(Err(format!("unreadable shared-object message: {e}"))),
     };
     let now = Instant::now().into_std();
-    let (reply, outputs) = {
+    let (reply, resyncs) = {
         let mut st = node.inner.shared.lock();
         let r = st.objects.handle(now, from.socket_addr(), message);
-        (r, drain(&mut st.objects))
+        (r, st.flush(&node.inner.transport))
     };
-    dispatch(node, outputs);
+    resync(node, resyncs);
     reply.map(|r| {
         mesh_wire::codec::encode(&r)
             .map(Bytes::from)
@@ -502,23 +494,23 @@ pub(crate) async fn maintain(node: MeshNode) {
         tokio::select! {
             _ = tick.tick() => {
                 let now = Instant::now().into_std();
-                let outputs = {
+                let resyncs = {
                     let mut st = node.inner.shared.lock();
                     if st.objects.poll_timeout().is_some_and(|t| t <= now) {
                         st.objects.handle_timeout(now);
                     }
-                    drain(&mut st.objects)
+                    st.flush(&node.inner.transport)
                 };
-                dispatch(&node, outputs);
+                resync(&node, resyncs);
             }
             e = events.recv() => match e {
                 Ok(MembershipEvent::Left(r)) => {
-                    let outputs = {
+                    let resyncs = {
                         let mut st = node.inner.shared.lock();
                         st.objects.node_left(r.key.socket_addr());
-                        drain(&mut st.objects)
+                        st.flush(&node.inner.transport)
                     };
-                    dispatch(&node, outputs);
+                    resync(&node, resyncs);
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -529,35 +521,21 @@ pub(crate) async fn maintain(node: MeshNode) {
 
 /// The transport's session with `peer` ended: replicas it owns resync.
 pub(crate) fn peer_reset(node: &MeshNode, peer: NodeKey) {
-    let outputs = {
+    let resyncs = {
         let mut st = node.inner.shared.lock();
         st.objects.peer_reset(peer.socket_addr());
-        drain(&mut st.objects)
+        st.flush(&node.inner.transport)
     };
-    dispatch(node, outputs);
+    resync(node, resyncs);
 }
 
-/// The node is stopping: owned objects are removed everywhere, replicas released.
-pub(crate) fn shutdown(inner: &Arc<crate::node::Inner>) -> Vec<(std::net::SocketAddr, Bytes)> {
+/// The node is stopping: owned objects are removed everywhere (watchers told, subscribers
+/// here too), replicas released; the notices are queued before the transport closes, which
+/// waits for them to be acknowledged.
+pub(crate) fn shutdown(inner: &Arc<crate::node::Inner>) {
     let mut st = inner.shared.lock();
     st.objects.shutdown();
-    let outputs = drain(&mut st.objects);
-    let mut sends = Vec::new();
-    for o in outputs {
-        match o {
-            Output::Send { to, message } => {
-                if let Ok(body) = mesh_wire::codec::encode(&message) {
-                    sends.push((to, crate::node::envelope_bytes(system::SHARED, &body)));
-                }
-            }
-            Output::Event { mid, event } => {
-                if let Some(c) = st.channels.get(&mid) {
-                    let _ = c.events.send(event);
-                }
-            }
-            _ => {}
-        }
-    }
+    // Nothing resyncs on a node that is leaving.
+    let _ = st.flush(&inner.transport);
     st.channels.clear();
-    sends
 }

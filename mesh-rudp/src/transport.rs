@@ -501,6 +501,23 @@ impl Transport {
             .map(|_| ())
     }
 
+    /// [`queue_unwatched`](Self::queue_unwatched) without waiting: a full queue to the peer
+    /// fails at once with [`SendError::QueueFull`]. For a caller that must hand messages over
+    /// in the order it made them while it holds a lock of its own (an `.await` there would let
+    /// later messages overtake).
+    pub fn try_queue(
+        &self,
+        peer: SocketAddr,
+        data: impl Into<Payload>,
+        delivery: Delivery,
+    ) -> Result<(), TransportError> {
+        let mut data = Some(data.into());
+        match self.try_queue_inner(peer, &mut data, delivery, false, false) {
+            Some(r) => r.map(|_| ()),
+            None => Err(SendError::QueueFull.into()),
+        }
+    }
+
     /// Queues a message, waiting while the peer's queue is full. With `watch`, registers a
     /// waiter for its outcome and returns it.
     async fn queue_message(
@@ -513,7 +530,7 @@ impl Transport {
     ) -> Result<Option<Outcome>, TransportError> {
         // The common case takes the lock once and registers no waiter.
         let mut data = Some(data);
-        if let Some(r) = self.try_queue(peer, &mut data, delivery, lazy, watch) {
+        if let Some(r) = self.try_queue_inner(peer, &mut data, delivery, lazy, watch) {
             return r;
         }
         let _waiting = ProgressWait::new(&self.shared);
@@ -521,7 +538,7 @@ impl Transport {
             let progressed = self.shared.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if let Some(r) = self.try_queue(peer, &mut data, delivery, lazy, watch) {
+            if let Some(r) = self.try_queue_inner(peer, &mut data, delivery, lazy, watch) {
                 return r;
             }
             progressed.await;
@@ -531,7 +548,7 @@ impl Transport {
     /// One attempt of [`queue_message`](Self::queue_message): `None` while the peer's queue is
     /// full. Takes `data` only when it queues it (moved, not cloned: cloning a `Bytes` made
     /// from a `Vec` allocates).
-    fn try_queue(
+    fn try_queue_inner(
         &self,
         peer: SocketAddr,
         data: &mut Option<Payload>,

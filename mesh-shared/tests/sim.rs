@@ -40,6 +40,11 @@ struct Node {
     peer_resets: usize,
     /// Version when this node began to hold the object.
     joined_at: Option<u64>,
+    /// The update stream as a user keeps it: the last version seen, the properties reported
+    /// at that version, and the latest value of each property.
+    stream_version: u64,
+    stream_props_at_version: Vec<String>,
+    stream_values: HashMap<String, Value>,
 }
 
 struct Harness {
@@ -74,6 +79,9 @@ impl Harness {
                 resyncs: 0,
                 peer_resets: 0,
                 joined_at: None,
+                stream_version: 0,
+                stream_props_at_version: Vec::new(),
+                stream_values: HashMap::new(),
             });
         }
         Self {
@@ -123,11 +131,33 @@ impl Harness {
                             .send(i, to, encode(&Wire::OneWay(message)), Delivery::Unordered);
                 }
                 Output::Event { event, .. } => match event {
-                    Event::Update { prop, value, .. } => {
+                    Event::Update {
+                        prop,
+                        value,
+                        version,
+                    } => {
                         assert!(
                             self.nodes[i].removed.is_empty(),
                             "node {i}: an update after removal"
                         );
+                        // The stream never goes back in time: versions rise, and one version
+                        // reports a property at most once (a resync reports several
+                        // properties at the version it jumped to).
+                        let n = &mut self.nodes[i];
+                        if version > n.stream_version {
+                            n.stream_version = version;
+                            n.stream_props_at_version.clear();
+                        } else {
+                            assert!(
+                                version == n.stream_version
+                                    && !n.stream_props_at_version.contains(&prop),
+                                "seed {}: node {i}'s stream went from version {} back to {version} ({prop})",
+                                self.sim.seed(),
+                                n.stream_version
+                            );
+                        }
+                        n.stream_props_at_version.push(prop.clone());
+                        n.stream_values.insert(prop.clone(), value.clone());
                         if prop == "counter" {
                             let v = value.as_f64().unwrap();
                             assert!((MIN..=MAX).contains(&v), "node {i}: counter {v}");
@@ -412,7 +442,22 @@ proptest! {
             eprintln!("version {version} resyncs {r:?} updates {u:?} net {:?} elapsed {:?}", h.sim.net, h.sim.elapsed());
         }
         for (i, n) in h.nodes.iter().enumerate() {
+            // What a user kept as "the latest value from the stream" is the final state, and
+            // the stream's last version is the object's once no change is missing.
+            for (prop, value) in &n.stream_values {
+                let now = n.objects.value(mid, prop);
+                prop_assert_eq!(
+                    Some(value),
+                    now.as_ref(),
+                    "node {}: the stream's last {} is stale",
+                    i,
+                    prop
+                );
+            }
             let joined = n.joined_at.expect("joined");
+            if n.resyncs == 0 && version > joined {
+                prop_assert_eq!(n.stream_version, version, "node {} stream's last version", i);
+            }
             if n.resyncs == 0 {
                 // Change by change: exactly one update per change.
                 prop_assert_eq!(n.updates as u64, version - joined, "node {} update count", i);

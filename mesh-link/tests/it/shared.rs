@@ -325,3 +325,60 @@ async fn a_stopping_owner_removes_its_objects_everywhere() {
     b.stop().await;
     c.stop().await;
 }
+
+/// Issue 16: a replica's update stream must never go back in time. Events used to be taken out
+/// of the state under one lock and handed to subscribers later under another, so a change
+/// applied by the receive loop and one applied by a reply could reach a stream in either order.
+/// Here c owns a counter and a and b each send 500 increments at once, 40 times over: every
+/// stream (the owner's and both replicas') shows strictly rising versions and ends at the
+/// object's final version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_streams_never_go_back_in_time() {
+    let (_r, nodes) = three("so-order").await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut out_of_order = Vec::new();
+    for round in 0..40 {
+        let props = Properties::new().number("counter", 0.0, 0.0..=1000.0);
+        let on_c = c
+            .shared()
+            .create(props, Duration::from_secs(60), c.local_key())
+            .await
+            .unwrap();
+        let on_a = a.shared().get(on_c.mid()).await.unwrap();
+        let on_b = b.shared().get(on_c.mid()).await.unwrap();
+        let mut streams = [on_a.updates(), on_b.updates(), on_c.updates()];
+        let from_a = futures_util::future::join_all((0..500).map(|_| on_a.inc("counter", 1.0)));
+        let from_b = futures_util::future::join_all((0..500).map(|_| on_b.inc("counter", 1.0)));
+        let (ra, rb) = futures_util::future::join(from_a, from_b).await;
+        assert!(ra.iter().chain(&rb).all(Result::is_ok), "every inc applied");
+        converge(&[&on_a, &on_b, &on_c], 1000).await;
+        for (name, s) in ["a", "b", "c"].iter().zip(&mut streams) {
+            let mut last = 0;
+            while let Ok(e) = s.try_recv() {
+                let Event::Update { version, value, .. } = e else {
+                    panic!("round {round}, {name}: {e:?}");
+                };
+                if version <= last {
+                    out_of_order.push(format!("round {round}, {name}: {last} then {version}"));
+                }
+                last = version;
+                assert_eq!(
+                    value.as_f64(),
+                    Some(version as f64),
+                    "the value at {version}"
+                );
+            }
+            if last != 1000 {
+                out_of_order.push(format!("round {round}, {name}: last event at {last}"));
+            }
+        }
+        c.shared().remove(&on_c).await.unwrap();
+    }
+    assert!(
+        out_of_order.is_empty(),
+        "streams went back in time: {out_of_order:#?}"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+}
