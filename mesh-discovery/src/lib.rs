@@ -43,7 +43,9 @@ mod registry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use membership::{DiscoveryStats, Membership, MembershipConfig, MembershipEvent};
+pub use membership::{
+    DiscoveryStats, LivenessCheck, Membership, MembershipConfig, MembershipEvent,
+};
 pub use memory::MemoryRegistry;
 pub use record::{NodeKey, NodeRecord, MAX_RECORD_BYTES, RECORD_VERSION};
 pub use redis::{RedisRegistry, RedisTopology};

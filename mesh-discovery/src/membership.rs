@@ -1,7 +1,9 @@
 //! The live view of a mesh, kept by one node on top of a [`Registry`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{broadcast, Notify};
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, warn};
 
 use crate::{DiscoveryError, NodeKey, NodeRecord, Notice, Registry, RegistryError};
@@ -20,8 +22,16 @@ use crate::{DiscoveryError, NodeKey, NodeRecord, Notice, Registry, RegistryError
 const EVENT_BUFFER: usize = 4096;
 /// Departed nodes whose backup lists are remembered for [`Membership::prepare_nodes`].
 const MAX_DEPARTED: usize = 4096;
-/// Longest back-off between attempts while the registry fails, in intervals.
-const MAX_BACKOFF_INTERVALS: u32 = 30;
+/// Longest back-off between attempts while the registry fails, in intervals. After an outage
+/// every live node has registered again within this plus one record TTL (see
+/// [`MembershipConfig::ttl_intervals`]): the grace before a missing record counts as a
+/// departure.
+const MAX_BACKOFF_INTERVALS: u32 = 10;
+
+/// Asks whether a node whose record is gone from the registry is in fact alive: `true` keeps
+/// it in the view (see [`Membership::set_liveness_check`]).
+pub type LivenessCheck =
+    Arc<dyn Fn(NodeKey) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// How a node keeps its membership.
 #[derive(Debug, Clone)]
@@ -57,7 +67,10 @@ pub enum MembershipEvent {
     Joined(NodeRecord),
     /// A node's record changed (type, values or backups).
     Updated(NodeRecord),
-    /// A node left, expired, or was reported down; its last known record.
+    /// A node left: it said goodbye, the layer above saw it stop answering
+    /// ([`Membership::mark_down`]), or its record expired while the registry was healthy (and,
+    /// with a [liveness check](Membership::set_liveness_check), it did not answer either). An
+    /// outage or an emptied registry alone never makes one. Its last known record.
     Left(NodeRecord),
 }
 
@@ -89,6 +102,9 @@ struct Shared<R> {
     on_update: Mutex<Vec<UpdateHook>>,
     on_updated: Mutex<Vec<UpdatedHook>>,
     stats: Mutex<DiscoveryStats>,
+    liveness: RwLock<Option<LivenessCheck>>,
+    /// Nodes whose record is gone while a liveness check asks whether they are alive.
+    suspects: Mutex<HashSet<NodeKey>>,
     wake: Notify,
     stop: Notify,
     stopped: AtomicBool,
@@ -143,14 +159,25 @@ impl<R: Registry> Membership<R> {
             on_update: Mutex::new(Vec::new()),
             on_updated: Mutex::new(Vec::new()),
             stats: Mutex::new(DiscoveryStats::default()),
+            liveness: RwLock::new(None),
+            suspects: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             stop: Notify::new(),
             stopped: AtomicBool::new(false),
         });
         let notices = shared.registry.subscribe();
-        // First publish and read before returning, so the view is useful at once.
-        let ok = publish(&shared).await.is_ok() && reconcile(&shared).await.is_ok();
-        let task = tokio::spawn(run(shared.clone(), notices, ok));
+        // First publish and read before returning, so the view is useful at once. A node that
+        // starts on a healthy registry may take absences as evidence at once (it has seen no
+        // outage); one that starts on a failing registry waits for the grace after recovery.
+        let mut evidence = Evidence {
+            from: Some(Instant::now()),
+            recheck: false,
+        };
+        let ok = publish(&shared).await.is_ok() && reconcile(&shared, &mut evidence).await.is_ok();
+        if !ok {
+            evidence.outage();
+        }
+        let task = tokio::spawn(run(shared.clone(), notices, ok, evidence));
         Self {
             shared,
             task: Mutex::new(Some(task)),
@@ -326,6 +353,15 @@ impl<R: Registry> Membership<R> {
         depart(&self.shared, key);
     }
 
+    /// Installs a check run before a node is taken for gone on the registry's word alone (its
+    /// record expired, or is missing from a full read): `true` (alive) keeps it in the view
+    /// with its last known record. mesh-link pings the node over the mesh, so a node that lost
+    /// the registry but not the network stays a member. A goodbye and
+    /// [`mark_down`](Self::mark_down) need no check.
+    pub fn set_liveness_check(&self, check: Option<LivenessCheck>) {
+        *self.shared.liveness.write() = check;
+    }
+
     /// Counters.
     pub fn stats(&self) -> DiscoveryStats {
         self.shared.stats.lock().clone()
@@ -380,6 +416,44 @@ fn ttl<R>(shared: &Shared<R>) -> Duration {
     shared.config.update_interval * shared.config.ttl_intervals.max(1)
 }
 
+/// How long after the registry comes back a missing record still proves nothing: every live
+/// node has re-registered by then, however far it had backed off.
+fn grace<R>(shared: &Shared<R>) -> Duration {
+    ttl(shared) + shared.config.update_interval * MAX_BACKOFF_INTERVALS
+}
+
+/// Whether a missing record may be taken as evidence now, and what to do when it may not.
+#[derive(Debug, Clone, Copy)]
+struct Evidence {
+    /// From when a record missing from a healthy registry means its node is gone; `None`
+    /// while the registry fails (nothing it lacks means anything then).
+    from: Option<Instant>,
+    /// Absences were set aside: read everything again once `from` has passed.
+    recheck: bool,
+}
+
+impl Evidence {
+    fn usable(&mut self, now: Instant) -> bool {
+        let ok = self.from.is_some_and(|t| now >= t);
+        if !ok {
+            self.recheck = true;
+        }
+        ok
+    }
+
+    /// The registry failed: until it recovers, and for a grace after, absences wait.
+    fn outage(&mut self) {
+        self.from = None;
+    }
+
+    /// The registry works again, or lost its data (our own record was missing, the push
+    /// channel reconnected): absences wait for the grace.
+    fn recovered<R>(&mut self, shared: &Shared<R>, now: Instant) {
+        let until = now + grace(shared);
+        self.from = Some(self.from.map_or(until, |t| t.max(until)));
+    }
+}
+
 fn count<R>(shared: &Shared<R>, r: &Result<impl Sized, RegistryError>) {
     let mut s = shared.stats.lock();
     s.registry_calls += 1;
@@ -402,17 +476,19 @@ async fn publish<R: Registry>(shared: &Shared<R>) -> Result<(), RegistryError> {
     r
 }
 
-/// Refreshes liveness, or publishes when the record changed or went missing.
-async fn keep_alive<R: Registry>(shared: &Shared<R>) -> Result<(), RegistryError> {
+/// Refreshes liveness, or publishes when the record changed or went missing. `Ok(true)`:
+/// our own record was gone (the registry lost it: a restart, a flush, an expiry we could not
+/// prevent), so others may be missing theirs for the same reason.
+async fn keep_alive<R: Registry>(shared: &Shared<R>) -> Result<bool, RegistryError> {
     if shared.dirty.load(Ordering::Acquire) {
-        return publish(shared).await;
+        return publish(shared).await.map(|()| false);
     }
     let key = shared.local.lock().key;
     let r = shared.registry.refresh(key, ttl(shared)).await;
     count(shared, &r);
     match r {
-        Err(RegistryError::Missing) => publish(shared).await,
-        other => other,
+        Err(RegistryError::Missing) => publish(shared).await.map(|()| true),
+        other => other.map(|()| false),
     }
 }
 
@@ -429,17 +505,18 @@ fn upsert<R>(shared: &Shared<R>, key: NodeKey, bytes: &[u8]) {
     if key == shared.local.lock().key {
         return;
     }
-    let event = {
-        let mut view = shared.view.write();
-        match view.insert(key, record.clone()) {
-            None => Some(MembershipEvent::Joined(record)),
-            Some(old) if old.incarnation != record.incarnation => {
-                let _ = shared.events.send(MembershipEvent::Left(old));
-                Some(MembershipEvent::Joined(record))
-            }
-            Some(old) if old != record => Some(MembershipEvent::Updated(record)),
-            Some(_) => None,
+    shared.suspects.lock().remove(&key);
+    // Events go out with the view still locked: the order subscribers see is the order the
+    // view changed in, whichever task changed it (`mark_down` runs on the caller's).
+    let mut view = shared.view.write();
+    let event = match view.insert(key, record.clone()) {
+        None => Some(MembershipEvent::Joined(record)),
+        Some(old) if old.incarnation != record.incarnation => {
+            let _ = shared.events.send(MembershipEvent::Left(old));
+            Some(MembershipEvent::Joined(record))
         }
+        Some(old) if old != record => Some(MembershipEvent::Updated(record)),
+        Some(_) => None,
     };
     if let Some(e) = event {
         let _ = shared.events.send(e);
@@ -447,21 +524,61 @@ fn upsert<R>(shared: &Shared<R>, key: NodeKey, bytes: &[u8]) {
 }
 
 fn depart<R>(shared: &Shared<R>, key: NodeKey) {
-    let removed = shared.view.write().remove(&key);
-    if let Some(old) = removed {
-        {
-            let mut d = shared.departed.lock();
-            if d.len() >= MAX_DEPARTED {
-                d.pop_front();
-            }
-            d.push_back((key, old.backups.clone()));
-        }
+    shared.suspects.lock().remove(&key);
+    let backups = {
+        let mut view = shared.view.write();
+        let Some(old) = view.remove(&key) else {
+            return;
+        };
+        let backups = old.backups.clone();
+        // With the view locked, as in `upsert`.
         let _ = shared.events.send(MembershipEvent::Left(old));
+        backups
+    };
+    // After the view's lock (`prepare_nodes` reads the view while it holds this one).
+    let mut d = shared.departed.lock();
+    if d.len() >= MAX_DEPARTED {
+        d.pop_front();
     }
+    d.push_back((key, backups));
 }
 
-/// A full read: adds what is missing, drops what is gone.
-async fn reconcile<R: Registry>(shared: &Shared<R>) -> Result<(), RegistryError> {
+/// The registry no longer has `key`'s record, while it was healthy. Without a liveness check
+/// that is the node's departure; with one, the node is asked first (in a task of its own, one
+/// at a time per node) and departs only if it does not answer and no record came meanwhile.
+fn registry_lost<R: Registry>(shared: &Arc<Shared<R>>, key: NodeKey) {
+    if !shared.view.read().contains_key(&key) {
+        return;
+    }
+    let Some(check) = shared.liveness.read().clone() else {
+        depart(shared, key);
+        return;
+    };
+    if !shared.suspects.lock().insert(key) {
+        return; // already being asked
+    }
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let alive = check(key).await;
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let still_suspect = shared.suspects.lock().remove(&key);
+        if still_suspect && !alive {
+            debug!(%key, "record gone and the node does not answer: departed");
+            depart(&shared, key);
+        } else if still_suspect {
+            debug!(%key, "record gone but the node answers: kept");
+        }
+    });
+}
+
+/// A full read: adds what is missing, and takes what is gone for departed when the registry
+/// has been healthy long enough for its absence to mean something (see [`Evidence`]).
+async fn reconcile<R: Registry>(
+    shared: &Arc<Shared<R>>,
+    evidence: &mut Evidence,
+) -> Result<(), RegistryError> {
     let r = shared.registry.snapshot().await;
     count(shared, &r);
     let all = r?;
@@ -480,8 +597,15 @@ async fn reconcile<R: Registry>(shared: &Shared<R>) -> Result<(), RegistryError>
         .filter(|k| !live.contains(k))
         .copied()
         .collect();
-    for k in gone {
-        depart(shared, k);
+    if !gone.is_empty() && evidence.usable(Instant::now()) {
+        for k in gone {
+            registry_lost(shared, k);
+        }
+    } else if !gone.is_empty() {
+        debug!(
+            missing = gone.len(),
+            "records missing soon after a registry outage: not taken as departures yet"
+        );
     }
     Ok(())
 }
@@ -532,6 +656,7 @@ async fn run<R: Registry>(
     shared: Arc<Shared<R>>,
     mut notices: broadcast::Receiver<Notice>,
     healthy: bool,
+    mut evidence: Evidence,
 ) {
     let mut tick = tokio::time::interval(shared.config.update_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -553,9 +678,20 @@ async fn run<R: Registry>(
                     skip -= 1;
                     continue;
                 }
-                let mut r = keep_alive(&shared).await;
+                let now = Instant::now();
+                let mut r = keep_alive(&shared).await.map(|lost_ours| {
+                    if failures > 0 || lost_ours {
+                        // Back, or back empty: others may not have re-registered yet.
+                        evidence.recovered(&shared, now);
+                        need_full = true;
+                    }
+                });
+                if evidence.recheck && evidence.from.is_some_and(|t| now >= t) {
+                    evidence.recheck = false;
+                    need_full = true;
+                }
                 if r.is_ok() && (need_full || cycle % u64::from(shared.config.reconcile_every.max(1)) == 0) {
-                    r = reconcile(&shared).await;
+                    r = reconcile(&shared, &mut evidence).await;
                 }
                 match r {
                     Ok(()) => {
@@ -567,7 +703,8 @@ async fn run<R: Registry>(
                     }
                     Err(e) => {
                         failures += 1;
-                        // Back off: skip 1, 2, 4 ... intervals, then reconcile on recovery.
+                        evidence.outage();
+                        // Back off: skip 1, 3, 7 ... intervals, then reconcile on recovery.
                         skip = (1u32 << failures.min(5)).min(MAX_BACKOFF_INTERVALS) - 1;
                         need_full = true;
                         shared.dirty.store(true, Ordering::Release);
@@ -598,8 +735,19 @@ async fn run<R: Registry>(
                         }
                     }
                 }
+                // A goodbye: the node itself removed its record.
                 Ok(Notice::Removed(k)) => depart(&shared, k),
-                Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => need_full = true,
+                Ok(Notice::Expired(k)) => {
+                    if k != shared.local.lock().key && evidence.usable(Instant::now()) {
+                        registry_lost(&shared, k);
+                    }
+                }
+                // The push channel reconnected: there was an outage, whatever our own calls saw.
+                Ok(Notice::Resync) => {
+                    evidence.recovered(&shared, Instant::now());
+                    need_full = true;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => need_full = true,
                 Err(broadcast::error::RecvError::Closed) => {
                     notices = shared.registry.subscribe();
                     need_full = true;

@@ -58,6 +58,12 @@ impl MemoryRegistry {
         *self.inner.down.lock() = down;
     }
 
+    /// Forgets every record at once, without a notice: what a Redis restarted empty looks
+    /// like (for tests).
+    pub fn clear(&self) {
+        self.inner.entries.lock().clear();
+    }
+
     /// Writes raw bytes under a key, as a foreign or broken writer could (for tests).
     pub fn insert_raw(&self, key: NodeKey, bytes: Vec<u8>, ttl: Duration) {
         self.inner.entries.lock().insert(
@@ -87,7 +93,7 @@ impl MemoryRegistry {
             .collect();
         for k in expired {
             entries.remove(&k);
-            let _ = self.inner.notices.send(Notice::Removed(k));
+            let _ = self.inner.notices.send(Notice::Expired(k));
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `{ml:P}:n:<addr:port>` | string, `PX` = 3 intervals | the node's record (JSON) |
 //! | `{ml:P}:idx` | sorted set | member `<addr:port>`, score = expiry in ms since the epoch |
-//! | `{ml:P}:ev` | pub/sub channel | `C <addr:port>` (written) and `R <addr:port>` (removed) |
+//! | `{ml:P}:ev` | pub/sub channel | `C <addr:port>` (written), `R <addr:port>` (removed by its node) and `E <addr:port>` (expired) |
 //!
 //! Cost per node per update interval: `PEXPIRE` + `ZADD XX` (refresh) + `ZRANGEBYSCORE`
 //! (finds expired members) = 3 commands, so the mesh's total grows linearly with its size. A
@@ -296,7 +296,9 @@ impl RedisRegistry {
         Ok(())
     }
 
-    /// Tells every node of the mesh: `C <key>` (written) or `R <key>` (removed).
+    /// Tells every node of the mesh: `C <key>` (written), `R <key>` (removed by its node) or
+    /// `E <key>` (expired). A node of an earlier version ignores `E` and finds the expiry at its
+    /// next full read.
     async fn announce(&self, kind: char, key: NodeKey) -> Result<(), RegistryError> {
         let _: i64 = self
             .client
@@ -344,7 +346,7 @@ impl RedisRegistry {
                 .map_err(unavailable)?;
             if removed == 1 {
                 // Only the node that won the ZREM announces it.
-                self.announce('R', key).await?;
+                self.announce('E', key).await?;
             }
         }
         Ok(())
@@ -361,6 +363,7 @@ fn parse_notice(s: &str) -> Option<Notice> {
     match kind {
         "C" => Some(Notice::Changed(key)),
         "R" => Some(Notice::Removed(key)),
+        "E" => Some(Notice::Expired(key)),
         _ => None,
     }
 }

@@ -13,8 +13,11 @@ use crate::{NodeKey, RegistryError};
 pub enum Notice {
     /// A record was written (a join or an update): read it with [`Registry::get`].
     Changed(NodeKey),
-    /// A record was removed or expired.
+    /// A record was removed by its node (a graceful stop): the node said goodbye.
     Removed(NodeKey),
+    /// A record expired: its node stopped refreshing it. Weaker evidence than a goodbye: the
+    /// node may only have lost the registry (see [`crate::Membership`]).
+    Expired(NodeKey),
     /// Notices may have been missed (a reconnect, a slow subscriber): read everything again.
     Resync,
 }

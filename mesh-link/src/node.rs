@@ -503,6 +503,9 @@ impl MeshNode {
         node.inner
             .transport
             .set_intercept(Some(intercept_answers(Arc::downgrade(&node.inner))));
+        node.inner
+            .membership
+            .set_liveness_check(Some(ping_before_departure(Arc::downgrade(&node.inner))));
         let receiver = tokio::spawn(receive_loop(node.downgrade_for_task(), driver));
         let watcher = tokio::spawn(watch_peers(node.inner.clone()));
         let maintainer = tokio::spawn(maintain_shared(node.downgrade_for_task()));
@@ -1852,6 +1855,31 @@ async fn expire_requests(inner: Arc<Inner>) {
 /// Microseconds from `epoch` to `t` (0 before it), saturating.
 fn micros_since(epoch: Instant, t: Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX - 1)
+}
+
+/// A node the registry no longer lists is pinged over the mesh before it is taken for gone: a
+/// node that lost the registry (an outage on its side, a registry restarted empty that it has
+/// not written to yet) but not the network stays a member. Only a failure that the transport
+/// or the timeout saw counts as dead; anything else (this node stopping, too many requests)
+/// keeps it.
+fn ping_before_departure(inner: std::sync::Weak<Inner>) -> mesh_discovery::LivenessCheck {
+    Arc::new(move |key: NodeKey| {
+        let inner = inner.clone();
+        Box::pin(async move {
+            let Some(node) = inner.upgrade().as_ref().and_then(MeshNode::from_inner) else {
+                return true;
+            };
+            let timeout = node.inner.config.peer_timeout.saturating_mul(2);
+            match node.ping(key, timeout).await {
+                Ok(_) => true,
+                Err(RequestError::NotDelivered { .. } | RequestError::Timeout { .. }) => false,
+                Err(e) => {
+                    debug!(node = %key, error = %e, "liveness unknown: kept");
+                    true
+                }
+            }
+        })
+    })
 }
 
 /// Tells membership and waiting requests about peers the transport saw go.

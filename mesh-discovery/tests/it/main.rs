@@ -306,3 +306,169 @@ fn long_numbers_survive_a_round_trip() {
     let r = NodeRecord::decode(text.as_bytes()).unwrap();
     assert_eq!(NodeRecord::decode(&r.encode()).unwrap(), r);
 }
+
+/// Events reach subscribers in the order the view changed, even when two tasks change it at
+/// once (the membership task applies b's updates while another thread marks b down): a
+/// subscriber never sees b updated while it is out of the view, joined while in it, or left
+/// twice. Events used to be sent after the view's lock was let go, so they could cross.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_the_view_under_concurrent_changes() {
+    let reg = MemoryRegistry::new();
+    let a = std::sync::Arc::new(node(&reg, 1, "game").await);
+    let b = node(&reg, 2, "game").await;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        a.wait_for(|m| m.node_exists(key(2))),
+    )
+    .await
+    .unwrap();
+    let mut events = a.events();
+    let checker = tokio::spawn(async move {
+        let mut in_view = true;
+        let mut seen = 0u64;
+        loop {
+            let e = match events.recv().await {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Closed) => return seen,
+                Err(e) => panic!("{e}"),
+            };
+            seen += 1;
+            match e {
+                MembershipEvent::Joined(_) => {
+                    assert!(!in_view, "event {seen}: joined while in view")
+                }
+                MembershipEvent::Updated(_) => assert!(in_view, "event {seen}: updated while out"),
+                MembershipEvent::Left(_) => assert!(in_view, "event {seen}: left while out"),
+                _ => {}
+            }
+            in_view = !matches!(e, MembershipEvent::Left(_));
+        }
+    });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let marker = {
+        let (a, done) = (a.clone(), done.clone());
+        std::thread::spawn(move || {
+            for _ in 0..10_000_000 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                a.mark_down(key(2));
+            }
+        })
+    };
+    for i in 0..3000 {
+        b.set_value("i", &i).unwrap();
+        if i % 4 == 0 {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    marker.join().unwrap();
+    b.stop().await;
+    let a = std::sync::Arc::into_inner(a).expect("one handle left");
+    a.stop().await;
+    drop(a);
+    let seen = tokio::time::timeout(Duration::from_secs(20), checker)
+        .await
+        .expect("checker ends")
+        .expect("no disorder");
+    assert!(
+        seen > 10,
+        "the view changed under both tasks ({seen} events)"
+    );
+}
+
+/// Drains what arrived so far.
+fn drained(events: &mut broadcast::Receiver<MembershipEvent>) -> Vec<MembershipEvent> {
+    std::iter::from_fn(|| events.try_recv().ok()).collect()
+}
+
+fn lefts(events: &[MembershipEvent]) -> Vec<NodeKey> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            MembershipEvent::Left(r) => Some(r.key),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An outage, then a registry that comes back empty (a Redis restarted without persistence):
+/// nobody is taken for gone while the survivors re-register, however far they backed off,
+/// while a node that really died during the outage still leaves once the grace is over.
+#[tokio::test(start_paused = true)]
+async fn an_emptied_registry_is_not_evidence_of_death() {
+    let reg = MemoryRegistry::new();
+    let a = node(&reg, 1, "game").await;
+    let b = node(&reg, 2, "game").await;
+    let c = node(&reg, 3, "game").await;
+    a.wait_for(|m| m.node_exists(key(2)) && m.node_exists(key(3)))
+        .await;
+    let mut ev = a.events();
+    for outage in [Duration::from_secs(3), Duration::from_secs(40)] {
+        reg.set_down(true);
+        tokio::time::sleep(outage).await;
+        reg.clear();
+        reg.set_down(false);
+        // Long enough for every back-off to end and every record to be rewritten.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            lefts(&drained(&mut ev)).is_empty(),
+            "after a {outage:?} outage"
+        );
+        assert!(a.node_exists(key(2)) && a.node_exists(key(3)));
+    }
+    // Now c dies during an outage (no goodbye), and the registry comes back empty.
+    reg.set_down(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(c);
+    reg.clear();
+    reg.set_down(false);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        lefts(&drained(&mut ev)),
+        vec![key(3)],
+        "only the dead node left"
+    );
+    assert!(a.node_exists(key(2)) && !a.node_exists(key(3)));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// With a liveness check, a node whose record is gone stays while it answers (it lost the
+/// registry, not the network) and leaves once it does not.
+#[tokio::test(start_paused = true)]
+async fn a_liveness_check_keeps_a_node_that_answers() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let reg = MemoryRegistry::new();
+    let a = node(&reg, 1, "game").await;
+    let b = node(&reg, 2, "game").await;
+    a.wait_for(|m| m.node_exists(key(2))).await;
+    let answers = Arc::new(AtomicBool::new(true));
+    let asked = Arc::new(AtomicUsize::new(0));
+    {
+        let (answers, asked) = (answers.clone(), asked.clone());
+        a.set_liveness_check(Some(Arc::new(move |k| {
+            assert_eq!(k, key(2));
+            asked.fetch_add(1, Ordering::Relaxed);
+            let alive = answers.load(Ordering::Relaxed);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                alive
+            })
+        })));
+    }
+    let mut ev = a.events();
+    // b stops refreshing (its membership task is gone) but "answers" the check.
+    drop(b);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(asked.load(Ordering::Relaxed) > 0, "the check ran");
+    assert!(lefts(&drained(&mut ev)).is_empty());
+    assert!(a.node_exists(key(2)), "kept while it answers");
+    // It stops answering: the next full read finds it missing, asks, and it departs.
+    answers.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(lefts(&drained(&mut ev)), vec![key(2)]);
+    a.stop().await;
+}
