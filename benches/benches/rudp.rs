@@ -51,7 +51,10 @@ async fn pair_with(config: TransportConfig) -> (Arc<Transport>, Arc<Transport>) 
 fn echo(t: Arc<Transport>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(m) = t.recv().await {
-            if t.queue(m.from, m.data, Delivery::Unordered).await.is_err() {
+            if t.queue(m.from, m.data, Delivery::Unordered.into())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -95,7 +98,11 @@ fn bench_rtt(c: &mut Criterion) {
     g.bench_function("mesh_rudp_request_reply", |bch| {
         bch.iter(|| {
             rt.block_on(async {
-                let _ack = a.queue(to, msg.clone(), Delivery::Unordered).await.unwrap();
+                let _ack = a
+                    .queue(to, msg.clone(), Delivery::Unordered.into())
+                    .await
+                    .unwrap()
+                    .expect("tracked");
                 a.recv().await.unwrap();
             })
         })
@@ -152,7 +159,12 @@ fn bench_oneway(c: &mut Criterion) {
             rt.block_on(async {
                 let mut acks = Vec::with_capacity(ONEWAY_BATCH as usize);
                 for _ in 0..ONEWAY_BATCH {
-                    acks.push(a.queue(to, msg.clone(), Delivery::Unordered).await.unwrap());
+                    acks.push(
+                        a.queue(to, msg.clone(), Delivery::Unordered.into())
+                            .await
+                            .unwrap()
+                            .expect("tracked"),
+                    );
                     while b.try_recv().is_some() {}
                 }
                 for ack in acks {
@@ -237,9 +249,10 @@ fn bench_bulk(c: &mut Criterion) {
                     let mut acks = Vec::new();
                     for _ in 0..BULK_BYTES / BULK_MESSAGE {
                         acks.push(
-                            tx.queue(to, chunk.clone(), Delivery::Unordered)
+                            tx.queue(to, chunk.clone(), Delivery::Unordered.into())
                                 .await
-                                .unwrap(),
+                                .unwrap()
+                                .expect("tracked"),
                         );
                         while rx.try_recv().is_some() {}
                     }

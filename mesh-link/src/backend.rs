@@ -7,12 +7,12 @@ use tokio::sync::broadcast;
 
 /// The registry a node runs on.
 #[derive(Debug, Clone)]
-pub(crate) enum Backend {
+pub(crate) enum AnyBackend {
     Memory(MemoryRegistry),
     Redis(RedisRegistry),
 }
 
-impl Registry for Backend {
+impl Registry for AnyBackend {
     async fn publish(
         &self,
         key: NodeKey,

@@ -133,6 +133,10 @@ pub struct Config {
     pub cluster_key: Option<Secret>,
     /// During a key rollover: the previous secret, still accepted but never used to send.
     pub previous_cluster_key: Option<Secret>,
+    /// Seed of the node's random choices (request ids, its incarnation, session ids, object
+    /// ids), to replay a test. Default `None`: drawn from the OS. Two nodes must never share
+    /// one.
+    pub seed: Option<u64>,
 }
 
 /// A secret: shown as `Secret(..)` in debug output and logs.
@@ -204,6 +208,7 @@ impl Default for Config {
             answer_raw_ping: true,
             cluster_key: None,
             previous_cluster_key: None,
+            seed: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::relay::{self, RelayReport};
+use crate::node::relay::{self, RelayReport};
 
 /// Decodes `data` as every message body this layer reads from the network: an envelope, a
 /// relay (header and message), a relay report, a shared-object message (handled by a fresh

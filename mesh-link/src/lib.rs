@@ -56,12 +56,15 @@
 
 mod backend;
 mod config;
+mod core;
+mod envelope;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handler;
 mod node;
-mod relay;
+mod pending;
+mod service;
 pub mod shared;
 
 pub use config::{Config, Registry, Secret};

@@ -1,17 +1,19 @@
 //! Shared objects over the mesh: the `mesh-shared` state machine wired to the transport.
 //!
-//! Every node runs one [`Objects`] state machine. Requests to an owner (create, get, change,
-//! remove) go as system requests; the owner's changes reach watchers as one-way messages.
-//! See `mesh-shared/PROTOCOL.md`.
+//! Every node runs one [`Objects`] state machine in a [`SharedService`], a system service of
+//! the node. Requests to an owner (create, get, change, remove) go as system requests; the
+//! owner's changes reach watchers as one-way messages. See `mesh-shared/PROTOCOL.md`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mesh_discovery::{MembershipEvent, NodeKey};
+use mesh_discovery::NodeKey;
 use mesh_rudp::Delivery;
 use mesh_shared::{Message, Objects, Op, Output, Prepared, Reply};
+use parking_lot::Mutex;
+use rand_core::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -22,8 +24,12 @@ use tracing::{debug, warn};
 
 pub use mesh_shared::{Event, Kind, Mid, Properties, Rejected, RemoveReason};
 
-use crate::node::system;
-use crate::{MeshNode, RequestError, ToNodeKey};
+use crate::core::Core;
+use crate::service::Service;
+use crate::{RequestError, ToNodeKey};
+
+/// The system handler id of shared objects (`mesh_link::system::SHARED`).
+const HANDLER: u16 = 65_010;
 
 /// Events buffered per object for each subscriber.
 const EVENT_BUFFER: usize = 1024;
@@ -64,27 +70,19 @@ struct Channel {
     token: Weak<Token>,
 }
 
-pub(crate) struct SharedState {
+struct SharedState {
     objects: Objects,
     channels: HashMap<Mid, Channel>,
-    rng: u128,
+    rng: rand_pcg::Pcg64Mcg,
 }
 
 impl SharedState {
-    pub(crate) fn new(local: NodeKey, seed: u64) -> Self {
-        Self {
-            objects: Objects::new(local.socket_addr(), mesh_shared::Config::default()),
-            channels: HashMap::new(),
-            rng: u128::from(seed) << 64 | u128::from(seed.rotate_left(17)) | 1,
-        }
-    }
-
     /// Hands out what the state machine produced, in the order it produced it, while the
     /// caller still holds the lock under which it was produced: events to this node's
     /// subscribers, messages to the transport's queues. Handing them out after the lock is let
     /// go lets another thread's newer outputs overtake them (update streams went back in
     /// time). Returns the resyncs to start: they are requests, which wait.
-    fn flush(&mut self, transport: &mesh_rudp::Transport) -> Vec<Mid> {
+    fn flush(&mut self, core: &Core) -> Vec<Mid> {
         let mut resyncs = Vec::new();
         while let Some(o) = self.objects.poll_output() {
             match o {
@@ -97,7 +95,7 @@ impl SharedState {
                         self.channels.remove(&mid);
                     }
                 }
-                Output::Send { to, message } => send_now(transport, to, &message),
+                Output::Send { to, message } => send_now(core, to, &message),
                 Output::Resync { mid } => resyncs.push(mid),
                 _ => {}
             }
@@ -106,28 +104,118 @@ impl SharedState {
     }
 
     fn next_id(&mut self) -> u128 {
-        // xorshift on both halves: ids need to be unique, not secret.
-        let mut x = self.rng;
-        x ^= x << 35;
-        x ^= x >> 59;
-        x ^= x << 21;
-        self.rng = x;
-        x
+        // Ids need to be unique, not secret.
+        u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64())
+    }
+}
+
+/// A node's shared objects: its state machine, the local subscribers, and the node's core to
+/// reach other nodes with. Owned and dispatched by the node as a [`Service`].
+pub(crate) struct SharedService {
+    core: Arc<Core>,
+    state: Mutex<SharedState>,
+    /// Itself, for the resync tasks it starts.
+    me: Weak<SharedService>,
+}
+
+impl SharedService {
+    pub(crate) fn new(core: Arc<Core>, seed: u64) -> Arc<Self> {
+        let state = SharedState {
+            objects: Objects::new(core.local.socket_addr(), mesh_shared::Config::default()),
+            channels: HashMap::new(),
+            rng: rand_pcg::Pcg64Mcg::seed_from_u64(seed),
+        };
+        Arc::new_cyclic(|me| Self {
+            core,
+            state: Mutex::new(state),
+            me: me.clone(),
+        })
+    }
+
+    /// Runs `f` on the state machine and hands out what it produced (under the same lock),
+    /// then starts the resyncs it asked for.
+    fn with<T>(&self, f: impl FnOnce(&mut Objects) -> T) -> T {
+        let (r, resyncs) = {
+            let mut st = self.state.lock();
+            let r = f(&mut st.objects);
+            (r, st.flush(&self.core))
+        };
+        if !resyncs.is_empty() {
+            self.resync(resyncs);
+        }
+        r
+    }
+
+    /// Asks the owners of replicas that missed changes for a snapshot, each in a task of its
+    /// own.
+    fn resync(&self, mids: Vec<Mid>) {
+        let Some(service) = self.me.upgrade() else {
+            return;
+        };
+        for mid in mids {
+            let service = service.clone();
+            tokio::spawn(async move {
+                debug!(%mid, "resyncing a replica");
+                let _ = service.ask_owner(mid, Message::Get { id: mid.id }).await;
+            });
+        }
+    }
+
+    /// Sends a request to the owner and feeds its reply to the state machine.
+    async fn ask_owner(&self, mid: Mid, ask: Message) -> Result<u64, SharedError> {
+        let body = mesh_wire::codec::encode(&ask).map_err(|e| SharedError::Value(e.to_string()))?;
+        let core = &self.core;
+        let answer = core
+            .request(
+                HANDLER,
+                NodeKey::from(mid.owner),
+                Bytes::from(body),
+                core.request_timeout,
+                true,
+            )
+            .await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(RequestError::Stopped) => return Err(SharedError::Stopped),
+            Err(e) => {
+                if matches!(ask, Message::Get { .. }) {
+                    let now = Instant::now().into_std();
+                    self.with(|o| o.resync_failed(now, mid));
+                }
+                return Err(SharedError::OwnerUnreachable(e));
+            }
+        };
+        let reply: Reply = mesh_wire::codec::decode(&answer).map_err(|e| {
+            SharedError::OwnerUnreachable(RequestError::BadResponse {
+                node: NodeKey::from(mid.owner),
+                message: e.to_string(),
+            })
+        })?;
+        let now = Instant::now().into_std();
+        Ok(self.with(|o| o.reply(now, mid, &ask, reply))?)
+    }
+}
+
+impl std::fmt::Debug for SharedService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedService")
+            .field("objects", &self.state.lock().objects.len())
+            .finish()
     }
 }
 
 /// Shared by every handle of one object on this node; the last one dropped stops watching.
 struct Token {
-    node: Weak<crate::node::Inner>,
+    service: Weak<SharedService>,
     mid: Mid,
 }
 
 impl Drop for Token {
     fn drop(&mut self) {
-        let Some(inner) = self.node.upgrade() else {
+        let Some(service) = self.service.upgrade() else {
             return;
         };
-        let mut st = inner.shared.lock();
+        let mut st = service.state.lock();
         if st
             .channels
             .get(&self.mid)
@@ -137,15 +225,26 @@ impl Drop for Token {
         }
         st.channels.remove(&self.mid);
         if let Some(m) = st.objects.release(self.mid) {
-            send_now(&inner.transport, self.mid.owner, &m);
+            send_now(&service.core, self.mid.owner, &m);
         }
     }
 }
 
-/// The shared objects of a node: create, fetch and remove them. From [`MeshNode::shared`].
-#[derive(Debug, Clone)]
+/// The shared objects of a node: create, fetch and remove them. From
+/// [`MeshNode::shared`](crate::MeshNode::shared).
+#[derive(Clone)]
 pub struct SharedObjects {
-    node: MeshNode,
+    service: Arc<SharedService>,
+    /// Keeps the node running while this is held.
+    node: Arc<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for SharedObjects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedObjects")
+            .field("service", &self.service)
+            .finish()
+    }
 }
 
 /// A handle on a shared object. Reads are local and cheap; changes go to the owner and
@@ -153,7 +252,9 @@ pub struct SharedObjects {
 /// this node is dropped, the node stops watching the object (an owner keeps it).
 #[derive(Clone)]
 pub struct SharedObject {
-    node: MeshNode,
+    service: Arc<SharedService>,
+    /// Keeps the node running while this is held.
+    _node: Arc<dyn Send + Sync>,
     mid: Mid,
     /// Held, not read: the last handle's drop stops watching.
     _token: Arc<Token>,
@@ -167,37 +268,11 @@ impl std::fmt::Debug for SharedObject {
     }
 }
 
-impl MeshNode {
-    /// This node's shared objects.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use mesh_link::{MeshNode, Registry};
-    /// use mesh_link::shared::Properties;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let registry = Registry::memory();
-    /// let a = MeshNode::builder().registry(registry.clone()).bind("127.0.0.1:0").start().await?;
-    /// let b = MeshNode::builder().registry(registry).bind("127.0.0.1:0").start().await?;
-    ///
-    /// // b creates an object owned by a; a fetches it by its mid.
-    /// let props = Properties::new().number("counter", 0.0, 0.0..=100.0).map("members");
-    /// let so = b.shared().create(props, Duration::from_secs(60), a.local_key()).await?;
-    /// so.inc("counter", 10.0).await?;
-    /// so.add("members", "bob", &"Bob").await?;
-    /// assert!(so.inc("counter", 500.0).await.is_err()); // past max: refused, not clamped
-    ///
-    /// let on_a = a.shared().get(so.mid()).await?;
-    /// assert_eq!(on_a.get_as::<f64>("counter"), Some(10.0));
-    /// # b.stop().await; a.stop().await;
-    /// # Ok(()) }
-    /// ```
-    pub fn shared(&self) -> SharedObjects {
-        SharedObjects { node: self.clone() }
-    }
-}
-
 impl SharedObjects {
+    pub(crate) fn new(service: Arc<SharedService>, node: Arc<dyn Send + Sync>) -> Self {
+        Self { service, node }
+    }
+
     /// Creates an object owned by `owner` (this node or another), living until it is removed
     /// or unchanged for `ttl`. Resolves once the owner holds it.
     pub async fn create(
@@ -208,18 +283,14 @@ impl SharedObjects {
     ) -> Result<SharedObject, SharedError> {
         let owner = owner.node_key();
         let now = Instant::now().into_std();
-        let inner = &self.node.inner;
-        let (mid, ask, resyncs) = {
-            let mut st = inner.shared.lock();
+        let (mid, ask) = {
+            let mut st = self.service.state.lock();
             let id = st.next_id();
-            let (mid, ask) = st
-                .objects
-                .create(now, id, props, ttl, owner.socket_addr())?;
-            (mid, ask, st.flush(&inner.transport))
+            st.objects
+                .create(now, id, props, ttl, owner.socket_addr())?
         };
-        resync(&self.node, resyncs);
         if let Some(ask) = ask {
-            ask_owner(&self.node, mid, ask).await?;
+            self.service.ask_owner(mid, ask).await?;
         }
         Ok(self.handle(mid))
     }
@@ -228,34 +299,28 @@ impl SharedObjects {
     /// its owner (which then sends this node every change). Fails fast with
     /// [`SharedError::NotFound`] if the owner does not have it.
     pub async fn get(&self, mid: Mid) -> Result<SharedObject, SharedError> {
-        let ask = self.node.inner.shared.lock().objects.get(mid);
+        let ask = self.service.state.lock().objects.get(mid);
         if let Some(ask) = ask {
-            if mid.owner == self.node.local_key().socket_addr() {
+            if mid.owner == self.service.core.local.socket_addr() {
                 return Err(SharedError::NotFound);
             }
-            ask_owner(&self.node, mid, ask).await?;
+            self.service.ask_owner(mid, ask).await?;
         }
         Ok(self.handle(mid))
     }
 
     /// Removes an object everywhere; every node holding it reports [`Event::Removed`] once.
     pub async fn remove(&self, so: &SharedObject) -> Result<(), SharedError> {
-        let (ask, resyncs) = {
-            let inner = &self.node.inner;
-            let mut st = inner.shared.lock();
-            let ask = st.objects.remove(so.mid)?;
-            (ask, st.flush(&inner.transport))
-        };
-        resync(&self.node, resyncs);
+        let ask = self.service.with(|o| o.remove(so.mid))?;
         if let Some(ask) = ask {
-            ask_owner(&self.node, so.mid, ask).await?;
+            self.service.ask_owner(so.mid, ask).await?;
         }
         Ok(())
     }
 
     /// Objects this node holds: owned plus replicas (the original's `getNumOfSharedObjects`).
     pub fn len(&self) -> usize {
-        self.node.inner.shared.lock().objects.len()
+        self.service.state.lock().objects.len()
     }
 
     /// Whether this node holds none.
@@ -264,21 +329,22 @@ impl SharedObjects {
     }
 
     fn handle(&self, mid: Mid) -> SharedObject {
-        let mut st = self.node.inner.shared.lock();
+        let mut st = self.service.state.lock();
         let channel = st.channels.entry(mid).or_insert_with(|| Channel {
             events: broadcast::channel(EVENT_BUFFER).0,
             token: Weak::new(),
         });
         let token = channel.token.upgrade().unwrap_or_else(|| {
             let t = Arc::new(Token {
-                node: Arc::downgrade(&self.node.inner),
+                service: Arc::downgrade(&self.service),
                 mid,
             });
             channel.token = Arc::downgrade(&t);
             t
         });
         SharedObject {
-            node: self.node.clone(),
+            service: self.service.clone(),
+            _node: self.node.clone(),
             mid,
             _token: token,
         }
@@ -293,7 +359,7 @@ impl SharedObject {
 
     /// A property's value as this node sees it (`None` if unknown or the object is gone).
     pub fn get(&self, prop: &str) -> Option<Value> {
-        self.node.inner.shared.lock().objects.value(self.mid, prop)
+        self.service.state.lock().objects.value(self.mid, prop)
     }
 
     /// A property's value decoded as `T`.
@@ -303,19 +369,19 @@ impl SharedObject {
 
     /// The object's version as this node sees it: the number of changes applied.
     pub fn version(&self) -> Option<u64> {
-        self.node.inner.shared.lock().objects.version(self.mid)
+        self.service.state.lock().objects.version(self.mid)
     }
 
     /// Whether this node still holds the object.
     pub fn exists(&self) -> bool {
-        self.node.inner.shared.lock().objects.contains(self.mid)
+        self.service.state.lock().objects.contains(self.mid)
     }
 
     /// Every change from now on, once each, as [`Event::Update`]; then one
     /// [`Event::Removed`] when the object goes. A receiver more than 1024 events behind gets
     /// `Lagged` and should re-read with [`get`](Self::get).
     pub fn updates(&self) -> broadcast::Receiver<Event> {
-        let st = self.node.inner.shared.lock();
+        let st = self.service.state.lock();
         match st.channels.get(&self.mid) {
             Some(c) => c.events.subscribe(),
             None => broadcast::channel(1).1, // gone: closed at once
@@ -370,16 +436,9 @@ impl SharedObject {
 
     async fn change(&self, op: Op) -> Result<u64, SharedError> {
         let now = Instant::now().into_std();
-        let (prepared, resyncs) = {
-            let inner = &self.node.inner;
-            let mut st = inner.shared.lock();
-            let p = st.objects.prepare(now, self.mid, op);
-            (p, st.flush(&inner.transport))
-        };
-        resync(&self.node, resyncs);
-        match prepared? {
+        match self.service.with(|o| o.prepare(now, self.mid, op))? {
             Prepared::Applied { version } => Ok(version),
-            Prepared::Ask(ask) => ask_owner(&self.node, self.mid, ask).await,
+            Prepared::Ask(ask) => self.service.ask_owner(self.mid, ask).await,
             _ => Err(SharedError::Rejected(Rejected::Invalid(
                 "unexpected".into(),
             ))),
@@ -391,63 +450,12 @@ fn json<T: Serialize + ?Sized>(v: &T) -> Result<Value, SharedError> {
     serde_json::to_value(v).map_err(|e| SharedError::Value(e.to_string()))
 }
 
-/// Sends a request to the owner and feeds its reply to the state machine.
-async fn ask_owner(node: &MeshNode, mid: Mid, ask: Message) -> Result<u64, SharedError> {
-    let body = mesh_wire::codec::encode(&ask).map_err(|e| SharedError::Value(e.to_string()))?;
-    let timeout = node.inner.config_request_timeout();
-    let answer = node
-        .request_bytes(
-            system::SHARED,
-            NodeKey::from(mid.owner),
-            Bytes::from(body),
-            timeout,
-            true,
-        )
-        .await;
-    let answer = match answer {
-        Ok(a) => a,
-        Err(RequestError::Stopped) => return Err(SharedError::Stopped),
-        Err(e) => {
-            if matches!(ask, Message::Get { .. }) {
-                let now = Instant::now().into_std();
-                node.inner.shared.lock().objects.resync_failed(now, mid);
-            }
-            return Err(SharedError::OwnerUnreachable(e));
-        }
-    };
-    let reply: Reply = mesh_wire::codec::decode(&answer).map_err(|e| {
-        SharedError::OwnerUnreachable(RequestError::BadResponse {
-            node: NodeKey::from(mid.owner),
-            message: e.to_string(),
-        })
-    })?;
-    let now = Instant::now().into_std();
-    let (r, resyncs) = {
-        let mut st = node.inner.shared.lock();
-        let r = st.objects.reply(now, mid, &ask, reply);
-        (r, st.flush(&node.inner.transport))
-    };
-    resync(node, resyncs);
-    Ok(r?)
-}
-
-/// Asks the owners of replicas that missed changes for a snapshot, each in a task of its own.
-fn resync(node: &MeshNode, mids: Vec<Mid>) {
-    for mid in mids {
-        let node = node.clone();
-        tokio::spawn(async move {
-            debug!(%mid, "resyncing a replica");
-            let _ = ask_owner(&node, mid, Message::Get { id: mid.id }).await;
-        });
-    }
-}
-
 /// Queues a message to another node without waiting, so that it keeps its place behind the
 /// ones made before it. Changes to one watcher go in order on their own channel; one that
 /// cannot be queued (the watcher's queue is full: it has not acknowledged 64 MiB) is counted
 /// and logged, and the watcher repairs the gap by resync when the next change arrives, or
 /// when its session with us ends.
-fn send_now(transport: &mesh_rudp::Transport, to: std::net::SocketAddr, message: &Message) {
+fn send_now(core: &Core, to: std::net::SocketAddr, message: &Message) {
     let body = match mesh_wire::codec::encode(message) {
         Ok(b) => b,
         Err(e) => {
@@ -455,87 +463,53 @@ fn send_now(transport: &mesh_rudp::Transport, to: std::net::SocketAddr, message:
             return;
         }
     };
-    let env = crate::node::envelope_bytes(system::SHARED, &body);
-    if let Err(e) = transport.try_queue(to, env, Delivery::Ordered { channel: 1 }) {
+    let untracked = Delivery::Ordered { channel: 1 };
+    if let Err(e) = core.try_send_system(to, HANDLER, &body, untracked) {
         warn!(%to, error = %e, "shared-object message not sent");
     }
 }
 
-/// A request or message about shared objects arrived from `from`: the reply, if any.
-pub(crate) fn on_message(
-    node: &MeshNode,
-    from: NodeKey,
-    payload: &[u8],
-) -> Option<Result<Bytes, String>> {
-    let message: Message = match mesh_wire::codec::decode(payload) {
-        Ok(m) => m,
-        Err(e) => return Some(Err(format!("unreadable shared-object message: {e}"))),
-    };
-    let now = Instant::now().into_std();
-    let (reply, resyncs) = {
-        let mut st = node.inner.shared.lock();
-        let r = st.objects.handle(now, from.socket_addr(), message);
-        (r, st.flush(&node.inner.transport))
-    };
-    resync(node, resyncs);
-    reply.map(|r| {
-        mesh_wire::codec::encode(&r)
-            .map(Bytes::from)
-            .map_err(|e| e.to_string())
-    })
-}
-
-/// Expires objects and resyncs stalled replicas on time; follows membership and sessions.
-pub(crate) async fn maintain(node: MeshNode) {
-    let mut events = node.membership_events();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let now = Instant::now().into_std();
-                let resyncs = {
-                    let mut st = node.inner.shared.lock();
-                    if st.objects.poll_timeout().is_some_and(|t| t <= now) {
-                        st.objects.handle_timeout(now);
-                    }
-                    st.flush(&node.inner.transport)
-                };
-                resync(&node, resyncs);
-            }
-            e = events.recv() => match e {
-                Ok(MembershipEvent::Left(r)) => {
-                    let resyncs = {
-                        let mut st = node.inner.shared.lock();
-                        st.objects.node_left(r.key.socket_addr());
-                        st.flush(&node.inner.transport)
-                    };
-                    resync(&node, resyncs);
-                }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-        }
+impl Service for SharedService {
+    fn on_message(&self, from: NodeKey, payload: &[u8]) -> Option<Result<Bytes, String>> {
+        let message: Message = match mesh_wire::codec::decode(payload) {
+            Ok(m) => m,
+            Err(e) => return Some(Err(format!("unreadable shared-object message: {e}"))),
+        };
+        let now = Instant::now().into_std();
+        let reply = self.with(|o| o.handle(now, from.socket_addr(), message));
+        reply.map(|r| {
+            mesh_wire::codec::encode(&r)
+                .map(Bytes::from)
+                .map_err(|e| e.to_string())
+        })
     }
-}
 
-/// The transport's session with `peer` ended: replicas it owns resync.
-pub(crate) fn peer_reset(node: &MeshNode, peer: NodeKey) {
-    let resyncs = {
-        let mut st = node.inner.shared.lock();
-        st.objects.peer_reset(peer.socket_addr());
-        st.flush(&node.inner.transport)
-    };
-    resync(node, resyncs);
-}
+    /// Replicas the peer owns resync: changes may have been lost with the session.
+    fn peer_reset(&self, peer: NodeKey) {
+        self.with(|o| o.peer_reset(peer.socket_addr()));
+    }
 
-/// The node is stopping: owned objects are removed everywhere (watchers told, subscribers
-/// here too), replicas released; the notices are queued before the transport closes, which
-/// waits for them to be acknowledged.
-pub(crate) fn shutdown(inner: &Arc<crate::node::Inner>) {
-    let mut st = inner.shared.lock();
-    st.objects.shutdown();
-    // Nothing resyncs on a node that is leaving.
-    let _ = st.flush(&inner.transport);
-    st.channels.clear();
+    /// What the node owned is gone; it watches nothing of ours any more.
+    fn node_left(&self, node: NodeKey) {
+        self.with(|o| o.node_left(node.socket_addr()));
+    }
+
+    /// Expires objects and resyncs stalled replicas on time.
+    fn maintain(&self) {
+        let now = Instant::now().into_std();
+        self.with(|o| {
+            if o.poll_timeout().is_some_and(|t| t <= now) {
+                o.handle_timeout(now);
+            }
+        });
+    }
+
+    /// Objects owned here are removed everywhere (watchers told, subscribers here too),
+    /// replicas released; nothing resyncs on a node that is leaving.
+    fn shutdown(&self) {
+        let mut st = self.state.lock();
+        st.objects.shutdown();
+        let _ = st.flush(&self.core);
+        st.channels.clear();
+    }
 }

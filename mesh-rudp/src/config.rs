@@ -31,7 +31,7 @@ pub struct EndpointConfig {
     pub(crate) initial_cwnd_datagrams: usize,
     pub(crate) max_cwnd_bytes: usize,
     pub(crate) unreliable_queue: usize,
-    pub(crate) seed: u64,
+    pub(crate) seed: Option<u64>,
     pub(crate) cluster_key: Option<mesh_wire::ClusterKey>,
     pub(crate) max_clock_skew: Duration,
 }
@@ -70,7 +70,7 @@ impl Default for EndpointConfig {
             initial_cwnd_datagrams: 32,
             max_cwnd_bytes: 16 << 20,
             unreliable_queue: 1024,
-            seed: 0x6d65_7368_2d72_7564,
+            seed: None,
             cluster_key: None,
             max_clock_skew: Duration::from_secs(120),
         }
@@ -216,9 +216,14 @@ impl EndpointConfig {
         unreliable_queue: usize
     );
     setter!(
-        /// Seed of the endpoint's random choices (session id, ping tokens). Give each endpoint
-        /// its own, e.g. from the OS; tests fix it to replay a run. Default: a constant.
-        seed: u64
+        /// Seed of the endpoint's random choices (session ids, ping tokens). Give each endpoint
+        /// its own; tests fix it to replay a run. Default `None`: a [`Transport`] draws one
+        /// from the OS, and a bare [`Endpoint`](crate::Endpoint) derives one from the
+        /// wall-clock time it is given at [`new`](crate::Endpoint::new) (the core itself asks
+        /// the OS for nothing).
+        ///
+        /// [`Transport`]: crate::Transport
+        seed: Option<u64>
     );
 
     setter!(

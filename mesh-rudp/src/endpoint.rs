@@ -13,8 +13,9 @@ use tracing::{debug, trace, trace_span};
 
 use crate::config::{is_loopback, EndpointConfig};
 use crate::peer::{Peer, RecvOutcome, Refused, Room};
+use rand_core::{Rng, SeedableRng};
+
 use crate::pool::BufferPool;
-use crate::rng::Rng;
 use crate::types::{
     ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, Payload, PeerStats,
     SendError,
@@ -39,6 +40,34 @@ struct Stray {
     src: u64,
     dst: u64,
     reason: u8,
+}
+
+/// When an [`Endpoint`] starts: the monotonic instant its `now`s are measured from, and the
+/// wall-clock time then (as time since the Unix epoch). Authenticated datagrams carry
+/// wall-clock time in their packet numbers so that a receiver can refuse an old session
+/// replayed at it; a simulation passes a virtual time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StartTime {
+    /// The monotonic reading.
+    pub now: Instant,
+    /// The wall-clock time at `now`, since the Unix epoch.
+    pub unix: std::time::Duration,
+}
+
+impl StartTime {
+    /// A start at `now`, when the wall clock read `unix`.
+    pub fn new(now: Instant, unix: std::time::Duration) -> Self {
+        Self { now, unix }
+    }
+
+    /// Reads both clocks of the OS (for drivers and tests: the endpoint never calls it).
+    pub fn read() -> Self {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self::new(Instant::now(), unix)
+    }
 }
 
 /// A reliable-UDP endpoint: the protocol state for every peer of one socket, with no I/O.
@@ -68,13 +97,14 @@ struct Stray {
 /// ```
 /// use std::time::Instant;
 /// use bytes::Bytes;
-/// use mesh_rudp::{Delivery, Endpoint, EndpointConfig, Event};
+/// use mesh_rudp::{Delivery, Endpoint, EndpointConfig, Event, StartTime};
 ///
 /// let a_addr = "127.0.0.1:4001".parse().unwrap();
 /// let b_addr = "127.0.0.1:4002".parse().unwrap();
-/// let mut a = Endpoint::new(EndpointConfig::default().seed(1).clone()).unwrap();
-/// let mut b = Endpoint::new(EndpointConfig::default().seed(2).clone()).unwrap();
-/// let now = Instant::now();
+/// let start = StartTime::read();
+/// let mut a = Endpoint::new(EndpointConfig::default().seed(Some(1)).clone(), start).unwrap();
+/// let mut b = Endpoint::new(EndpointConfig::default().seed(Some(2)).clone(), start).unwrap();
+/// let now = start.now;
 ///
 /// let id = a.send_reliable(now, b_addr, Bytes::from_static(b"hello"), Delivery::Unordered).unwrap();
 /// let mut buf = Vec::new();
@@ -98,7 +128,7 @@ struct Stray {
 #[derive(Debug)]
 pub struct Endpoint {
     config: EndpointConfig,
-    rng: Rng,
+    rng: rand_pcg::Pcg64Mcg,
     /// Boxed: an idle peer then costs its state plus one pointer in the table, not a whole
     /// table slot (with the table's slack) of peer state.
     /// Keyed by what senders choose, so the hasher is seeded per process (foldhash: fast,
@@ -171,11 +201,14 @@ impl Schedule {
 }
 
 impl Endpoint {
-    /// An endpoint with no peers.
-    pub fn new(config: EndpointConfig) -> Result<Self, ConfigError> {
+    /// An endpoint with no peers, created at `start` (the endpoint reads no clock: time comes
+    /// in with every call, and the wall-clock time once, here).
+    pub fn new(config: EndpointConfig, start: StartTime) -> Result<Self, ConfigError> {
         config.validate()?;
+        let unix_base = u64::try_from(start.unix.as_micros()).unwrap_or(u64::MAX);
+        let seed = config.seed.unwrap_or(unix_base);
         Ok(Self {
-            rng: Rng::new(config.seed),
+            rng: rand_pcg::Pcg64Mcg::seed_from_u64(seed),
             pool: BufferPool::new(config.recycle_bytes),
             peer_tokens: Bucket::default(),
             stray_tokens: Bucket::default(),
@@ -194,13 +227,21 @@ impl Endpoint {
             delivered_scratch: Vec::new(),
             recv_scratch: RecvOutcome::default(),
             last_pn: 0,
-            // The one reading of the OS clock: packet numbers carry wall-clock time so a
-            // receiver can refuse old sessions replayed at it.
-            unix_base: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64),
-            clock_base: Instant::now(),
+            // Packet numbers carry wall-clock time so a receiver can refuse old sessions
+            // replayed at it.
+            unix_base,
+            clock_base: start.now,
         })
+    }
+
+    /// A random non-zero id (a session id, a stray's reply).
+    fn next_id(&mut self) -> u64 {
+        loop {
+            let v = self.rng.next_u64();
+            if v != 0 {
+                return v;
+            }
+        }
     }
 
     fn unix_micros(&self, now: Instant) -> u64 {
@@ -342,7 +383,7 @@ impl Endpoint {
         if self.peers.len() >= self.config.max_peers {
             return Err(SendError::TooManyPeers);
         }
-        let id = self.rng.next_id();
+        let id = self.next_id();
         self.peers.insert(
             peer,
             Box::new(Peer::new(
@@ -452,7 +493,7 @@ impl Endpoint {
             None => {
                 let is_close = is_close();
                 if h.dst_session != 0 {
-                    let src = self.rng.next_id();
+                    let src = self.next_id();
                     self.stale_session(now, from, src, h.src_session, is_close);
                     return;
                 }
@@ -505,7 +546,7 @@ impl Endpoint {
             self.stats.dropped_peer_limit += 1;
             return false;
         }
-        let id = self.rng.next_id();
+        let id = self.next_id();
         self.peers.insert(
             from,
             Box::new(Peer::new(

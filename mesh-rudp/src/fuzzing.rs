@@ -3,12 +3,12 @@
 //! Not part of the public API: hidden from the docs and free to change.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use mesh_wire::{DatagramWriter, Header};
 
-use crate::{Delivery, Endpoint, EndpointConfig};
+use crate::{Delivery, Endpoint, EndpointConfig, StartTime};
 
 fn addr(i: u8) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i % 8)), 5000)
@@ -32,11 +32,11 @@ pub fn endpoint(data: &[u8]) {
         .send_queue_per_peer(256 << 10)
         .max_incoming_messages(64)
         .clone();
-    let start = Instant::now();
-    let mut now = start;
+    let start = StartTime::read();
+    let mut now = start.now;
     let mut eps = [
-        Endpoint::new(config.clone().seed(1).clone()).expect("valid"),
-        Endpoint::new(config.clone().seed(2).clone()).expect("valid"),
+        Endpoint::new(config.clone().seed(Some(1)).clone(), start).expect("valid"),
+        Endpoint::new(config.clone().seed(Some(2)).clone(), start).expect("valid"),
     ];
     let mut buf = Vec::new();
     let mut wrapped = Vec::new();
@@ -80,7 +80,7 @@ pub fn endpoint(data: &[u8]) {
                     wrapped.extend_from_slice(&pn.to_le_bytes());
                     key.seal(&mut wrapped);
                 }
-                reseal(&mut wrapped);
+                mesh_wire::reseal(&mut wrapped);
                 eps[target].handle_datagram(now, from, &wrapped);
             }
             3 => {
@@ -137,13 +137,4 @@ pub fn endpoint(data: &[u8]) {
             }
         }
     }
-}
-
-/// Recomputes the CRC of a datagram whose frames were appended after sealing.
-fn reseal(d: &mut [u8]) {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&d[..20]);
-    h.update(&d[24..]);
-    let crc = h.finalize().to_le_bytes();
-    d[20..24].copy_from_slice(&crc);
 }

@@ -74,7 +74,6 @@ pub mod fuzzing;
 mod peer;
 mod pool;
 mod ranges;
-mod rng;
 mod rtt;
 #[cfg(feature = "testing")]
 pub mod sim;
@@ -83,11 +82,12 @@ mod transport;
 mod types;
 
 pub use config::{EndpointConfig, DEFAULT_LOOPBACK_MTU};
-pub use endpoint::{Endpoint, Transmit};
+pub use endpoint::{Endpoint, StartTime, Transmit};
 pub use ranges::RangeSet;
 #[cfg(feature = "tokio")]
 pub use transport::{
-    CloseReport, Driver, Intercept, Received, Transport, TransportConfig, TransportError,
+    CloseReport, Driver, Intercept, Outcome, QueueOptions, Received, Transport, TransportConfig,
+    TransportError,
 };
 pub use types::{
     ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, Payload, PeerStats,

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::rng::Rng;
-use crate::{Delivery, Endpoint, EndpointConfig, Event, MessageId, SendError};
+use crate::{Delivery, Endpoint, EndpointConfig, Event, MessageId, SendError, StartTime};
+use rand_core::{Rng, SeedableRng};
 
 /// Faults and timing of one direction of one link.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,7 +119,7 @@ pub struct NetStats {
 #[derive(Debug)]
 pub struct Sim {
     seed: u64,
-    rng: Rng,
+    rng: rand_pcg::Pcg64Mcg,
     start: Instant,
     now: Instant,
     nodes: Vec<Node>,
@@ -140,7 +140,7 @@ impl Sim {
         let start = Instant::now();
         Self {
             seed,
-            rng: Rng::new(seed),
+            rng: rand_pcg::Pcg64Mcg::seed_from_u64(seed),
             start,
             now: start,
             nodes: Vec::new(),
@@ -164,8 +164,8 @@ impl Sim {
     /// follows `mtu`); its seed is derived from the sim's.
     pub fn add_endpoint(&mut self, mut config: EndpointConfig) -> usize {
         let i = self.nodes.len();
-        config.seed(self.rng.next_u64());
-        let endpoint = Endpoint::new(config.clone()).expect("valid config");
+        config.seed(Some(self.rng.next_u64()));
+        let endpoint = Endpoint::new(config.clone(), self.start_time()).expect("valid config");
         self.nodes.push(Node {
             addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 10_000 + i as u16),
             endpoint,
@@ -178,9 +178,18 @@ impl Sim {
     /// Replaces endpoint `i` with a fresh one at the same address: a process restart.
     pub fn restart(&mut self, i: usize) {
         let mut config = self.nodes[i].config.clone();
-        config.seed(self.rng.next_u64());
-        self.nodes[i].endpoint = Endpoint::new(config).expect("valid config");
+        config.seed(Some(self.rng.next_u64()));
+        self.nodes[i].endpoint = Endpoint::new(config, self.start_time()).expect("valid config");
         self.nodes[i].events.clear();
+    }
+
+    /// Virtual time for an endpoint created now: the virtual clock, and a wall clock that
+    /// runs with it from a fixed date (2026-01-01), the same for every endpoint.
+    fn start_time(&self) -> StartTime {
+        StartTime::new(
+            self.now,
+            Duration::from_secs(1_767_225_600) + self.elapsed(),
+        )
     }
 
     /// The address of endpoint `i`.
@@ -437,21 +446,20 @@ impl Sim {
 /// acknowledgements of nothing), optionally dressed up as authenticated.
 #[derive(Debug, Clone)]
 pub struct Forger {
-    state: u64,
+    rng: rand_pcg::Pcg64Mcg,
 }
 
 impl Forger {
     /// A forger whose choices all derive from `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed | 1 }
+        Self {
+            rng: rand_pcg::Pcg64Mcg::seed_from_u64(seed),
+        }
     }
 
     /// The next pseudo-random number.
     pub fn next_u64(&mut self) -> u64 {
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        self.state
+        self.rng.next_u64()
     }
 
     /// Writes one hostile datagram into `buf` (cleared first) and returns its length: a third
@@ -523,11 +531,7 @@ impl Forger {
             let noise = self.next_u64();
             buf.extend_from_slice(&noise.to_le_bytes());
         }
-        let mut h = crc32fast::Hasher::new();
-        h.update(&buf[..20]);
-        h.update(&buf[24..]);
-        let crc = h.finalize().to_le_bytes();
-        buf[20..24].copy_from_slice(&crc);
+        mesh_wire::reseal(buf);
         buf.len()
     }
 }

@@ -20,7 +20,7 @@ use tracing::debug;
 
 use crate::{
     ConfigError, Delivery, DownReason, Endpoint, EndpointConfig, EndpointStats, Event, MessageId,
-    Payload, PeerStats, SendError,
+    Payload, PeerStats, SendError, StartTime,
 };
 
 /// Fewest datagrams a read asks for (see `Driver::batch`); two or more, so that a read that
@@ -301,20 +301,73 @@ fn quiet_ancillary_data(socket: &UdpSocket, local: SocketAddr) {
 #[cfg(not(target_os = "linux"))]
 fn quiet_ancillary_data(_: &UdpSocket, _: SocketAddr) {}
 
-/// Where a queued message's outcome arrives.
-type Outcome = oneshot::Receiver<Result<(), SendError>>;
+/// Where a queued message's outcome arrives: `Ok` once the peer acknowledged all of it.
+pub type Outcome = oneshot::Receiver<Result<(), SendError>>;
+
+/// How [`Transport::queue`] sends one message. `Default` (and [`new`](Self::new)): unordered,
+/// acknowledged at once, outcome tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueOptions {
+    /// Ordered on a channel, or not.
+    pub delivery: Delivery,
+    /// Ask the receiver to hold the acknowledgement a few milliseconds for something else to
+    /// carry (an answer nobody waits on soon): see [`Endpoint::send_reliable_lazy`].
+    pub lazy_ack: bool,
+    /// Return a receiver of the outcome. Untracked messages register no waiter.
+    pub track: bool,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Delivery> for QueueOptions {
+    fn from(delivery: Delivery) -> Self {
+        Self::new().delivery(delivery)
+    }
+}
+
+impl QueueOptions {
+    /// Unordered, acknowledged at once, tracked.
+    pub const fn new() -> Self {
+        Self {
+            delivery: Delivery::Unordered,
+            lazy_ack: false,
+            track: true,
+        }
+    }
+
+    /// Sets [`delivery`](Self::delivery).
+    #[must_use]
+    pub const fn delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// Sets [`lazy_ack`](Self::lazy_ack).
+    #[must_use]
+    pub const fn lazy_ack(mut self, lazy: bool) -> Self {
+        self.lazy_ack = lazy;
+        self
+    }
+
+    /// Sets [`track`](Self::track).
+    #[must_use]
+    pub const fn track(mut self, track: bool) -> Self {
+        self.track = track;
+        self
+    }
+}
 
 /// A seed from the OS, for the endpoint's session ids (the core itself never asks the OS).
-fn os_seed() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
+/// Without one, the endpoint derives its seed from the wall-clock time it starts at.
+fn os_seed() -> Option<u64> {
+    getrandom::u64()
+        .inspect_err(|e| debug!(error = %e, "no OS randomness; seeding from the clock"))
+        .ok()
 }
 
 impl std::fmt::Debug for Shared {
@@ -355,7 +408,7 @@ impl Transport {
         socket: UdpSocket,
         mut config: TransportConfig,
     ) -> Result<(Self, Driver), TransportError> {
-        if config.endpoint.seed == EndpointConfig::default().seed {
+        if config.endpoint.seed.is_none() {
             config.endpoint.seed(os_seed());
         }
         if let Ok(granted) = socket2::SockRef::from(&socket).recv_buffer_size() {
@@ -364,7 +417,7 @@ impl Transport {
                 config.endpoint.max_cwnd_bytes(window);
             }
         }
-        let endpoint = Endpoint::new(config.endpoint.clone())?;
+        let endpoint = Endpoint::new(config.endpoint.clone(), StartTime::read())?;
         let local_addr = socket.local_addr()?;
         let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
         quiet_ancillary_data(&socket, local_addr);
@@ -430,23 +483,15 @@ impl Transport {
     }
 
     /// Sends a reliable, unordered message and resolves when the peer acknowledged all of it.
-    /// Waits while the peer's send queue is full (back-pressure).
+    /// Waits while the peer's send queue is full (back-pressure). For ordering, lazy
+    /// acknowledgements, or many messages in flight from one task, see [`queue`](Self::queue).
     pub async fn send(
         &self,
         peer: SocketAddr,
-        data: impl Into<Bytes>,
+        data: impl Into<Payload>,
     ) -> Result<(), TransportError> {
-        self.send_with(peer, data, Delivery::Unordered).await
-    }
-
-    /// [`send`](Self::send) with a choice of ordering.
-    pub async fn send_with(
-        &self,
-        peer: SocketAddr,
-        data: impl Into<Bytes>,
-        delivery: Delivery,
-    ) -> Result<(), TransportError> {
-        let rx = self.queue(peer, data.into(), delivery).await?;
+        let rx = self.queue(peer, data, QueueOptions::new()).await?;
+        let rx = rx.expect("a tracked message has an outcome");
         // Outside tokio's cooperative budget: one outcome, awaited once (a caller polling many
         // sends from one task would otherwise exhaust the budget and spin on spurious wakes).
         match tokio::task::unconstrained(rx).await {
@@ -455,82 +500,39 @@ impl Transport {
         }
     }
 
-    /// Queues a reliable message and returns a receiver for its outcome, without waiting for
-    /// the acknowledgement (many messages can then be in flight from one task).
+    /// Queues a reliable message, waiting while the peer's send queue is full (back-pressure),
+    /// and returns without waiting for the acknowledgement, so many messages can be in flight
+    /// from one task. With [`QueueOptions::track`] (the default) it returns a receiver of the
+    /// message's outcome; untracked, nothing waits on it: a failure is counted in
+    /// [`EndpointStats::messages_failed`] and logged at debug level, and the transport gives up
+    /// on a message only when its peer's session ends, which
+    /// [`next_peer_down`](Self::next_peer_down) reports.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use mesh_rudp::{Delivery, QueueOptions, Transport, TransportConfig};
+    /// let a = Transport::bind("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+    /// let b = Transport::bind("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+    /// let ordered = QueueOptions::new().delivery(Delivery::Ordered { channel: 1 });
+    /// let first = a.queue(b.local_addr(), &b"one"[..], ordered).await?.expect("tracked");
+    /// let second = a.queue(b.local_addr(), &b"two"[..], ordered).await?.expect("tracked");
+    /// first.await??;
+    /// second.await??;
+    /// assert_eq!(&b.recv().await.unwrap().data[..], b"one");
+    /// assert_eq!(&b.recv().await.unwrap().data[..], b"two");
+    /// # a.close().await; b.close().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn queue(
         &self,
         peer: SocketAddr,
         data: impl Into<Payload>,
-        delivery: Delivery,
-    ) -> Result<oneshot::Receiver<Result<(), SendError>>, TransportError> {
-        let rx = self
-            .queue_message(peer, data.into(), delivery, false, true)
-            .await?;
-        Ok(rx.expect("a watched message has a waiter"))
-    }
-
-    /// [`queue`](Self::queue) for a message whose acknowledgement nobody waits on soon, such
-    /// as an answer: see [`Endpoint::send_reliable_lazy`]. Nobody waits on its outcome either,
-    /// which saves registering a waiter: a failure is counted in
-    /// [`EndpointStats::messages_failed`] and logged at debug level (the requester of an answer
-    /// learns of it by its own timeout or by the peer going down).
-    pub async fn queue_lazy(
-        &self,
-        peer: SocketAddr,
-        data: impl Into<Payload>,
-        delivery: Delivery,
-    ) -> Result<(), TransportError> {
-        self.queue_message(peer, data.into(), delivery, true, false)
-            .await
-            .map(|_| ())
-    }
-
-    /// [`queue`](Self::queue) without a waiter for the outcome, for a caller that learns of
-    /// failures another way: the transport gives up on a message only when its peer's session
-    /// ends, and reports that through [`next_peer_down`](Self::next_peer_down) (what the mesh's
-    /// requests rely on, together with their own timeout). A failure is also counted in
-    /// [`EndpointStats::messages_failed`] and logged at debug level. Acknowledged eagerly.
-    pub async fn queue_unwatched(
-        &self,
-        peer: SocketAddr,
-        data: impl Into<Payload>,
-        delivery: Delivery,
-    ) -> Result<(), TransportError> {
-        self.queue_message(peer, data.into(), delivery, false, false)
-            .await
-            .map(|_| ())
-    }
-
-    /// [`queue_unwatched`](Self::queue_unwatched) without waiting: a full queue to the peer
-    /// fails at once with [`SendError::QueueFull`]. For a caller that must hand messages over
-    /// in the order it made them while it holds a lock of its own (an `.await` there would let
-    /// later messages overtake).
-    pub fn try_queue(
-        &self,
-        peer: SocketAddr,
-        data: impl Into<Payload>,
-        delivery: Delivery,
-    ) -> Result<(), TransportError> {
-        let mut data = Some(data.into());
-        match self.try_queue_inner(peer, &mut data, delivery, false, false) {
-            Some(r) => r.map(|_| ()),
-            None => Err(SendError::QueueFull.into()),
-        }
-    }
-
-    /// Queues a message, waiting while the peer's queue is full. With `watch`, registers a
-    /// waiter for its outcome and returns it.
-    async fn queue_message(
-        &self,
-        peer: SocketAddr,
-        data: Payload,
-        delivery: Delivery,
-        lazy: bool,
-        watch: bool,
+        options: QueueOptions,
     ) -> Result<Option<Outcome>, TransportError> {
         // The common case takes the lock once and registers no waiter.
-        let mut data = Some(data);
-        if let Some(r) = self.try_queue_inner(peer, &mut data, delivery, lazy, watch) {
+        let mut data = Some(data.into());
+        if let Some(r) = self.try_queue_inner(peer, &mut data, options) {
             return r;
         }
         let _waiting = ProgressWait::new(&self.shared);
@@ -538,23 +540,38 @@ impl Transport {
             let progressed = self.shared.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if let Some(r) = self.try_queue_inner(peer, &mut data, delivery, lazy, watch) {
+            if let Some(r) = self.try_queue_inner(peer, &mut data, options) {
                 return r;
             }
             progressed.await;
         }
     }
 
-    /// One attempt of [`queue_message`](Self::queue_message): `None` while the peer's queue is
-    /// full. Takes `data` only when it queues it (moved, not cloned: cloning a `Bytes` made
-    /// from a `Vec` allocates).
+    /// [`queue`](Self::queue) without waiting: a full queue to the peer fails at once with
+    /// [`SendError::QueueFull`]. For a caller that must hand messages over in the order it made
+    /// them while it holds a lock of its own (an `.await` there would let later messages
+    /// overtake).
+    pub fn try_queue(
+        &self,
+        peer: SocketAddr,
+        data: impl Into<Payload>,
+        options: QueueOptions,
+    ) -> Result<Option<Outcome>, TransportError> {
+        let mut data = Some(data.into());
+        match self.try_queue_inner(peer, &mut data, options) {
+            Some(r) => r,
+            None => Err(SendError::QueueFull.into()),
+        }
+    }
+
+    /// One attempt of [`queue`](Self::queue): `None` while the peer's queue is full. Takes
+    /// `data` only when it queues it (moved, not cloned: cloning a `Bytes` made from a `Vec`
+    /// allocates).
     fn try_queue_inner(
         &self,
         peer: SocketAddr,
         data: &mut Option<Payload>,
-        delivery: Delivery,
-        lazy: bool,
-        watch: bool,
+        options: QueueOptions,
     ) -> Option<Result<Option<Outcome>, TransportError>> {
         let mut st = self.shared.state.lock();
         if st.shutdown {
@@ -568,14 +585,15 @@ impl Transport {
         }
         let data = data.take()?;
         let now = Instant::now().into_std();
-        let queued = if lazy {
-            st.endpoint.send_reliable_lazy(now, peer, data, delivery)
+        let queued = if options.lazy_ack {
+            st.endpoint
+                .send_reliable_lazy(now, peer, data, options.delivery)
         } else {
-            st.endpoint.send_reliable(now, peer, data, delivery)
+            st.endpoint.send_reliable(now, peer, data, options.delivery)
         };
         match queued {
             Ok(id) => {
-                let rx = watch.then(|| {
+                let rx = options.track.then(|| {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.insert(id, tx);
                     rx

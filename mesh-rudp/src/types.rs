@@ -87,6 +87,24 @@ impl From<Bytes> for Payload {
     }
 }
 
+impl From<Vec<u8>> for Payload {
+    fn from(body: Vec<u8>) -> Self {
+        Bytes::from(body).into()
+    }
+}
+
+impl From<&'static [u8]> for Payload {
+    fn from(body: &'static [u8]) -> Self {
+        Bytes::from_static(body).into()
+    }
+}
+
+impl From<String> for Payload {
+    fn from(body: String) -> Self {
+        Bytes::from(body).into()
+    }
+}
+
 /// How a reliable message is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mesh_rudp::sim::Sim;
-use mesh_rudp::{Delivery, Endpoint, EndpointConfig};
+use mesh_rudp::{Delivery, Endpoint, EndpointConfig, StartTime};
 use mesh_wire::Fragment;
 
 #[path = "it/wire.rs"]
@@ -48,7 +48,7 @@ fn idle_peers_cost_under_1_kib_each() {
     let config = EndpointConfig::default()
         .new_peers_per_second(10_000)
         .clone();
-    let mut ep = Endpoint::new(config).unwrap();
+    let mut ep = Endpoint::new(config, StartTime::read()).unwrap();
     let now = Instant::now();
     let mut buf = Vec::new();
     // Warm up the endpoint's own scratch buffers with one peer, then measure 1000 more.
@@ -117,7 +117,7 @@ fn unfinished_messages_stay_within_the_reassembly_cap() {
         .loopback_mtu(None)
         .new_peers_per_second(10_000)
         .clone();
-    let mut ep = Endpoint::new(config).unwrap();
+    let mut ep = Endpoint::new(config, StartTime::read()).unwrap();
     let now = Instant::now();
     let mut buf = Vec::new();
     let piece = vec![7u8; 1100];

@@ -51,7 +51,7 @@ struct Harness {
     sim: Sim,
     nodes: Vec<Node>,
     next_request: u64,
-    rng: u64,
+    rng: rand_pcg::Pcg64Mcg,
     /// Probability (in 1/256) that a delta is handled twice.
     dup: u64,
 }
@@ -88,16 +88,13 @@ impl Harness {
             sim,
             nodes,
             next_request: 1,
-            rng: seed | 1,
+            rng: rand_core::SeedableRng::seed_from_u64(seed),
             dup: 64,
         }
     }
 
     fn random(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+        self.rng.next_u64()
     }
 
     fn index(&self, addr: std::net::SocketAddr) -> usize {

@@ -1071,7 +1071,7 @@ async fn lossy(args: &Args) -> Vec<Row> {
             tokio::spawn(async move {
                 while let Some(m) = echo.recv().await {
                     if m.data.len() == 64 && m.data[0] == 1 {
-                        let _ = echo.queue(m.from, m.data, Delivery::Unordered).await;
+                        let _ = echo.queue(m.from, m.data, Delivery::Unordered.into()).await;
                     }
                 }
             });
@@ -1090,7 +1090,9 @@ async fn lossy(args: &Args) -> Vec<Row> {
                     let s = Instant::now();
                     let mut req = vec![0u8; 64];
                     req[0] = 1;
-                    let _ = a.queue(*to_b, Bytes::from(req), Delivery::Unordered).await;
+                    let _ = a
+                        .queue(*to_b, Bytes::from(req), Delivery::Unordered.into())
+                        .await;
                     if tokio::time::timeout(Duration::from_secs(30), a.recv())
                         .await
                         .is_err()
@@ -1108,9 +1110,7 @@ async fn lossy(args: &Args) -> Vec<Row> {
                         let a = a.clone();
                         let to = *to_b;
                         inflight.push(async move {
-                            a.send_with(to, Bytes::from_static(&[2u8; 64]), Delivery::Unordered)
-                                .await
-                                .is_ok()
+                            a.send(to, Bytes::from_static(&[2u8; 64])).await.is_ok()
                         });
                     }
                     match inflight.next().await {

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use mesh_rudp::sim::{Forger, Sim};
-use mesh_rudp::{Delivery, EndpointConfig, Event};
+use mesh_rudp::{Delivery, EndpointConfig, Event, StartTime};
 
 use crate::util::payload;
 
@@ -107,8 +107,8 @@ fn with_a_cluster_key_forged_and_replayed_datagrams_are_refused() {
         "127.0.0.1:1".parse().unwrap(),
         "127.0.0.1:2".parse().unwrap(),
     );
-    let mut a = Endpoint::new(keyed(b"cluster").seed(1).clone()).unwrap();
-    let mut b = Endpoint::new(keyed(b"cluster").seed(2).clone()).unwrap();
+    let mut a = Endpoint::new(keyed(b"cluster").seed(Some(1)).clone(), StartTime::read()).unwrap();
+    let mut b = Endpoint::new(keyed(b"cluster").seed(Some(2)).clone(), StartTime::read()).unwrap();
     let now = Instant::now();
     a.send_reliable(now, b_addr, payload(1, 100), Delivery::Unordered)
         .unwrap();
@@ -131,8 +131,16 @@ fn with_a_cluster_key_forged_and_replayed_datagrams_are_refused() {
     assert_eq!(b.stats().dropped_replay, 11);
 
     // Forged: unkeyed, keyed with another secret, and a keyed datagram with a flipped bit.
-    let mut other = Endpoint::new(keyed(b"not the cluster").seed(3).clone()).unwrap();
-    let mut plain = Endpoint::new(EndpointConfig::default().seed(4).clone()).unwrap();
+    let mut other = Endpoint::new(
+        keyed(b"not the cluster").seed(Some(3)).clone(),
+        StartTime::read(),
+    )
+    .unwrap();
+    let mut plain = Endpoint::new(
+        EndpointConfig::default().seed(Some(4)).clone(),
+        StartTime::read(),
+    )
+    .unwrap();
     for (i, ep) in [&mut other, &mut plain].into_iter().enumerate() {
         ep.send_reliable(now, b_addr, payload(2, 10), Delivery::Unordered)
             .unwrap();
@@ -151,7 +159,8 @@ fn with_a_cluster_key_forged_and_replayed_datagrams_are_refused() {
     assert!(b.poll_event().is_none(), "nothing reached the application");
 
     // A datagram numbered far in the past (an old capture) from an unknown address is refused.
-    let mut old = Endpoint::new(keyed(b"cluster").seed(5).clone()).unwrap();
+    let mut old =
+        Endpoint::new(keyed(b"cluster").seed(Some(5)).clone(), StartTime::read()).unwrap();
     old.send_reliable(now, b_addr, payload(3, 10), Delivery::Unordered)
         .unwrap();
     let t = old.poll_transmit(now, &mut buf).unwrap();

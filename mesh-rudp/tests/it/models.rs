@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use mesh_rudp::{Endpoint, EndpointConfig, Event, RangeSet};
+use mesh_rudp::{Endpoint, EndpointConfig, Event, RangeSet, StartTime};
 use mesh_wire::{DataFrame, DatagramWriter, Fragment, Frame, Header};
 use proptest::prelude::*;
 
@@ -67,7 +67,7 @@ proptest! {
         dup_every in 2usize..7,
     ) {
         let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let mut ep = Endpoint::new(EndpointConfig::default()).unwrap();
+        let mut ep = Endpoint::new(EndpointConfig::default(), StartTime::read()).unwrap();
         let now = Instant::now();
         // Build every fragment of every message as (seq, frame fields).
         let frag = 700usize;

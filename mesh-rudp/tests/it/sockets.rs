@@ -31,7 +31,8 @@ async fn hundred_thousand_small_messages_and_a_16_mib_one() {
                 pending.push(
                     a.queue(to, payload(t, 64), Default::default())
                         .await
-                        .unwrap(),
+                        .unwrap()
+                        .expect("tracked"),
                 );
                 if pending.len() == 1024 {
                     for rx in pending.drain(..) {
@@ -156,7 +157,8 @@ async fn through_a_chaos_relay_everything_arrives_exactly_once() {
                 pending.push(
                     a.queue(via_for_a, payload(t, size), Default::default())
                         .await
-                        .unwrap(),
+                        .unwrap()
+                        .expect("tracked"),
                 );
             }
             for rx in pending {
@@ -241,7 +243,8 @@ async fn close_reports_what_was_not_delivered_and_fails_those_sends() {
             Default::default(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("tracked");
     let report = a.close().await;
     assert_eq!(report.undelivered.len(), 1);
     assert_eq!(report.undelivered[0].0, silent.local_addr().unwrap());
@@ -346,7 +349,8 @@ async fn a_burst_of_sends_is_packed_into_few_datagrams() {
         acks.push(
             a.queue(b.local_addr(), payload(t, 64), Default::default())
                 .await
-                .unwrap(),
+                .unwrap()
+                .expect("tracked"),
         );
     }
     for ack in acks {
@@ -480,7 +484,8 @@ async fn a_small_socket_buffer_caps_what_is_in_flight() {
         pending.push(
             a.queue(to, payload(t, 1 << 20), Default::default())
                 .await
-                .unwrap(),
+                .unwrap()
+                .expect("tracked"),
         );
     }
     let mut largest_cwnd = 0;

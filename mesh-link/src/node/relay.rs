@@ -8,12 +8,21 @@
 //! already had (by origin and fan-out id), so re-routing never runs a handler twice.
 
 use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::{join_all, BoxFuture};
+use futures_util::FutureExt;
 use mesh_discovery::NodeKey;
+use mesh_wire::ErrorCode;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
-use crate::DeliveryError;
+use super::serve::{send_answer, Job, ReplyTo};
+use super::{system, MeshNode};
+use crate::handler::Failure;
+use crate::{DeliveryError, RequestError};
 
 /// Relayed copies remembered per node to drop duplicates.
 pub(crate) const SEEN_CAPACITY: usize = 16_384;
@@ -91,6 +100,168 @@ impl Seen {
         }
         true
     }
+}
+
+impl MeshNode {
+    /// Spreads a message to `targets` (none of them this node) through a relay tree.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "an internal step with its whole context"
+    )]
+    pub(crate) fn fan_out(
+        &self,
+        id: u16,
+        data: Bytes,
+        targets: Vec<NodeKey>,
+        limit: usize,
+        origin: NodeKey,
+        fanout: u64,
+        deadline: Instant,
+    ) -> BoxFuture<'_, RelayReport> {
+        async move {
+            let mut report = RelayReport::default();
+            let mut work = Vec::with_capacity(targets.len());
+            for t in targets {
+                if t == self.inner.local() || work.contains(&t) {
+                    continue;
+                }
+                if self.inner.membership.node_exists(t) {
+                    work.push(t);
+                } else {
+                    report.failed.push((t, DeliveryError::NotMember));
+                }
+            }
+            // Each round loses at least one node (a failed head), so this ends.
+            let rounds = work.len() + 1;
+            for _ in 0..rounds {
+                if work.is_empty() {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    report
+                        .failed
+                        .extend(work.drain(..).map(|k| (k, DeliveryError::Timeout)));
+                    break;
+                }
+                let remaining = deadline - now;
+                let child_budget =
+                    (remaining.as_millis() as u64 * 4 / 5).min(u64::from(u32::MAX)) as u32;
+                let buckets = branch(&work, limit);
+                work.clear();
+                let asks = buckets.into_iter().map(|bucket| {
+                    let data = data.clone();
+                    async move {
+                        let head = bucket[0];
+                        let rest = bucket[1..].to_vec();
+                        let header = RelayHeader {
+                            fanout,
+                            origin,
+                            handler: id,
+                            limit: limit as u16,
+                            budget_ms: child_budget,
+                            nodes: rest.clone(),
+                        };
+                        let r = match encode(&header, &data) {
+                            Ok(body) => {
+                                self.request_bytes(system::RELAY, head, body, remaining, true)
+                                    .await
+                            }
+                            Err(e) => Err(RequestError::Encode(e.to_string())),
+                        };
+                        (head, rest, r)
+                    }
+                });
+                for (head, rest, r) in join_all(asks).await {
+                    match r.map(|b| mesh_wire::codec::decode::<RelayReport>(&b)) {
+                        Ok(Ok(sub)) => {
+                            report.delivered.extend(sub.delivered);
+                            report.failed.extend(sub.failed);
+                        }
+                        Ok(Err(e)) => {
+                            warn!(%head, error = %e, "unreadable relay report; re-routing its share");
+                            report.failed.push((
+                                head,
+                                DeliveryError::Unreachable(format!("bad relay report: {e}")),
+                            ));
+                            work.extend(rest);
+                        }
+                        Err(e) => {
+                            debug!(%head, error = %e, "relay head failed; re-routing its share");
+                            report.failed.push((head, delivery_error(e)));
+                            work.extend(rest);
+                        }
+                    }
+                }
+            }
+            report
+        }
+        .boxed()
+    }
+}
+
+fn delivery_error(e: RequestError) -> DeliveryError {
+    match e {
+        RequestError::NotDelivered { error, .. } => error,
+        RequestError::Timeout { .. } => DeliveryError::Timeout,
+        RequestError::Stopped => DeliveryError::Stopped,
+        other => DeliveryError::Unreachable(other.to_string()),
+    }
+}
+
+/// A relay head's work: run the handler here (once per fan-out), spread to the rest, report.
+pub(crate) fn relay_job(
+    node: MeshNode,
+    to: ReplyTo,
+    from: NodeKey,
+    header: RelayHeader,
+    data: Bytes,
+) -> Job {
+    async move {
+        let inner = &node.inner;
+        let local = inner.local();
+        let fresh = inner.seen.lock().insert(header.origin, header.fanout);
+        let here = if fresh {
+            node.deliver_local(
+                header.handler,
+                data.clone(),
+                true,
+                Some(from),
+                header.origin,
+            )
+        } else {
+            Ok(())
+        };
+        let mut report = RelayReport::default();
+        match here {
+            Ok(()) => report.delivered.push(local),
+            Err(e) => report.failed.push((local, e)),
+        }
+        if !header.nodes.is_empty() {
+            if !inner.config.relay_delay.is_zero() {
+                tokio::time::sleep(inner.config.relay_delay).await;
+            }
+            let deadline = Instant::now() + Duration::from_millis(u64::from(header.budget_ms));
+            let sub = node
+                .fan_out(
+                    header.handler,
+                    data,
+                    header.nodes,
+                    usize::from(header.limit.max(1)),
+                    header.origin,
+                    header.fanout,
+                    deadline,
+                )
+                .await;
+            report.delivered.extend(sub.delivered);
+            report.failed.extend(sub.failed);
+        }
+        let r = mesh_wire::codec::encode(&report)
+            .map(|v| Some(Bytes::from(v)))
+            .map_err(|e| Failure::new(ErrorCode::HANDLER_FAILED, e.to_string()));
+        send_answer(&node, to, r).await;
+    }
+    .boxed()
 }
 
 #[cfg(test)]

@@ -1,0 +1,433 @@
+//! Sending: reliable one-way messages to one or many nodes (directly or through a relay
+//! tree), unreliable datagrams, and requests.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use mesh_discovery::NodeKey;
+use mesh_rudp::{Delivery, Payload, QueueOptions, SendError, TransportError};
+use mesh_wire::{Envelope, EnvelopeKind};
+use rand_core::Rng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{system, MeshNode, ToNodeKey};
+use crate::core::unbudgeted;
+use crate::{envelope, handler, DeliveryError, Error, RequestError, SendReport};
+
+/// Per-call settings of [`MeshNode::send_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// Overrides the node's `relay_limit` for this call (the original's `options.limit`):
+    /// `Some(0)` sends directly to every node, `Some(n)` through a relay tree with `n`
+    /// branches.
+    pub relay_limit: Option<usize>,
+    /// Deliver in order with this node's other ordered messages to the same node.
+    pub ordered: bool,
+}
+
+impl SendOptions {
+    /// Sets [`relay_limit`](Self::relay_limit).
+    pub fn relay_limit(mut self, limit: usize) -> Self {
+        self.relay_limit = Some(limit);
+        self
+    }
+
+    /// Sets [`ordered`](Self::ordered).
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
+    }
+}
+
+impl MeshNode {
+    /// Sends `msg` reliably to handler `id` on every node of `nodes`, and resolves when each
+    /// acknowledged it or failed. The report names every node: delivered or failed, and why.
+    /// This node, if listed, gets it through its own handler without the network.
+    ///
+    /// With a `relay_limit` (config or [`send_with`](Self::send_with)) the message spreads
+    /// through a relay tree; see [`SendOptions`].
+    pub async fn send<M: Serialize + ?Sized>(
+        &self,
+        id: u16,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+        msg: &M,
+    ) -> Result<SendReport, Error> {
+        self.send_with(id, nodes, msg, SendOptions::default()).await
+    }
+
+    /// [`send`](Self::send) with per-call options.
+    pub async fn send_with<M: Serialize + ?Sized>(
+        &self,
+        id: u16,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+        msg: &M,
+        options: SendOptions,
+    ) -> Result<SendReport, Error> {
+        let data = self.encode(msg)?;
+        self.send_bytes(id, nodes, data, options).await
+    }
+
+    /// [`send_with`](Self::send_with) of bytes already encoded.
+    pub async fn send_bytes(
+        &self,
+        id: u16,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+        data: Bytes,
+        options: SendOptions,
+    ) -> Result<SendReport, Error> {
+        if self.stopping() {
+            return Err(Error::Stopped);
+        }
+        self.check_size(data.len())?;
+        let mut targets: Vec<NodeKey> = Vec::new();
+        for n in nodes {
+            let k = n.node_key();
+            if !targets.contains(&k) {
+                targets.push(k);
+            }
+        }
+        let mut report = SendReport::default();
+        let local = self.inner.local();
+        if targets.contains(&local) {
+            targets.retain(|k| *k != local);
+            match self.deliver_local(id, data.clone(), true, None, local) {
+                Ok(()) => report.delivered.push(local),
+                Err(e) => report.failed.push((local, e)),
+            }
+        }
+        let limit = options.relay_limit.unwrap_or(self.inner.config.relay_limit);
+        if limit == 0 || targets.len() <= limit {
+            let delivery = if options.ordered {
+                Delivery::Ordered { channel: 0 }
+            } else {
+                Delivery::Unordered
+            };
+            let envelope = envelope::payload(EnvelopeKind::OneWay, id, 0, &data);
+            let send = |k: NodeKey, envelope: Payload| async move {
+                let queued = self
+                    .inner
+                    .core
+                    .transport
+                    .queue(k.socket_addr(), envelope, QueueOptions::from(delivery))
+                    .await;
+                let r = match queued {
+                    // Outside tokio's cooperative budget: see `unbudgeted`.
+                    Ok(Some(rx)) => unbudgeted(rx).await.unwrap_or(Err(SendError::Closed)),
+                    Ok(None) => unreachable!("a tracked message has an outcome"),
+                    Err(TransportError::Send(e)) => Err(e),
+                    Err(e) => Err(SendError::Closed).inspect_err(|_| debug!(error = %e, "send")),
+                };
+                (k, r)
+            };
+            let outcomes = match targets[..] {
+                [] => Vec::new(),
+                // The common case, without the machinery of waiting on many.
+                [k] => vec![send(k, envelope).await],
+                _ => join_all(targets.iter().map(|&k| send(k, envelope.clone()))).await,
+            };
+            for (k, r) in outcomes {
+                match r {
+                    Ok(()) => report.delivered.push(k),
+                    Err(e) => report.failed.push((k, e.into())),
+                }
+            }
+        } else {
+            let fanout = self.inner.rng.lock().next_u64();
+            let deadline = Instant::now() + self.inner.config.relay_timeout;
+            let sub = self
+                .fan_out(id, data, targets, limit, local, fanout, deadline)
+                .await;
+            report.delivered.extend(sub.delivered);
+            report.failed.extend(sub.failed);
+        }
+        Ok(report)
+    }
+
+    /// Runs this node's handler for a message addressed to itself (or relayed to it), in a
+    /// task of its own.
+    pub(crate) fn deliver_local(
+        &self,
+        id: u16,
+        data: Bytes,
+        reliable: bool,
+        relayed_by: Option<NodeKey>,
+        sender: NodeKey,
+    ) -> Result<(), DeliveryError> {
+        let Some(h) = self.handler(id) else {
+            self.inner
+                .counters
+                .no_handler
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(DeliveryError::NoHandler);
+        };
+        let mut ctx = self.context(sender, reliable, id);
+        ctx.relayed_by = relayed_by;
+        let inner = self.inner.clone();
+        inner
+            .inflight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        tokio::spawn(async move {
+            if let Err(f) = handler::run(h, data, ctx).await {
+                debug!(handler = id, error = %f.message, "one-way handler failed");
+            }
+            inner.finish_one();
+        });
+        Ok(())
+    }
+
+    /// Sends `msg` to handler `id` on each node as one unreliable datagram: it may be lost,
+    /// and nothing says so. Fails if the message does not fit in a datagram.
+    pub fn usend<M: Serialize + ?Sized>(
+        &self,
+        id: u16,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+        msg: &M,
+    ) -> Result<(), Error> {
+        if self.stopping() {
+            return Err(Error::Stopped);
+        }
+        let data = self.encode(msg)?;
+        let envelope = envelope::bytes(EnvelopeKind::OneWay, id, 0, &data);
+        let transport = &self.inner.core.transport;
+        let limit = transport.max_unreliable_size();
+        if envelope.len() > limit {
+            return Err(Error::TooLarge {
+                size: data.len(),
+                limit: limit - Envelope::header_len(EnvelopeKind::OneWay),
+            });
+        }
+        for n in nodes {
+            let k = n.node_key();
+            if k == self.inner.local() {
+                let _ = self.deliver_local(id, data.clone(), false, None, k);
+            } else if let Err(e) = transport.send_unreliable(k.socket_addr(), envelope.clone()) {
+                debug!(node = %k, error = %e, "usend refused");
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks handler `id` on `node` and waits for its answer, up to the configured
+    /// `request_timeout`. A node without the handler answers at once with
+    /// [`RequestError::NoHandler`]; one that is down fails the request as soon as the
+    /// transport sees it.
+    pub async fn request<M, R>(
+        &self,
+        id: u16,
+        node: impl ToNodeKey,
+        msg: &M,
+    ) -> Result<R, RequestError>
+    where
+        M: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.request_with(id, node, msg, self.inner.config.request_timeout)
+            .await
+    }
+
+    /// [`request`](Self::request) with its own timeout.
+    pub async fn request_with<M, R>(
+        &self,
+        id: u16,
+        node: impl ToNodeKey,
+        msg: &M,
+        timeout: Duration,
+    ) -> Result<R, RequestError>
+    where
+        M: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.typed_request(id, node.node_key(), msg, timeout, true)
+            .await
+    }
+
+    async fn typed_request<M, R>(
+        &self,
+        id: u16,
+        node: NodeKey,
+        msg: &M,
+        timeout: Duration,
+        reliable: bool,
+    ) -> Result<R, RequestError>
+    where
+        M: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let data = self.encode_request(msg)?;
+        let answer = self
+            .request_bytes(id, node, data, timeout, reliable)
+            .await?;
+        decode_answer(node, &answer)
+    }
+
+    /// Asks every node and returns each one's answer or error, in the order given.
+    pub async fn request_all<M, R>(
+        &self,
+        id: u16,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+        msg: &M,
+    ) -> Vec<(NodeKey, Result<R, RequestError>)>
+    where
+        M: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let keys: Vec<NodeKey> = nodes.into_iter().map(|n| n.node_key()).collect();
+        let data = match self.encode_request(msg) {
+            Ok(d) => d,
+            Err(e) => return keys.into_iter().map(|k| (k, Err(e.clone()))).collect(),
+        };
+        let timeout = self.inner.config.request_timeout;
+        let asks = keys.iter().map(|&k| {
+            let data = data.clone();
+            async move {
+                let r = self.request_bytes(id, k, data, timeout, true).await;
+                (k, r.and_then(|b| decode_answer(k, &b)))
+            }
+        });
+        join_all(asks).await
+    }
+
+    /// Asks every node and returns the first answer (the original's `send` with a callback
+    /// to several nodes); fails only if every node fails, with the last error.
+    pub async fn request_any<M, R>(
+        &self,
+        id: u16,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+        msg: &M,
+    ) -> Result<(NodeKey, R), RequestError>
+    where
+        M: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let data = self.encode_request(msg)?;
+        let timeout = self.inner.config.request_timeout;
+        let mut asks: FuturesUnordered<_> = nodes
+            .into_iter()
+            .map(|n| {
+                let k = n.node_key();
+                let data = data.clone();
+                async move {
+                    let r = self.request_bytes(id, k, data, timeout, true).await;
+                    (k, r.and_then(|b| decode_answer::<R>(k, &b)))
+                }
+            })
+            .collect();
+        let mut last = RequestError::NoNodes;
+        while let Some((k, r)) = asks.next().await {
+            match r {
+                Ok(v) => return Ok((k, v)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Asks handler `id` on `node` by one unreliable datagram; the answer comes back the same
+    /// way (or reliably if it does not fit in one). Either may be lost: then the request times
+    /// out after `timeout`.
+    pub async fn urequest<M, R>(
+        &self,
+        id: u16,
+        node: impl ToNodeKey,
+        msg: &M,
+        timeout: Duration,
+    ) -> Result<R, RequestError>
+    where
+        M: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.typed_request(id, node.node_key(), msg, timeout, false)
+            .await
+    }
+
+    /// Round-trip time to a node's system ping handler (any mesh-link node answers).
+    pub async fn ping(
+        &self,
+        node: impl ToNodeKey,
+        timeout: Duration,
+    ) -> Result<Duration, RequestError> {
+        let start = Instant::now();
+        self.request_bytes(system::PING, node.node_key(), Bytes::new(), timeout, true)
+            .await?;
+        Ok(start.elapsed())
+    }
+
+    /// Asks a node's system echo handler to send `data` back.
+    pub async fn echo(
+        &self,
+        node: impl ToNodeKey,
+        data: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RequestError> {
+        self.request_bytes(system::ECHO, node.node_key(), data, timeout, true)
+            .await
+    }
+
+    /// The request machinery on bytes: a request to this node itself runs its handler in this
+    /// task, without the network.
+    pub async fn request_bytes(
+        &self,
+        id: u16,
+        node: NodeKey,
+        data: Bytes,
+        timeout: Duration,
+        reliable: bool,
+    ) -> Result<Bytes, RequestError> {
+        if self.stopping() {
+            return Err(RequestError::Stopped);
+        }
+        if node == self.inner.local() && !mesh_wire::is_system_handler(id) {
+            let Some(h) = self.handler(id) else {
+                return Err(RequestError::NoHandler { handler: id, node });
+            };
+            let ctx = self.context(node, reliable, id);
+            let run = handler::run(h, data, ctx);
+            return match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(answer)) => Ok(answer.unwrap_or_default()),
+                Ok(Err(f)) => Err(RequestError::from_remote(node, id, f.code, &f.message)),
+                Err(_) => Err(RequestError::Timeout {
+                    handler: id,
+                    node,
+                    after: timeout,
+                }),
+            };
+        }
+        self.inner
+            .core
+            .request(id, node, data, timeout, reliable)
+            .await
+    }
+
+    fn encode<M: Serialize + ?Sized>(&self, msg: &M) -> Result<Bytes, Error> {
+        let v = mesh_wire::codec::encode(msg)?;
+        self.check_size(v.len())?;
+        Ok(Bytes::from(v))
+    }
+
+    fn encode_request<M: Serialize + ?Sized>(&self, msg: &M) -> Result<Bytes, RequestError> {
+        self.encode(msg)
+            .map_err(|e| RequestError::Encode(e.to_string()))
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), Error> {
+        let limit = self.inner.config.max_message_size;
+        if size > limit {
+            return Err(Error::TooLarge { size, limit });
+        }
+        Ok(())
+    }
+}
+
+fn decode_answer<R: DeserializeOwned>(node: NodeKey, answer: &[u8]) -> Result<R, RequestError> {
+    mesh_wire::codec::decode(answer).map_err(|e| RequestError::BadResponse {
+        node,
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,247 @@
+//! Serving: the receive loop that drives the transport, admission of handler runs, and the
+//! answers to requests.
+//!
+//! Everything happens on one task: a request goes from the socket to its handler, and the
+//! answer (carrying the acknowledgement) back to the socket, without waking another task.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use mesh_discovery::NodeKey;
+use mesh_rudp::{Delivery, Driver, QueueOptions, Received};
+use mesh_wire::{EnvelopeKind, ErrorCode};
+use tracing::debug;
+
+use super::system::{self, Handled};
+use super::{MeshNode, TaskHandle};
+use crate::envelope;
+use crate::handler::{self, Failure};
+
+/// Work the receive loop runs: a handler and its answer, a relay, an answer to send.
+pub(crate) type Job = BoxFuture<'static, ()>;
+
+/// Where to send an answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplyTo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) request_id: u64,
+    pub(crate) handler: u16,
+    pub(crate) reliable: bool,
+}
+
+/// A message for a handler (one-way, or a request with somewhere to answer).
+pub(crate) struct Incoming {
+    pub(crate) sender: NodeKey,
+    pub(crate) handler: u16,
+    pub(crate) payload: Bytes,
+    pub(crate) reliable: bool,
+    pub(crate) reply: Option<ReplyTo>,
+}
+
+/// Handler runs in progress and admitted ones waiting for a slot.
+struct Jobs {
+    running: FuturesUnordered<Job>,
+    waiting: VecDeque<Job>,
+    max: usize,
+}
+
+impl Jobs {
+    /// Runs a job until it first waits, and keeps it in `running` only if it does: most
+    /// handlers finish in one go (the answer is queued without waiting), and then cost no slot
+    /// in the set. A job that waits registered the no-op waker; `running` polls it again at
+    /// once (a pushed future is queued to run), which registers the real one.
+    fn start(&mut self, mut job: Job) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if job.as_mut().poll(&mut cx).is_pending() {
+            self.running.push(job);
+        }
+    }
+
+    /// Admits a handler run: started if a slot is free; a request past the limit is answered
+    /// "overloaded"; a one-way message waits (up to as many again, then the loop stops
+    /// reading, which slows the senders).
+    fn admit(&mut self, node: &MeshNode, job: Job, reply: Option<ReplyTo>) {
+        let inner = &node.inner;
+        inner.inflight.fetch_add(1, Ordering::AcqRel);
+        if self.running.len() < self.max {
+            self.start(job);
+        } else if let Some(to) = reply {
+            inner.finish_one();
+            inner.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            self.running.push(answer_job(
+                node,
+                to,
+                Err(Failure::new(
+                    ErrorCode::OVERLOADED,
+                    "too many handlers running",
+                )),
+            ));
+        } else {
+            self.waiting.push_back(job);
+        }
+    }
+}
+
+/// Drives the transport and runs handlers, all in this one task.
+pub(crate) async fn receive_loop(handle: TaskHandle, mut driver: Driver) {
+    let max = handle.inner().config.max_concurrent_handlers;
+    let mut jobs = Jobs {
+        running: FuturesUnordered::new(),
+        waiting: VecDeque::new(),
+        max,
+    };
+    loop {
+        while jobs.running.len() < max {
+            match jobs.waiting.pop_front() {
+                Some(j) => jobs.running.push(j),
+                None => break,
+            }
+        }
+        let can_read = jobs.waiting.len() < max;
+        tokio::select! {
+            biased;
+            Some(()) = jobs.running.next(), if !jobs.running.is_empty() => {}
+            m = std::future::poll_fn(|cx| driver.poll_recv(cx, can_read)) => match m {
+                Some(m) => {
+                    let Some(node) = handle.node() else { return };
+                    on_message(&node, m, &mut jobs);
+                }
+                None => break,
+            },
+        }
+    }
+    // Closed: let what runs finish (stop() cancels them past its deadline by aborting us).
+    while jobs.running.next().await.is_some() {}
+}
+
+fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
+    let inner = &node.inner;
+    let Ok((env, payload)) = envelope::split(m.data) else {
+        inner.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        debug!(from = %m.from, "unreadable envelope dropped");
+        return;
+    };
+    if matches!(
+        env.kind,
+        EnvelopeKind::Response | EnvelopeKind::ErrorResponse
+    ) {
+        // Answers are normally taken by the transport's intercept hook; this is the rest.
+        if !inner.core.resolve_answer(m.from, &env, payload) {
+            debug!(from = %m.from, "unreadable error answer dropped");
+        }
+        return;
+    }
+    let reply = (env.kind == EnvelopeKind::Request).then_some(ReplyTo {
+        peer: m.from,
+        request_id: env.request_id,
+        handler: env.handler,
+        reliable: m.reliable,
+    });
+    if let Some(to) = reply {
+        if node.stopping() {
+            let shutting = Failure::new(ErrorCode::SHUTTING_DOWN, "shutting down");
+            jobs.running.push(answer_job(node, to, Err(shutting)));
+            return;
+        }
+    }
+    let incoming = Incoming {
+        sender: NodeKey::from(m.from),
+        handler: env.handler,
+        payload,
+        reliable: m.reliable,
+        reply,
+    };
+    if let Some(system) = system::lookup(env.handler) {
+        match system(node, incoming) {
+            Handled::Answer(r) => {
+                if let Some(to) = reply {
+                    jobs.running.push(answer_job(node, to, r));
+                }
+            }
+            Handled::Job(job) => {
+                let inner = inner.clone();
+                let job = async move {
+                    job.await;
+                    inner.finish_one();
+                }
+                .boxed();
+                jobs.admit(node, job, reply);
+            }
+            Handled::Done => {}
+        }
+        return;
+    }
+    let Some(h) = node.handler(env.handler) else {
+        inner.counters.no_handler.fetch_add(1, Ordering::Relaxed);
+        match reply {
+            Some(to) => jobs.running.push(answer_job(
+                node,
+                to,
+                Err(Failure::new(
+                    ErrorCode::NO_HANDLER,
+                    format!("no handler {}", env.handler),
+                )),
+            )),
+            None => {
+                debug!(handler = env.handler, from = %m.from, "message for no handler dropped");
+            }
+        }
+        return;
+    };
+    let ctx = node.context(incoming.sender, incoming.reliable, env.handler);
+    let node2 = node.clone();
+    // One box for the handler's run and its bookkeeping (a job per request).
+    let job = async move {
+        let r = handler::run(h, incoming.payload, ctx).await;
+        match reply {
+            Some(to) => send_answer(&node2, to, r).await,
+            None => {
+                if let Err(f) = r {
+                    debug!(error = %f.message, "one-way handler failed");
+                }
+            }
+        }
+        node2.inner.finish_one();
+    }
+    .boxed();
+    jobs.admit(node, job, reply);
+}
+
+pub(crate) fn answer_job(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, Failure>) -> Job {
+    let node = node.clone();
+    async move { send_answer(&node, to, r).await }.boxed()
+}
+
+/// Sends an answer the way its request came: reliably, or as one datagram if it fits.
+pub(crate) async fn send_answer(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, Failure>) {
+    let bytes = match r {
+        Ok(answer) => envelope::payload(
+            EnvelopeKind::Response,
+            to.handler,
+            to.request_id,
+            &answer.unwrap_or_default(),
+        ),
+        Err(f) => envelope::error(to.handler, to.request_id, f.code, &f.message).into(),
+    };
+    let t = &node.inner.core.transport;
+    if !to.reliable && bytes.len() <= t.max_unreliable_size() {
+        if let Err(e) = t.send_unreliable(to.peer, bytes.to_bytes()) {
+            debug!(to = %to.peer, error = %e, "answer not sent");
+        }
+        return;
+    }
+    // Queued, not awaited: the answer's fate is the requester's to see (or time out on).
+    // Lazy: the requester's next message can carry the acknowledgement.
+    let options = QueueOptions::new()
+        .delivery(Delivery::Unordered)
+        .lazy_ack(true)
+        .track(false);
+    if let Err(e) = t.queue(to.peer, bytes, options).await {
+        debug!(to = %to.peer, error = %e, "answer not sent");
+    }
+}
