@@ -806,11 +806,11 @@ impl Endpoint {
                 let key = self.config.cluster_key.as_ref()?;
                 let mut w = DatagramWriter::append_authenticated(buf, header, self.config.mtu);
                 // A close frame always fits an empty datagram.
-                let _ = w.push(&Peer::close_frame(s.reason));
+                let _ = w.push(&crate::peer::close_frame(s.reason));
                 w.finish_authenticated(pn, key).len()
             } else {
                 let mut w = DatagramWriter::append(buf, header, self.config.mtu);
-                let _ = w.push(&Peer::close_frame(s.reason));
+                let _ = w.push(&crate::peer::close_frame(s.reason));
                 w.finish().len()
             };
             self.stats.datagrams_sent += 1;

@@ -1,0 +1,601 @@
+//! Per-peer protocol state, one concern per room (after quinn-proto's `connection/`):
+//! - [`send`]: the send queue, the messages not yet delivered, ordered channels' bookkeeping;
+//! - [`recovery`]: the frames in flight, loss detection, the retransmission timer;
+//! - [`congestion`]: how much may be in flight (a [`Controller`] trait; NewReno);
+//! - [`ack`]: what arrived and when to acknowledge it;
+//! - [`reassembly`]: fragmented messages, within the caps;
+//! - [`ordering`]: ordered channels on the receiving side;
+//! - [`replay`]: the replay window of an authenticated session.
+//!
+//! [`Peer`] here ties them together: it writes datagrams, takes frames, and keeps the session
+//! alive (keep-alive probes, the peer timeout).
+
+mod ack;
+mod congestion;
+mod ordering;
+mod reassembly;
+mod recovery;
+mod replay;
+mod send;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mesh_wire::{
+    CloseFrame, DataFrame, DatagramWriter, Frame, SeqRange, UnreliableFrame, HEADER_LEN,
+};
+
+use self::ack::AckState;
+use self::congestion::{Controller, NewReno};
+use self::ordering::Ordering;
+use self::reassembly::Reassembly;
+use self::recovery::{Recovery, Sent};
+use self::send::SendQueue;
+use crate::config::EndpointConfig;
+use crate::pool::BufferPool;
+use crate::rtt::Rtt;
+use crate::types::{Delivery, MessageId, Payload, PeerStats};
+
+pub(crate) use self::replay::ReplayWindow;
+
+/// Data frames a sender may have in flight to one peer.
+pub(crate) const MAX_INFLIGHT_FRAMES: usize = 4096;
+/// Longest a receiver holds the acknowledgement of a lazy-ack frame (`PROTOCOL.md`).
+pub(crate) const LAZY_ACK_DELAY: Duration = Duration::from_millis(5);
+/// Room kept in each data datagram for a piggybacked ack with a few ranges.
+const ACK_RESERVE: usize = 10 + 8 * 4;
+/// Bookkeeping bytes charged per stored fragment or held message, on top of its payload.
+const FRAGMENT_OVERHEAD: usize = 64;
+/// Most pongs owed to a peer at once.
+const MAX_PONGS: usize = 4;
+/// Payloads from this size up are sent from where they lie (scatter-gather) when the caller
+/// takes a tail; smaller ones are copied, which costs less than another I/O vector.
+const DETACH_MIN: usize = 4096;
+
+/// What the receive path tells the endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct RecvOutcome {
+    /// Messages ready for the application, in delivery order.
+    pub(crate) delivered: Vec<Bytes>,
+    /// Bytes newly charged (+) or released (-) against the reassembly caps.
+    pub(crate) charge: isize,
+}
+
+/// Why a data frame was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Duplicate,
+    OutOfWindow,
+    NoRoom,
+    Violation,
+}
+
+/// Room the endpoint grants this frame, decided before the frame is accepted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Room {
+    pub(crate) incoming_full: bool,
+    pub(crate) reassembly_left: usize,
+}
+
+/// The counters a peer keeps; estimates are added when [`PeerStats`] is built.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counters {
+    pub(crate) frames_sent: u64,
+    pub(crate) retransmitted: u64,
+    pub(crate) frames_received: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) dropped: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) bytes_received: u64,
+}
+
+/// Pushes a data frame whose payload is `bytes`: detached into `tail` when one is offered
+/// (and empty) and the payload is large, copied into the datagram otherwise.
+fn push_data(
+    w: &mut DatagramWriter<'_>,
+    frame: DataFrame<'_>,
+    bytes: &Bytes,
+    tail: &mut Option<&mut Option<Bytes>>,
+) -> Result<(), mesh_wire::EncodeError> {
+    match tail {
+        Some(slot) if slot.is_none() && bytes.len() >= DETACH_MIN => {
+            w.push_detached(&frame)?;
+            **slot = Some(bytes.clone());
+            Ok(())
+        }
+        _ => w.push(&Frame::Data(frame)),
+    }
+}
+
+/// A frame for a Close datagram written on a peer's session.
+pub(crate) fn close_frame(reason: u8) -> Frame<'static> {
+    Frame::Close(CloseFrame { reason })
+}
+
+/// Whether a frame of `len` wire bytes may go out now: under the frame cap, and within the
+/// congestion window (a lone frame always may, so a window smaller than a frame still moves).
+fn window_allows(recovery: &Recovery, cc: &impl Controller, len: usize) -> bool {
+    recovery.in_flight_frames < MAX_INFLIGHT_FRAMES
+        && (recovery.in_flight_bytes == 0 || recovery.in_flight_bytes + len <= cc.window())
+}
+
+/// One peer's session: its sending and receiving halves, and its liveness. Generic over its
+/// congestion controller (stored inline: an idle peer's size is budgeted).
+#[derive(Debug)]
+pub(crate) struct Peer<C: Controller = NewReno> {
+    /// Packet numbers seen in this session (with a cluster key).
+    pub(crate) replay: ReplayWindow,
+    pub(crate) local_id: u64,
+    pub(crate) remote_id: u64,
+    /// Largest datagram to this peer (see `EndpointConfig::loopback_mtu`).
+    pub(crate) mtu: usize,
+    pub(crate) retired_remote: u64,
+    pub(crate) timer: Option<Instant>,
+    pub(crate) in_ready: bool,
+    pub(crate) last_recv: Instant,
+    /// When an acknowledgement last covered something new (or the queue went from empty).
+    last_progress: Instant,
+    last_ping: Option<Instant>,
+    ping_token: u64,
+    pub(crate) ping_now: bool,
+    pongs: VecDeque<u64>,
+    /// New small frames are held until then to pack more (`flush_interval`).
+    flush_at: Option<Instant>,
+
+    send: SendQueue,
+    recovery: Recovery,
+    cc: C,
+    acks: AckState,
+    reassembly: Reassembly,
+    ordering: Ordering,
+    /// Bytes charged against the reassembly caps: partial messages and held ordered ones.
+    pub(crate) reassembly_bytes: usize,
+
+    pub(crate) stats: Counters,
+}
+
+impl Peer<NewReno> {
+    pub(crate) fn new(
+        local_id: u64,
+        remote_id: u64,
+        mtu: usize,
+        now: Instant,
+        config: &EndpointConfig,
+    ) -> Self {
+        let cc = NewReno::new(
+            config.initial_cwnd_datagrams * mtu,
+            mtu,
+            config.max_cwnd_bytes,
+        );
+        Self {
+            mtu,
+            replay: ReplayWindow::default(),
+            local_id,
+            remote_id,
+            retired_remote: 0,
+            timer: None,
+            in_ready: false,
+            last_recv: now,
+            last_progress: now,
+            last_ping: None,
+            ping_token: local_id,
+            ping_now: false,
+            pongs: VecDeque::new(),
+            flush_at: None,
+            send: SendQueue::default(),
+            recovery: Recovery::new(Rtt::default()),
+            cc,
+            acks: AckState::default(),
+            reassembly: Reassembly::default(),
+            ordering: Ordering::default(),
+            reassembly_bytes: 0,
+            stats: Counters::default(),
+        }
+    }
+}
+
+impl<C: Controller> Peer<C> {
+    /// Bytes of one unfragmented message's payload that fit a datagram, and of one fragment.
+    fn payload_sizes(mtu: usize, ordered: bool) -> (usize, usize) {
+        let room = mtu - HEADER_LEN - ACK_RESERVE;
+        (
+            room - DataFrame::overhead(ordered, false),
+            room - DataFrame::overhead(ordered, true),
+        )
+    }
+
+    /// Whether messages are queued or unacknowledged.
+    pub(crate) fn has_outstanding(&self) -> bool {
+        self.send.has_outstanding()
+    }
+
+    /// Messages queued or in flight.
+    pub(crate) fn pending_ids(&self) -> impl Iterator<Item = MessageId> + '_ {
+        self.send.pending_ids()
+    }
+
+    pub(crate) fn queue_has_room(&self, len: usize, config: &EndpointConfig) -> bool {
+        self.send.queued_bytes + len <= config.send_queue_per_peer
+    }
+
+    pub(crate) fn queue_reliable(
+        &mut self,
+        now: Instant,
+        id: MessageId,
+        data: Payload,
+        delivery: Delivery,
+        lazy: bool,
+        config: &EndpointConfig,
+    ) -> bool {
+        if !self.queue_has_room(data.len(), config) {
+            return false;
+        }
+        if !self.send.has_outstanding() {
+            // Progress is measured from the moment there is something to acknowledge.
+            self.last_progress = now;
+        }
+        let mtu = self.mtu;
+        self.send
+            .queue_reliable(id, data, delivery, lazy, |ordered| {
+                Self::payload_sizes(mtu, ordered)
+            });
+        self.hold_for_flush(now, config);
+        true
+    }
+
+    pub(crate) fn queue_unreliable(
+        &mut self,
+        now: Instant,
+        data: Bytes,
+        config: &EndpointConfig,
+    ) -> bool {
+        let kept = self.send.queue_unreliable(data, config.unreliable_queue);
+        self.hold_for_flush(now, config);
+        kept
+    }
+
+    fn hold_for_flush(&mut self, now: Instant, config: &EndpointConfig) {
+        if let (Some(interval), None) = (config.flush_interval, self.flush_at) {
+            self.flush_at = Some(now + interval);
+        }
+    }
+
+    fn flush_allows(&self, now: Instant) -> bool {
+        match self.flush_at {
+            None => true,
+            Some(at) => at <= now || self.send.unsent_bytes >= self.mtu,
+        }
+    }
+
+    /// Whether a datagram would carry anything right now.
+    pub(crate) fn wants_transmit(&self, now: Instant) -> bool {
+        if self.acks.now || self.ping_now || !self.pongs.is_empty() {
+            return true;
+        }
+        let cc = &self.cc;
+        let lost_fits = self
+            .recovery
+            .first_lost()
+            .is_some_and(|(_, s)| window_allows(&self.recovery, cc, s.wire_len()));
+        lost_fits
+            || (self.flush_allows(now)
+                && (self
+                    .send
+                    .next_frame_len(DataFrame::overhead)
+                    .is_some_and(|len| window_allows(&self.recovery, cc, len))
+                    || !self.send.unreliable.is_empty()))
+    }
+
+    /// Writes one datagram's worth of frames into `w`. With `tail` given, a large data frame's
+    /// payload is left out of `w` (see [`DatagramWriter::push_detached`]) and put in `tail`, to
+    /// be sent behind it.
+    pub(crate) fn write_datagram(
+        &mut self,
+        now: Instant,
+        w: &mut DatagramWriter<'_>,
+        config: &EndpointConfig,
+        ack_scratch: &mut Vec<SeqRange>,
+        retransmitted: &mut u64,
+        mut tail: Option<&mut Option<Bytes>>,
+    ) {
+        if self.acks.owed() {
+            self.acks.write(now, w, ack_scratch);
+        }
+        while let Some(&token) = self.pongs.front() {
+            if w.push(&Frame::Pong { token }).is_err() {
+                break;
+            }
+            self.pongs.pop_front();
+        }
+        if self.ping_now
+            && w.push(&Frame::Ping {
+                token: self.ping_token,
+            })
+            .is_ok()
+        {
+            self.ping_now = false;
+            self.last_ping = Some(now);
+        }
+        self.write_retransmissions(now, w, retransmitted, &mut tail);
+        if self.flush_allows(now) {
+            self.write_new_data(now, w, &mut tail);
+            while let Some(data) = self.send.unreliable.front() {
+                if w.push(&Frame::Unreliable(UnreliableFrame { payload: data }))
+                    .is_err()
+                {
+                    break;
+                }
+                self.send.unsent_bytes -= data.len();
+                self.send.unreliable.pop_front();
+            }
+            if !self.send.has_new_data() && self.send.unreliable.is_empty() {
+                self.flush_at = None;
+            }
+        }
+        if self.recovery.in_flight_frames > 0 && self.recovery.rto_deadline.is_none() {
+            self.recovery.rto_deadline = Some(now + self.recovery.rto(config));
+        }
+    }
+
+    /// Lost frames first, oldest first, as the window allows.
+    fn write_retransmissions(
+        &mut self,
+        now: Instant,
+        w: &mut DatagramWriter<'_>,
+        retransmitted: &mut u64,
+        tail: &mut Option<&mut Option<Bytes>>,
+    ) {
+        loop {
+            self.recovery.skip_stale_lost();
+            let Some((seq, s)) = self.recovery.first_lost() else {
+                return;
+            };
+            if !window_allows(&self.recovery, &self.cc, s.wire_len()) {
+                return;
+            }
+            let frame = DataFrame {
+                lazy_ack: s.lazy,
+                channel: s.channel,
+                seq: seq as u32,
+                message: s.message,
+                order: s.order,
+                fragment: s.fragment,
+                payload: &s.payload,
+            };
+            if push_data(w, frame, &s.payload, tail).is_err() {
+                return;
+            }
+            self.recovery.retransmitting(now);
+            self.stats.retransmitted += 1;
+            *retransmitted += 1;
+        }
+    }
+
+    /// New data frames, small messages first, as the window and the datagram allow.
+    fn write_new_data(
+        &mut self,
+        now: Instant,
+        w: &mut DatagramWriter<'_>,
+        tail: &mut Option<&mut Option<Bytes>>,
+    ) {
+        let Self {
+            send,
+            recovery,
+            cc,
+            stats,
+            ..
+        } = self;
+        while let Some((msg, small)) = send.front_mut() {
+            let index = msg.next_frag;
+            let payload = msg.take_frame_payload(index);
+            let fragment = msg.fragment(index);
+            let len = DataFrame::overhead(msg.order.is_some(), fragment.is_some()) + payload.len();
+            if !window_allows(recovery, cc, len) {
+                msg.give_back(payload);
+                return;
+            }
+            let frame = DataFrame {
+                lazy_ack: msg.lazy,
+                channel: msg.channel,
+                seq: recovery.next_seq as u32,
+                message: msg.message,
+                order: msg.order,
+                fragment,
+                payload: &payload,
+            };
+            if push_data(w, frame, &payload, tail).is_err() {
+                msg.give_back(payload);
+                return;
+            }
+            let payload_len = payload.len();
+            let sent = Sent::new(
+                msg.id,
+                msg.channel,
+                msg.message,
+                msg.order,
+                fragment,
+                payload,
+                now,
+                msg.lazy,
+            );
+            msg.next_frag += 1;
+            let done = msg.next_frag == msg.count;
+            recovery.on_sent(sent);
+            send.unsent_bytes -= payload_len;
+            stats.frames_sent += 1;
+            if done {
+                send.pop_front(small);
+            }
+        }
+    }
+
+    /// Processes an acknowledgement: the messages it completes go to `delivered`. `Err` for an
+    /// ack of data never sent.
+    pub(crate) fn on_ack(
+        &mut self,
+        now: Instant,
+        ack: &mesh_wire::AckFrame<'_>,
+        config: &EndpointConfig,
+        delivered: &mut Vec<MessageId>,
+    ) -> Result<(), ()> {
+        let Self { send, recovery, .. } = self;
+        let Some(acked) = recovery.on_ack(now, ack, |s| send.on_frame_acked(s, delivered))? else {
+            return Ok(());
+        };
+        self.last_progress = now;
+        // Congestion control: slow start, then additive increase, outside recovery.
+        self.cc.on_ack(acked.largest, acked.bytes);
+        if config.fixed_rto.is_none() {
+            if let Some(first) = self.recovery.detect_losses() {
+                self.cc.on_loss(first, self.recovery.next_seq);
+            }
+        }
+        self.recovery.rto_deadline =
+            (self.recovery.in_flight_frames > 0).then(|| now + self.recovery.rto(config));
+        Ok(())
+    }
+
+    /// The retransmission timer fired: everything in flight is presumed lost.
+    pub(crate) fn on_rto(&mut self, now: Instant, config: &EndpointConfig) {
+        self.recovery.on_rto(now, config);
+        self.cc.on_rto(self.recovery.next_seq);
+    }
+
+    /// Takes a data frame. `room` says what the endpoint can still hold.
+    pub(crate) fn on_data(
+        &mut self,
+        now: Instant,
+        d: &DataFrame<'_>,
+        room: Room,
+        config: &EndpointConfig,
+        pool: &BufferPool,
+        out: &mut RecvOutcome,
+    ) -> Result<(), Refused> {
+        self.stats.frames_received += 1;
+        let seq = self.acks.unwrap(d.seq);
+        if let Err(e) = self.acks.admit(seq) {
+            if e == Refused::Duplicate {
+                self.stats.duplicates += 1;
+                self.acks.on_duplicate();
+            }
+            return Err(e);
+        }
+        if room.incoming_full {
+            return Err(Refused::NoRoom);
+        }
+        let complete = match d.fragment {
+            None => {
+                let held = d
+                    .order
+                    .is_some_and(|o| !self.ordering.is_next(d.channel, o));
+                if held {
+                    let cost = d.payload.len() + FRAGMENT_OVERHEAD;
+                    if cost > room.reassembly_left
+                        || self.reassembly_bytes + cost > config.reassembly_per_peer
+                    {
+                        return Err(Refused::NoRoom);
+                    }
+                }
+                Some(Bytes::copy_from_slice(d.payload))
+            }
+            Some(f) => self.reassembly.on_fragment(
+                d,
+                f,
+                room,
+                config,
+                pool,
+                &mut self.reassembly_bytes,
+                &mut out.charge,
+            )?,
+        };
+        // Accepted: record the sequence number and decide when to acknowledge it.
+        self.acks.on_received(now, seq, d.lazy_ack, config);
+        if let Some(data) = complete {
+            let charge = self
+                .ordering
+                .deliver(d.channel, d.order, data, &mut out.delivered);
+            self.reassembly_bytes = (self.reassembly_bytes as isize + charge) as usize;
+            out.charge += charge;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn queue_pong(&mut self, token: u64) {
+        if self.pongs.len() < MAX_PONGS {
+            self.pongs.push_back(token);
+        }
+    }
+
+    /// The next instant this peer needs `handle_timeout`.
+    pub(crate) fn deadline(&self, config: &EndpointConfig) -> Instant {
+        let heard = self.last_recv.max(self.last_ping.unwrap_or(self.last_recv));
+        let mut d = self.last_recv + config.peer_timeout;
+        if !self.ping_now {
+            // While a ping waits to be written, its deadline has already fired.
+            d = d.min(heard + config.keepalive());
+        }
+        if self.has_outstanding() {
+            d = d.min(self.last_progress + config.peer_timeout);
+        }
+        for t in [
+            self.acks.deadline,
+            self.recovery.rto_deadline,
+            self.flush_at,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            d = d.min(t);
+        }
+        d
+    }
+
+    /// Timer work. Returns true when the peer must be reported down (timeout).
+    pub(crate) fn on_timeout(&mut self, now: Instant, config: &EndpointConfig) -> bool {
+        if now >= self.last_recv + config.peer_timeout
+            || (self.has_outstanding() && now >= self.last_progress + config.peer_timeout)
+        {
+            return true;
+        }
+        self.acks.on_timeout(now);
+        if self.recovery.rto_deadline.is_some_and(|t| t <= now) {
+            if self.recovery.has_unacked() {
+                self.on_rto(now, config);
+            } else {
+                self.recovery.rto_deadline = None;
+            }
+        }
+        let heard = self.last_recv.max(self.last_ping.unwrap_or(self.last_recv));
+        if now >= heard + config.keepalive() {
+            self.ping_now = true;
+            self.ping_token = self.ping_token.wrapping_add(1);
+        }
+        false
+    }
+
+    pub(crate) fn snapshot_stats(&self, config: &EndpointConfig) -> PeerStats {
+        let c = self.stats;
+        PeerStats {
+            frames_sent: c.frames_sent,
+            retransmitted: c.retransmitted,
+            frames_received: c.frames_received,
+            duplicates: c.duplicates,
+            dropped: c.dropped,
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+            srtt: self.recovery.rtt.srtt(config),
+            rttvar: self.recovery.rtt.rttvar(),
+            rto: self.recovery.rto(config),
+            cwnd: self.cc.window(),
+            in_flight_bytes: self.recovery.in_flight_bytes,
+            in_flight_frames: self.recovery.in_flight_frames,
+            pending_messages: self.send.pending_len(),
+        }
+    }
+
+    /// Whether `token` answers our last ping.
+    pub(crate) fn pong_matches(&self, token: u64) -> bool {
+        token == self.ping_token
+    }
+}
