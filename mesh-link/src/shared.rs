@@ -1,6 +1,6 @@
 //! Shared objects over the mesh: the `mesh-shared` state machine wired to the transport.
 //!
-//! Every node runs one [`Objects`] state machine in a [`SharedService`], a system service of
+//! Every node runs one [`Objects`] state machine in a shared-object service of
 //! the node. Requests to an owner (create, get, change, remove) go as system requests; the
 //! owner's changes reach watchers as one-way messages. See `mesh-shared/PROTOCOL.md`.
 

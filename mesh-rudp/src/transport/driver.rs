@@ -1,0 +1,242 @@
+//! The [`Driver`]: the future that reads the socket, runs the timers, retries blocked output
+//! and hands over what arrived. It owns no protocol state: that is the [`Endpoint`]'s, under
+//! the transport's lock.
+//!
+//! [`Endpoint`]: crate::Endpoint
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::batch::next_batch;
+use super::io::{recv_batch, send_blocked, transmit, RECV_SLOT};
+#[cfg(doc)]
+use super::Transport;
+use super::{flush, route_events, Received, Shared, State};
+
+/// Most `recvmmsg` calls per turn of the driver before it flushes output.
+const RECV_CALLS: usize = 8;
+/// Most turns of the driver per poll before it yields to other tasks (a socket that never
+/// runs dry must not starve them).
+const DRIVE_TURNS: usize = 16;
+/// How far ahead the driver's timer is set when the endpoint needs no timer.
+pub(super) const IDLE_TIMER: Duration = Duration::from_secs(3600);
+/// Bytes read within one turn of the driver after which it sends what it owes (the
+/// acknowledgements) before reading on, rather than once per turn (up to 16 MiB read, which a
+/// sender's window must then cover). A third of the window of a socket granted 8 MiB; with a
+/// smaller window the sender pauses, the socket drains, and the turn's end acknowledges.
+/// Measured with 1 and 16 MiB messages: 1 MiB and 512 KiB no faster, 4 MiB slower, and
+/// acknowledging every third of a 312 KiB window (Linux's default `rmem_max`) slower too.
+const ACK_FLUSH_BYTES: usize = 2 << 20;
+
+/// Drives a [`Transport`] made by [`Transport::bind_with_driver`]: reads the socket, runs the
+/// timers, retries blocked output, and yields the received messages.
+///
+/// Poll it from one task, for as long as the transport is open: nothing is received,
+/// acknowledged or retransmitted while nobody polls it. The acknowledgement of a message it
+/// returns is sent by the next poll (or carried by an answer sent before it).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use mesh_rudp::{Transport, TransportConfig};
+///
+/// let a = Transport::bind("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+/// let (b, mut driver) =
+///     Transport::bind_with_driver("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+/// let to = b.local_addr();
+/// let sender = tokio::spawn(async move { a.send(to, &b"hi"[..]).await.map(|()| a) });
+/// let msg = driver.recv().await.expect("open");
+/// assert_eq!(&msg.data[..], b"hi");
+/// // Go on driving while `b` closes: the driver ends when the transport is closed.
+/// let (_report, ()) = tokio::join!(b.close(), async {
+///     while driver.recv().await.is_some() {}
+/// });
+/// sender.await??.close().await;
+/// # Ok(()) }
+/// ```
+#[must_use = "a driver does nothing unless polled: spawn `Driver::run`, or poll it from the task that takes the messages"]
+pub struct Driver {
+    pub(super) shared: Arc<Shared>,
+    pub(super) storage: Vec<u8>,
+    pub(super) metas: Vec<quinn_udp::RecvMeta>,
+    /// Datagrams the next read asks for: twice what the last one got, within
+    /// `MIN_BATCH..=metas.len()`. Preparing a slot costs even when nothing fills it, so a
+    /// request-response exchange asks for few and a burst quickly for many.
+    pub(super) batch: usize,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// Drives the transport and returns the next received message, or `None` once the
+    /// transport is closed.
+    pub async fn recv(&mut self) -> Option<Received> {
+        std::future::poll_fn(|cx| self.poll_recv(cx, true)).await
+    }
+
+    /// Drives the transport until it is closed, queueing what arrives for
+    /// [`Transport::recv`]. What [`Transport::bind`] spawns.
+    pub async fn run(mut self) {
+        std::future::poll_fn(|cx| self.poll_recv(cx, false)).await;
+    }
+
+    /// Drives the transport: reads the socket, runs due timers, retries blocked output and
+    /// flushes what the endpoint has to send. With `take`, returns the next received message;
+    /// without, leaves messages queued (for [`Transport::recv`], or for later when the caller
+    /// cannot take more: they then count against the endpoint's incoming limit, which slows
+    /// the senders). `Ready(None)` once the transport is closed.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>, take: bool) -> Poll<Option<Received>> {
+        let Self {
+            shared,
+            storage,
+            metas,
+            batch,
+        } = self;
+        let shared = &**shared;
+        // Read once per turn and once per batch received: the clock is not free on every
+        // machine (virtual ones especially).
+        let mut now;
+        for _ in 0..DRIVE_TURNS {
+            {
+                let mut st = shared.state.lock();
+                if take {
+                    if let Some(m) = st.inbox.pop_front() {
+                        let n = st.inbox.len();
+                        st.endpoint.set_backlog(n);
+                        // Not flushed yet: the consumer's answer can carry the acknowledgement.
+                        return Poll::Ready(Some(m));
+                    }
+                }
+                if st.shutdown {
+                    st.driver_waker = None;
+                    return Poll::Ready(None);
+                }
+                st.flush_wanted = false;
+                now = Instant::now().into_std();
+                flush(shared, &mut st, Some(now));
+                if !st.blocked_tx.is_empty() && shared.socket.poll_send_ready(cx).is_ready() {
+                    send_blocked(shared, &mut st);
+                    flush(shared, &mut st, Some(now));
+                }
+                if st.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                    st.endpoint.handle_timeout(now);
+                    continue;
+                }
+            }
+            // The socket is read without the lock, so senders are not held up by the syscall.
+            let mut received = 0;
+            let (mut delivered, mut queued, mut drained) = (false, false, false);
+            // The first batch is stamped with the turn's reading, taken just before (late by at
+            // most the flush's sends: noise in an RTT sample, and the RTO has a floor of
+            // milliseconds); later batches follow processing, and read the clock again.
+            let mut stamp = Some(now);
+            let mut read_unacked = 0;
+            for _ in 0..RECV_CALLS {
+                let asked = *batch;
+                let n = recv_batch(shared, storage, &mut metas[..asked]);
+                let bytes = metas[..n].iter().map(|m| m.len).sum();
+                *batch = next_batch(n, bytes, metas.len());
+                if n == 0 {
+                    drained = true;
+                    break;
+                }
+                received += n;
+                read_unacked += bytes;
+                let mut st = shared.state.lock();
+                let now = stamp.take().unwrap_or_else(|| Instant::now().into_std());
+                for (meta, slot) in metas.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
+                    let stride = meta.stride.max(1);
+                    for d in slot[..meta.len].chunks(stride) {
+                        on_datagram(shared, &mut st, now, meta.addr, d);
+                    }
+                }
+                if read_unacked >= ACK_FLUSH_BYTES {
+                    // A bulk sender is waiting on these acknowledgements to send more: let it
+                    // have them now rather than after the turn's last read.
+                    transmit(shared, &mut st, Some(now));
+                    read_unacked = 0;
+                }
+                let (m, q) = route_events(shared, &mut st);
+                delivered |= m;
+                queued |= q;
+                if n < asked {
+                    // The queue was drained: another call would only say so, at a syscall's
+                    // cost.
+                    drained = true;
+                    break;
+                }
+            }
+            if delivered && !take {
+                // Let the application run first: an answer it sends at once carries our
+                // acknowledgement, which then costs no datagram of its own. The next poll
+                // flushes first thing.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if (queued && take) || !drained {
+                // A message to hand over, or more to read.
+                continue;
+            }
+            // Nothing more to do now: sleep until the socket, the timer or a command wakes us.
+            let mut st = shared.state.lock();
+            if received > 0 {
+                // What the datagrams just read owe (acknowledgements), without another turn
+                // (the socket is drained, and answers taken by the intercept hook are with
+                // their requesters already).
+                flush(shared, &mut st, None);
+            }
+            if st.flush_wanted || shared.socket.poll_recv_ready(cx).is_ready() {
+                continue;
+            }
+            st.armed_writable = !st.blocked_tx.is_empty();
+            if st.armed_writable && shared.socket.poll_send_ready(cx).is_ready() {
+                continue;
+            }
+            // The turn's clock reading: at most a read of the socket old.
+            let at = st.endpoint.poll_timeout().unwrap_or(now + IDLE_TIMER);
+            if st.timer_at != at {
+                st.timer.as_mut().reset(Instant::from_std(at));
+                st.timer_at = at;
+            }
+            if st.timer.as_mut().poll(cx).is_ready() {
+                // Due (tokio's clock rounds up, so `now` may still be a little short of it).
+                st.endpoint.handle_timeout(now.max(at));
+                let idle = now + IDLE_TIMER;
+                st.timer.as_mut().reset(Instant::from_std(idle));
+                st.timer_at = idle;
+                continue;
+            }
+            match &st.driver_waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.driver_waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        // Still busy after a full budget: give other tasks a turn, then go on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+fn on_datagram(
+    shared: &Shared,
+    st: &mut State,
+    now: std::time::Instant,
+    from: SocketAddr,
+    bytes: &[u8],
+) {
+    if shared.config.answer_raw_ping && bytes == b"ping" {
+        let _ = shared.socket.try_send_to(b"PONG\n", from);
+        return;
+    }
+    st.endpoint.handle_datagram(now, from, bytes);
+}
