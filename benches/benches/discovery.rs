@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use mesh_discovery::testing::RedisServer;
 use mesh_discovery::{
-    Membership, MembershipConfig, MembershipEvent, NodeKey, NodeRecord, RedisRegistry, Registry,
+    Backend, Membership, MembershipConfig, MembershipEvent, NodeKey, NodeRecord, RedisRegistry,
 };
 use tokio::sync::broadcast;
 

@@ -7,7 +7,7 @@
 //! keep talking.
 //!
 //! # Pieces
-//! - [`Registry`]: where records live, with changes pushed to subscribers. Backends:
+//! - [`Backend`]: where records live, with changes pushed to subscribers. Backends:
 //!   [`RedisRegistry`] (fred; key schema and command costs on its docs and in this crate's
 //!   README) and [`MemoryRegistry`] (in-process, for tests and the zero-setup example).
 //! - [`NodeRecord`]: what a node publishes, read back defensively ([`NodeRecord::decode`]).
@@ -38,6 +38,7 @@
 mod membership;
 mod memory;
 mod record;
+#[cfg(feature = "redis")]
 mod redis;
 mod registry;
 #[cfg(feature = "testing")]
@@ -48,8 +49,9 @@ pub use membership::{
 };
 pub use memory::MemoryRegistry;
 pub use record::{NodeKey, NodeRecord, MAX_RECORD_BYTES, RECORD_VERSION};
+#[cfg(feature = "redis")]
 pub use redis::{RedisRegistry, RedisTopology};
-pub use registry::{Notice, Registry};
+pub use registry::{Backend, Notice};
 
 use thiserror::Error;
 

@@ -1,4 +1,4 @@
-//! The live view of a mesh, kept by one node on top of a [`Registry`].
+//! The live view of a mesh, kept by one node on top of a [`Backend`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, warn};
 
-use crate::{DiscoveryError, NodeKey, NodeRecord, Notice, Registry, RegistryError};
+use crate::{Backend, DiscoveryError, NodeKey, NodeRecord, Notice, RegistryError};
 
 /// Membership events buffered per subscriber.
 const EVENT_BUFFER: usize = 4096;
@@ -130,12 +130,12 @@ struct Shared<R> {
 /// ma.stop().await;
 /// # }
 /// ```
-pub struct Membership<R: Registry> {
+pub struct Membership<R: Backend> {
     shared: Arc<Shared<R>>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl<R: Registry> std::fmt::Debug for Membership<R> {
+impl<R: Backend> std::fmt::Debug for Membership<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Membership")
             .field("local", &self.shared.local.lock().key)
@@ -144,7 +144,7 @@ impl<R: Registry> std::fmt::Debug for Membership<R> {
     }
 }
 
-impl<R: Registry> Membership<R> {
+impl<R: Backend> Membership<R> {
     /// Publishes `local` and starts keeping the view. A registry that is down at start is
     /// retried with back-off; the node works with what it knows meanwhile.
     pub async fn start(registry: R, local: NodeRecord, config: MembershipConfig) -> Self {
@@ -403,7 +403,7 @@ impl<R: Registry> Membership<R> {
     }
 }
 
-impl<R: Registry> Drop for Membership<R> {
+impl<R: Backend> Drop for Membership<R> {
     fn drop(&mut self) {
         // Dropped without stop(): like a killed process, the record simply expires.
         if let Some(t) = self.task.lock().take() {
@@ -462,7 +462,7 @@ fn count<R>(shared: &Shared<R>, r: &Result<impl Sized, RegistryError>) {
     }
 }
 
-async fn publish<R: Registry>(shared: &Shared<R>) -> Result<(), RegistryError> {
+async fn publish<R: Backend>(shared: &Shared<R>) -> Result<(), RegistryError> {
     let (key, bytes) = {
         let l = shared.local.lock();
         (l.key, l.encode())
@@ -479,7 +479,7 @@ async fn publish<R: Registry>(shared: &Shared<R>) -> Result<(), RegistryError> {
 /// Refreshes liveness, or publishes when the record changed or went missing. `Ok(true)`:
 /// our own record was gone (the registry lost it: a restart, a flush, an expiry we could not
 /// prevent), so others may be missing theirs for the same reason.
-async fn keep_alive<R: Registry>(shared: &Shared<R>) -> Result<bool, RegistryError> {
+async fn keep_alive<R: Backend>(shared: &Shared<R>) -> Result<bool, RegistryError> {
     if shared.dirty.load(Ordering::Acquire) {
         return publish(shared).await.map(|()| false);
     }
@@ -546,7 +546,7 @@ fn depart<R>(shared: &Shared<R>, key: NodeKey) {
 /// The registry no longer has `key`'s record, while it was healthy. Without a liveness check
 /// that is the node's departure; with one, the node is asked first (in a task of its own, one
 /// at a time per node) and departs only if it does not answer and no record came meanwhile.
-fn registry_lost<R: Registry>(shared: &Arc<Shared<R>>, key: NodeKey) {
+fn registry_lost<R: Backend>(shared: &Arc<Shared<R>>, key: NodeKey) {
     if !shared.view.read().contains_key(&key) {
         return;
     }
@@ -575,7 +575,7 @@ fn registry_lost<R: Registry>(shared: &Arc<Shared<R>>, key: NodeKey) {
 
 /// A full read: adds what is missing, and takes what is gone for departed when the registry
 /// has been healthy long enough for its absence to mean something (see [`Evidence`]).
-async fn reconcile<R: Registry>(
+async fn reconcile<R: Backend>(
     shared: &Arc<Shared<R>>,
     evidence: &mut Evidence,
 ) -> Result<(), RegistryError> {
@@ -652,7 +652,7 @@ fn choose_backups<R>(shared: &Shared<R>) {
     }
 }
 
-async fn run<R: Registry>(
+async fn run<R: Backend>(
     shared: Arc<Shared<R>>,
     mut notices: broadcast::Receiver<Notice>,
     healthy: bool,

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::{NodeKey, Notice, Registry, RegistryError};
+use crate::{Backend, NodeKey, Notice, RegistryError};
 
 /// Notices buffered per subscriber before a slow one lags (and then reconciles).
 const NOTICE_BUFFER: usize = 4096;
@@ -99,7 +99,7 @@ impl MemoryRegistry {
     }
 }
 
-impl Registry for MemoryRegistry {
+impl Backend for MemoryRegistry {
     async fn publish(
         &self,
         key: NodeKey,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
-use crate::{NodeKey, Notice, Registry, RegistryError};
+use crate::{Backend, NodeKey, Notice, RegistryError};
 
 /// Notices buffered per subscriber before a slow one lags (and then reconciles).
 const NOTICE_BUFFER: usize = 4096;
@@ -368,7 +368,7 @@ fn parse_notice(s: &str) -> Option<Notice> {
     }
 }
 
-impl Registry for RedisRegistry {
+impl Backend for RedisRegistry {
     async fn publish(
         &self,
         key: NodeKey,

@@ -11,7 +11,7 @@ use crate::{NodeKey, RegistryError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Notice {
-    /// A record was written (a join or an update): read it with [`Registry::get`].
+    /// A record was written (a join or an update): read it with [`Backend::get`].
     Changed(NodeKey),
     /// A record was removed by its node (a graceful stop): the node said goodbye.
     Removed(NodeKey),
@@ -27,7 +27,7 @@ pub enum Notice {
 ///
 /// Records are bytes here: reading them is [`crate::NodeRecord::decode`]'s job, so every backend
 /// gets the same defensive parsing.
-pub trait Registry: Send + Sync + 'static {
+pub trait Backend: Send + Sync + 'static {
     /// Writes (or rewrites) a record, live for `ttl`.
     fn publish(
         &self,

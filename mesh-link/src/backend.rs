@@ -2,17 +2,20 @@
 
 use std::time::Duration;
 
-use mesh_discovery::{MemoryRegistry, NodeKey, Notice, RedisRegistry, Registry, RegistryError};
+#[cfg(feature = "redis")]
+use mesh_discovery::RedisRegistry;
+use mesh_discovery::{Backend, MemoryRegistry, NodeKey, Notice, RegistryError};
 use tokio::sync::broadcast;
 
 /// The registry a node runs on.
 #[derive(Debug, Clone)]
 pub(crate) enum AnyBackend {
     Memory(MemoryRegistry),
+    #[cfg(feature = "redis")]
     Redis(RedisRegistry),
 }
 
-impl Registry for AnyBackend {
+impl Backend for AnyBackend {
     async fn publish(
         &self,
         key: NodeKey,
@@ -21,6 +24,7 @@ impl Registry for AnyBackend {
     ) -> Result<(), RegistryError> {
         match self {
             Self::Memory(r) => r.publish(key, record, ttl).await,
+            #[cfg(feature = "redis")]
             Self::Redis(r) => r.publish(key, record, ttl).await,
         }
     }
@@ -28,6 +32,7 @@ impl Registry for AnyBackend {
     async fn refresh(&self, key: NodeKey, ttl: Duration) -> Result<(), RegistryError> {
         match self {
             Self::Memory(r) => r.refresh(key, ttl).await,
+            #[cfg(feature = "redis")]
             Self::Redis(r) => r.refresh(key, ttl).await,
         }
     }
@@ -35,6 +40,7 @@ impl Registry for AnyBackend {
     async fn remove(&self, key: NodeKey) -> Result<(), RegistryError> {
         match self {
             Self::Memory(r) => r.remove(key).await,
+            #[cfg(feature = "redis")]
             Self::Redis(r) => r.remove(key).await,
         }
     }
@@ -42,6 +48,7 @@ impl Registry for AnyBackend {
     async fn get(&self, key: NodeKey) -> Result<Option<Vec<u8>>, RegistryError> {
         match self {
             Self::Memory(r) => r.get(key).await,
+            #[cfg(feature = "redis")]
             Self::Redis(r) => r.get(key).await,
         }
     }
@@ -49,6 +56,7 @@ impl Registry for AnyBackend {
     async fn snapshot(&self) -> Result<Vec<(NodeKey, Vec<u8>)>, RegistryError> {
         match self {
             Self::Memory(r) => r.snapshot().await,
+            #[cfg(feature = "redis")]
             Self::Redis(r) => r.snapshot().await,
         }
     }
@@ -56,6 +64,7 @@ impl Registry for AnyBackend {
     fn subscribe(&self) -> broadcast::Receiver<Notice> {
         match self {
             Self::Memory(r) => r.subscribe(),
+            #[cfg(feature = "redis")]
             Self::Redis(r) => r.subscribe(),
         }
     }

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use mesh_discovery::{MemoryRegistry, RedisTopology};
+use mesh_discovery::MemoryRegistry;
+#[cfg(feature = "redis")]
+use mesh_discovery::RedisTopology;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -34,7 +36,7 @@ use crate::Error;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
-    /// The registry: a Redis URL (see [`RedisTopology::from_url`]: standalone, master with
+    /// The registry: a Redis URL (see `RedisTopology::from_url`: standalone, master with
     /// replicas, Sentinel, Cluster). `None` (the default) runs on a private in-memory registry:
     /// the node is alone, which suits tools and tests (see [`Registry::memory`] to share one
     /// in a process).
@@ -288,7 +290,8 @@ pub enum Registry {
     /// An in-memory registry: nodes built with clones of the same one see each other (in one
     /// process). For tests and the zero-setup example.
     Memory(MemoryRegistry),
-    /// Redis, in any topology.
+    /// Redis, in any topology (feature `redis`).
+    #[cfg(feature = "redis")]
     Redis(RedisTopology),
 }
 
@@ -301,7 +304,13 @@ impl Registry {
     /// Redis at a URL: `redis://host:port`, `redis://host:port?replicas=true`,
     /// `redis-sentinel://host:port?sentinelServiceName=NAME&node=host:port`,
     /// `redis-cluster://host:port?node=host:port`.
+    /// Without the `redis` feature, an error that says so.
     pub fn redis(url: &str) -> Result<Self, Error> {
-        Ok(Self::Redis(RedisTopology::from_url(url)?))
+        #[cfg(feature = "redis")]
+        return Ok(Self::Redis(RedisTopology::from_url(url)?));
+        #[cfg(not(feature = "redis"))]
+        Err(Error::Config(format!(
+            "redis {url:?}: this build of mesh-link has no Redis support (feature `redis`)"
+        )))
     }
 }

@@ -75,7 +75,10 @@ pub use handler::Context;
 pub use node::{system, Builder, MeshNode, NodeStats, SendOptions, ToNodeKey};
 
 pub use bytes::Bytes;
-pub use mesh_discovery::{MembershipEvent, NodeKey, NodeRecord, RedisTopology};
+#[cfg(feature = "redis")]
+pub use mesh_discovery::RedisTopology;
+pub use mesh_discovery::{DiscoveryStats, MembershipEvent, NodeKey, NodeRecord};
+pub use mesh_rudp::{EndpointStats, PeerStats};
 
 /// The workspace README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use mesh_discovery::{NodeRecord, RedisRegistry, Registry as _};
+use mesh_discovery::{Backend as _, NodeRecord, RedisRegistry};
 use mesh_link::{Config, MeshNode, NodeKey, Registry, RequestError, Secret};
 
 /// Server processes that find each other through Redis and talk over reliable UDP.

@@ -83,7 +83,6 @@ mod types;
 
 pub use config::{EndpointConfig, DEFAULT_LOOPBACK_MTU};
 pub use endpoint::{Endpoint, StartTime, Transmit};
-pub use ranges::RangeSet;
 #[cfg(feature = "tokio")]
 pub use transport::{
     CloseReport, Driver, Intercept, Outcome, QueueOptions, Received, Transport, TransportConfig,

@@ -5,18 +5,19 @@ use std::ops::Range;
 
 /// Disjoint, non-adjacent ranges, keyed by start. Memory is one map node per range.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RangeSet {
+pub(crate) struct RangeSet {
     map: BTreeMap<u64, u64>,
 }
 
 impl RangeSet {
     /// An empty set.
-    pub fn new() -> Self {
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Whether `x` is in the set.
-    pub fn contains(&self, x: u64) -> bool {
+    pub(crate) fn contains(&self, x: u64) -> bool {
         self.map
             .range(..=x)
             .next_back()
@@ -24,12 +25,12 @@ impl RangeSet {
     }
 
     /// Adds `x`; returns whether it was new.
-    pub fn insert(&mut self, x: u64) -> bool {
+    pub(crate) fn insert(&mut self, x: u64) -> bool {
         self.insert_range(x..x + 1)
     }
 
     /// Adds a range; returns whether any of it was new.
-    pub fn insert_range(&mut self, r: Range<u64>) -> bool {
+    pub(crate) fn insert_range(&mut self, r: Range<u64>) -> bool {
         if r.start >= r.end {
             return false;
         }
@@ -55,7 +56,7 @@ impl RangeSet {
     }
 
     /// Removes everything below `x`.
-    pub fn remove_below(&mut self, x: u64) {
+    pub(crate) fn remove_below(&mut self, x: u64) {
         while let Some((&s, &e)) = self.map.first_key_value() {
             if s >= x {
                 break;
@@ -69,22 +70,22 @@ impl RangeSet {
     }
 
     /// The first range, if any.
-    pub fn first(&self) -> Option<Range<u64>> {
+    pub(crate) fn first(&self) -> Option<Range<u64>> {
         self.map.first_key_value().map(|(&s, &e)| s..e)
     }
 
     /// The ranges in ascending order.
-    pub fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
         self.map.iter().map(|(&s, &e)| s..e)
     }
 
     /// Number of ranges.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
     /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 }
@@ -128,5 +129,64 @@ mod tests {
         s.remove_below(6);
         assert_eq!(s.first(), Some(6..8));
         assert!(s.contains(7) && !s.contains(5) && !s.contains(8));
+    }
+
+    mod model {
+        use std::collections::BTreeSet;
+
+        use proptest::prelude::*;
+
+        use super::super::RangeSet;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Insert(u64),
+            InsertRange(u64, u64),
+            RemoveBelow(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u64..200).prop_map(Op::Insert),
+                (0u64..200, 0u64..20).prop_map(|(s, l)| Op::InsertRange(s, s + l)),
+                (0u64..200).prop_map(Op::RemoveBelow),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn range_set_matches_a_naive_set(ops in prop::collection::vec(op(), 0..200)) {
+                let mut set = RangeSet::new();
+                let mut model = BTreeSet::new();
+                for op in ops {
+                    match op {
+                        Op::Insert(x) => {
+                            prop_assert_eq!(set.insert(x), model.insert(x));
+                        }
+                        Op::InsertRange(s, e) => {
+                            let mut new = false;
+                            for x in s..e {
+                                new |= model.insert(x);
+                            }
+                            prop_assert_eq!(set.insert_range(s..e), new);
+                        }
+                        Op::RemoveBelow(x) => {
+                            set.remove_below(x);
+                            model.retain(|&v| v >= x);
+                        }
+                    }
+                    // Same members, and ranges disjoint, non-adjacent, ascending.
+                    let flat: BTreeSet<u64> = set.iter().flatten().collect();
+                    prop_assert_eq!(&flat, &model);
+                    let ranges: Vec<_> = set.iter().collect();
+                    for w in ranges.windows(2) {
+                        prop_assert!(w[0].end < w[1].start);
+                    }
+                    for x in 0..220 {
+                        prop_assert_eq!(set.contains(x), model.contains(&x));
+                    }
+                }
+            }
+        }
     }
 }

@@ -75,6 +75,7 @@ pub enum EncodeError {
 }
 
 /// Errors of the payload codec ([`crate::codec`]).
+#[cfg(feature = "codec")]
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum CodecError {

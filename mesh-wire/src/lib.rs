@@ -8,7 +8,7 @@
 //! A datagram is a 24-byte header (magic `"ML"`, version, flags, the sender's and receiver's
 //! session ids, a CRC-32) followed by one or more [`Frame`]s. Reliable data frames carry the
 //! pieces of a message; a reassembled message starts with an [`Envelope`]; user payloads are
-//! encoded by the [`codec`] module.
+//! encoded by the `codec` module (feature `codec`, on by default: serde through bincode 2).
 //!
 //! ```
 //! use mesh_wire::{Datagram, DatagramWriter, DataFrame, Frame, Header};
@@ -48,6 +48,7 @@
 
 mod auth;
 mod bytes;
+#[cfg(feature = "codec")]
 pub mod codec;
 mod datagram;
 mod envelope;
@@ -64,7 +65,9 @@ pub use datagram::{
 pub use envelope::{
     is_system_handler, Envelope, EnvelopeKind, ErrorBody, ErrorCode, SYSTEM_HANDLERS,
 };
-pub use error::{CodecError, DecodeError, EncodeError};
+#[cfg(feature = "codec")]
+pub use error::CodecError;
+pub use error::{DecodeError, EncodeError};
 pub use frame::{
     AckFrame, AckRanges, CloseFrame, DataFrame, Fragment, Frame, SeqRange, UnreliableFrame,
     CLOSE_NORMAL, CLOSE_NO_RESOURCES, CLOSE_PROTOCOL_ERROR, CLOSE_UNKNOWN_SESSION, FRAME_ACK,

@@ -46,7 +46,7 @@ async fn next(events: &mut broadcast::Receiver<MembershipEvent>, secs: u64) -> M
 /// The shared suite on the in-memory backend.
 struct Memory(MemoryRegistry);
 
-impl suite::Backend for Memory {
+impl suite::Fixture for Memory {
     type R = MemoryRegistry;
     async fn registry(&self) -> MemoryRegistry {
         self.0.clone()

@@ -47,7 +47,7 @@ async fn connect_retrying(url: &str) -> RedisRegistry {
 /// The shared suite on Redis: every node gets its own connection.
 struct Redis(String);
 
-impl suite::Backend for Redis {
+impl suite::Fixture for Redis {
     type R = RedisRegistry;
     async fn registry(&self) -> RedisRegistry {
         RedisRegistry::connect(&self.0, "suite")
@@ -222,13 +222,13 @@ async fn sentinel_failover_during_the_test() {
     suite::join_update_leave(&Redis(url.clone())).await;
     let backend = Redis(url.clone());
     let a = Membership::start(
-        suite::Backend::registry(&backend).await,
+        suite::Fixture::registry(&backend).await,
         NodeRecord::new(key(11), "game", 11, 0),
         fast(),
     )
     .await;
     let b = Membership::start(
-        suite::Backend::registry(&backend).await,
+        suite::Fixture::registry(&backend).await,
         NodeRecord::new(key(12), "game", 12, 0),
         fast(),
     )

@@ -4,14 +4,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use mesh_discovery::{
-    Membership, MembershipConfig, MembershipEvent, NodeKey, NodeRecord, Registry,
-};
+use mesh_discovery::{Membership, MembershipConfig, MembershipEvent, NodeKey, NodeRecord};
 use tokio::sync::broadcast;
 
 /// Gives each node of one mesh its registry handle.
-pub(crate) trait Backend {
-    type R: Registry;
+pub(crate) trait Fixture {
+    type R: mesh_discovery::Backend;
     fn registry(&self) -> impl Future<Output = Self::R>;
 }
 
@@ -26,7 +24,7 @@ pub(crate) fn config() -> MembershipConfig {
     c
 }
 
-async fn node<B: Backend>(b: &B, port: u16, ty: &str) -> Membership<B::R> {
+async fn node<B: Fixture>(b: &B, port: u16, ty: &str) -> Membership<B::R> {
     Membership::start(
         b.registry().await,
         NodeRecord::new(key(port), ty, u64::from(port), 0),
@@ -42,7 +40,7 @@ async fn next(events: &mut broadcast::Receiver<MembershipEvent>) -> MembershipEv
         .expect("open")
 }
 
-pub(crate) async fn join_update_leave<B: Backend>(b: &B) {
+pub(crate) async fn join_update_leave<B: Fixture>(b: &B) {
     let a = node(b, 1, "game").await;
     let mut ev = a.events();
     let n2 = node(b, 2, "game").await;
@@ -68,7 +66,7 @@ pub(crate) async fn join_update_leave<B: Backend>(b: &B) {
     a.stop().await;
 }
 
-pub(crate) async fn killed_node_expires<B: Backend>(b: &B) {
+pub(crate) async fn killed_node_expires<B: Fixture>(b: &B) {
     let a = node(b, 1, "game").await;
     let n2 = node(b, 2, "game").await;
     a.wait_for(|m| m.node_exists(key(2))).await;
@@ -78,7 +76,7 @@ pub(crate) async fn killed_node_expires<B: Backend>(b: &B) {
     a.stop().await;
 }
 
-pub(crate) async fn falsy_and_structured_values<B: Backend>(b: &B) {
+pub(crate) async fn falsy_and_structured_values<B: Fixture>(b: &B) {
     let a = node(b, 1, "game").await;
     let n2 = node(b, 2, "game").await;
     n2.set_value("zero", &0).unwrap();

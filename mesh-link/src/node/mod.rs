@@ -239,6 +239,7 @@ impl MeshNode {
         let local = core.local;
         let backend = match registry {
             Registry::Memory(m) => AnyBackend::Memory(m),
+            #[cfg(feature = "redis")]
             Registry::Redis(t) => {
                 match mesh_discovery::RedisRegistry::connect_to(&t, &config.prefix).await {
                     Ok(r) => AnyBackend::Redis(r),
