@@ -1,6 +1,7 @@
 //! mesh-rudp integration tests: one binary, a module per subject.
 
 mod hostile;
+mod liveness;
 mod models;
 mod scenarios;
 mod sockets;

@@ -1,0 +1,122 @@
+//! `mesh-bench <scenario>`: mesh-link against what users would use instead, in one process
+//! run, interleaved in rounds (A B A B …) so that no contender gets a quieter machine. Prints
+//! a table with the ratio to each baseline (`--json` for machines). All on 127.0.0.1.
+//!
+//! ```text
+//! cargo run --release -p mesh-benches --bin mesh-bench -- all
+//! cargo run --release -p mesh-benches --bin mesh-bench -- rtt --duration 10 --json
+//! ```
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool prints its results"
+)]
+
+mod contenders;
+mod prelude;
+mod report;
+mod scenarios;
+
+#[allow(unused_imports, reason = "main takes what it needs from one list")]
+use prelude::*;
+use scenarios::{bulk::*, fanout::*, lossy::*, node_compare::*, oneway::*, rtt::*};
+
+/// A boxed future of the bench.
+pub(crate) type BenchFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Scenario {
+    /// 64-byte request/response, one at a time.
+    Rtt,
+    /// 64-byte request/response, 100 in flight.
+    RttConcurrent,
+    /// 64-byte one-way messages per second.
+    Oneway,
+    /// 1 MiB and 16 MiB messages.
+    Bulk,
+    /// One message to 10 and 50 nodes, until all acknowledged.
+    Fanout,
+    /// `oneway` and `rtt` through a lossy relay: adaptive RTO vs the original's fixed 200 ms.
+    Lossy,
+    /// `rtt`, `oneway` and `bulk` against the original Node.js mesh-link 0.13.6 (needs `node`,
+    /// `npm` and `redis-server`; both meshes use a Redis the bench starts).
+    NodeCompare,
+    /// Every scenario (`node-compare` too, when `node` is installed).
+    All,
+}
+
+/// mesh-link against raw UDP, TCP, HTTP/1.1 (hyper) and QUIC (quinn), side by side.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mesh-bench", version, about)]
+pub(crate) struct Args {
+    /// What to measure.
+    pub(crate) scenario: Scenario,
+    /// Seconds per scenario (split over its rounds and contenders).
+    #[arg(long, default_value_t = 20)]
+    pub(crate) duration: u64,
+    /// Rounds of interleaving.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) rounds: u32,
+    /// One JSON object per result line instead of tables.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Also draw the latency percentiles (p50 and p99 of every latency row) into this SVG.
+    #[arg(long)]
+    pub(crate) plot: Option<std::path::PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let scenarios: Vec<Scenario> = match args.scenario {
+        Scenario::All => vec![
+            Scenario::Rtt,
+            Scenario::RttConcurrent,
+            Scenario::Oneway,
+            Scenario::Bulk,
+            Scenario::Fanout,
+            Scenario::Lossy,
+            Scenario::NodeCompare,
+        ],
+        s => vec![s],
+    };
+    let mut everything = Vec::new();
+    for s in scenarios {
+        let started = Instant::now();
+        // Every contender runs on a task of the runtime, as a service's own code does: the
+        // thread that calls `block_on` is outside the worker pool, and every wake-up of it
+        // would be a thread wake-up that no contender's design chose.
+        let task_args = args.clone();
+        let rows = rt
+            .block_on(rt.spawn(async move {
+                let args = &task_args;
+                match s {
+                    Scenario::Rtt => rtt(args, 1).await,
+                    Scenario::RttConcurrent => rtt(args, 100).await,
+                    Scenario::Oneway => oneway(args).await,
+                    Scenario::Bulk => bulk(args).await,
+                    Scenario::Fanout => fanout(args).await,
+                    Scenario::Lossy => lossy(args).await,
+                    Scenario::NodeCompare => node_compare(args).await,
+                    Scenario::All => Vec::new(),
+                }
+            }))
+            .expect("scenario task");
+        if !args.json {
+            eprintln!("{s:?} took {:.1} s", started.elapsed().as_secs_f64());
+        }
+        print(&rows, args.json);
+        everything.extend(rows);
+    }
+    if let Some(path) = &args.plot {
+        match plot(&everything, path) {
+            Ok(()) => eprintln!("plot written to {}", path.display()),
+            Err(e) => eprintln!("plot not written to {}: {e}", path.display()),
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
