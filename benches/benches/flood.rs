@@ -116,8 +116,8 @@ async fn scenario(name: &str, key: Option<&str>, rate: u64) {
         "  victim dropped: invalid {}, unauthenticated {}, peer limit {}, stale session {}; peers now {}",
         s.dropped_invalid, s.dropped_unauthenticated, s.dropped_peer_limit, s.dropped_stale_session, s.peers
     );
-    client.stop().await;
-    victim.stop().await;
+    let _ = client.stop().await;
+    let _ = victim.stop().await;
 }
 
 fn main() {

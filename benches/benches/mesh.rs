@@ -98,8 +98,8 @@ fn bench_rtt(c: &mut Criterion) {
     });
     g.finish();
     rt.block_on(async {
-        a.stop().await;
-        b.stop().await;
+        let _ = a.stop().await;
+        let _ = b.stop().await;
     });
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
 }
@@ -159,9 +159,9 @@ fn bench_fanout(c: &mut Criterion) {
     });
     g.finish();
     rt.block_on(async {
-        sender.stop().await;
+        let _ = sender.stop().await;
         for n in nodes {
-            n.stop().await;
+            let _ = n.stop().await;
         }
     });
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
@@ -216,9 +216,9 @@ fn bench_shared(c: &mut Criterion) {
     g.finish();
     rt.block_on(async {
         drop((on_b, on_c));
-        b.stop().await;
-        c2.stop().await;
-        owner.stop().await;
+        let _ = b.stop().await;
+        let _ = c2.stop().await;
+        let _ = owner.stop().await;
     });
 }
 

@@ -78,6 +78,7 @@ impl Core {
     pub(crate) async fn request(
         &self,
         id: u16,
+        fingerprint: Option<u64>,
         node: NodeKey,
         data: Bytes,
         timeout: Duration,
@@ -96,7 +97,8 @@ impl Core {
         }
         // Removes the entry however this future ends (answered, failed, timed out, dropped).
         let mut cleanup = PendingGuard(&self.pending, request_id, true);
-        let envelope = envelope::payload(EnvelopeKind::Request, id, request_id, &data);
+        let head = envelope::Head::new(EnvelopeKind::Request, id, request_id).typed(fingerprint);
+        let envelope = envelope::payload(head, &data);
         let not_delivered = |e: SendError| RequestError::NotDelivered {
             node,
             error: e.into(),
@@ -240,7 +242,7 @@ pub(crate) fn intercept_answers(core: Weak<Core>) -> mesh_rudp::Intercept {
             return Some(m);
         };
         let mut payload = m.data;
-        bytes::Buf::advance(&mut payload, Envelope::header_len(head.kind));
+        bytes::Buf::advance(&mut payload, Envelope::header_len(head.kind, false));
         if !core.resolve_answer(m.from, &head, payload) {
             debug!(from = %m.from, "unreadable error answer dropped");
         }

@@ -9,33 +9,81 @@ use mesh_wire::{DecodeError, Envelope, EnvelopeKind, ErrorBody, ErrorCode};
 /// copied into one buffer with it: below it, one small copy is cheaper than two buffers.
 const COPY_LIMIT: usize = 4096;
 
-/// An envelope for the transport: see [`COPY_LIMIT`].
-pub(crate) fn payload(kind: EnvelopeKind, handler: u16, request_id: u64, body: &Bytes) -> Payload {
-    if body.len() < COPY_LIMIT {
-        return bytes(kind, handler, request_id, body).into();
+/// What goes before a message's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) kind: EnvelopeKind,
+    pub(crate) handler: u16,
+    pub(crate) request_id: u64,
+    /// A typed message's type fingerprint.
+    pub(crate) fingerprint: Option<u64>,
+}
+
+impl Head {
+    /// An untyped envelope.
+    pub(crate) fn new(kind: EnvelopeKind, handler: u16, request_id: u64) -> Self {
+        Self {
+            kind,
+            handler,
+            request_id,
+            fingerprint: None,
+        }
     }
-    let mut head = Vec::with_capacity(Envelope::header_len(kind));
-    Envelope::encode_header(kind, handler, request_id, &mut head);
-    Payload::with_head(Bytes::from(head), body.clone())
+
+    /// The same, carrying a type fingerprint (when `Some`).
+    pub(crate) fn typed(mut self, fingerprint: Option<u64>) -> Self {
+        self.fingerprint = fingerprint;
+        self
+    }
+
+    fn len(&self) -> usize {
+        Envelope::header_len(self.kind, self.fingerprint.is_some())
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        Envelope::encode_header(
+            self.kind,
+            self.handler,
+            self.request_id,
+            self.fingerprint,
+            out,
+        );
+    }
+}
+
+/// An envelope for the transport: see [`COPY_LIMIT`].
+pub(crate) fn payload(head: Head, body: &Bytes) -> Payload {
+    if body.len() < COPY_LIMIT {
+        return bytes(head, body).into();
+    }
+    let mut h = Vec::with_capacity(head.len());
+    head.write(&mut h);
+    Payload::with_head(Bytes::from(h), body.clone())
 }
 
 /// An envelope and its body in one buffer.
-pub(crate) fn bytes(kind: EnvelopeKind, handler: u16, request_id: u64, body: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(Envelope::header_len(kind) + body.len());
-    Envelope::encode_header(kind, handler, request_id, &mut out);
+pub(crate) fn bytes(head: Head, body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(head.len() + body.len());
+    head.write(&mut out);
     out.extend_from_slice(body);
     Bytes::from(out)
 }
 
 /// A one-way envelope for a system handler.
 pub(crate) fn one_way(handler: u16, body: &[u8]) -> Bytes {
-    bytes(EnvelopeKind::OneWay, handler, 0, body)
+    bytes(Head::new(EnvelopeKind::OneWay, handler, 0), body)
 }
 
 /// An error answer to request `request_id`.
 pub(crate) fn error(handler: u16, request_id: u64, code: ErrorCode, message: &str) -> Bytes {
     let mut out = Vec::new();
-    Envelope::encode_header(EnvelopeKind::ErrorResponse, handler, request_id, &mut out);
+    Envelope::encode_header(
+        EnvelopeKind::ErrorResponse,
+        handler,
+        request_id,
+        None,
+        &mut out,
+    );
     ErrorBody { code, message }.encode(&mut out);
     Bytes::from(out)
 }
@@ -46,6 +94,7 @@ pub(crate) fn head_of(env: &Envelope<'_>) -> Envelope<'static> {
         kind: env.kind,
         handler: env.handler,
         request_id: env.request_id,
+        fingerprint: env.fingerprint,
         payload: &[],
     }
 }
@@ -56,7 +105,8 @@ pub(crate) fn head_of(env: &Envelope<'_>) -> Envelope<'static> {
 pub(crate) fn split(data: Bytes) -> Result<(Envelope<'static>, Bytes), DecodeError> {
     let head = head_of(&Envelope::decode(&data)?);
     let mut payload = data;
-    bytes::Buf::advance(&mut payload, Envelope::header_len(head.kind));
+    let len = Envelope::header_len(head.kind, head.fingerprint.is_some());
+    bytes::Buf::advance(&mut payload, len);
     Ok((head, payload))
 }
 
@@ -71,14 +121,19 @@ mod tests {
             Bytes::from(vec![7u8; 10]),
             Bytes::from(vec![9u8; 5000]),
         ] {
-            for (kind, id) in [
-                (EnvelopeKind::OneWay, 0),
-                (EnvelopeKind::Request, 42),
-                (EnvelopeKind::Response, u64::MAX),
+            for (kind, id, fp) in [
+                (EnvelopeKind::OneWay, 0, None),
+                (EnvelopeKind::OneWay, 0, Some(7)),
+                (EnvelopeKind::Request, 42, None),
+                (EnvelopeKind::Request, 42, Some(u64::MAX)),
+                (EnvelopeKind::Response, u64::MAX, None),
             ] {
-                let p = payload(kind, 12, id, &body);
+                let p = payload(Head::new(kind, 12, id).typed(fp), &body);
                 let (env, rest) = split(p.to_bytes()).unwrap();
-                assert_eq!((env.kind, env.handler, env.request_id), (kind, 12, id));
+                assert_eq!(
+                    (env.kind, env.handler, env.request_id, env.fingerprint),
+                    (kind, 12, id, fp)
+                );
                 assert_eq!(rest, body);
             }
         }

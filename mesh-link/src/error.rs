@@ -44,6 +44,9 @@ pub enum Error {
     /// A message could not be encoded.
     #[error("encoding: {0}")]
     Codec(#[from] CodecError),
+    /// A typed message could not be encoded by its codec.
+    #[error("encoding: {0}")]
+    Encode(String),
     /// The message is larger than the limit (`max_message_size`, or one datagram for
     /// `usend`).
     #[error("message of {size} bytes exceeds the limit of {limit}")]
@@ -62,6 +65,11 @@ pub enum Error {
     /// The node is stopping or stopped.
     #[error("the node is stopped")]
     Stopped,
+    /// A reliable message did not reach every node it was sent to (from the forms of `send`
+    /// and `tell` that want all; the `_each` forms report instead). The report says who got
+    /// it and why the others did not.
+    #[error(transparent)]
+    NotDelivered(#[from] SendFailed),
 }
 
 /// Why one node did not get a message sent with [`MeshNode::send`](crate::MeshNode::send).
@@ -81,6 +89,10 @@ pub enum DeliveryError {
     /// The node has no handler for the message (reported by relays and local delivery).
     #[error("no handler for the message")]
     NoHandler,
+    /// The node's handler does not take the message's type (reported by relays and local
+    /// delivery); what it serves.
+    #[error("the handler does not take this type: it serves {0}")]
+    TypeMismatch(String),
     /// The relay that carried it did not confirm in time; the node may or may not have it.
     #[error("relay did not confirm in time")]
     Timeout,
@@ -99,10 +111,10 @@ impl From<SendError> for DeliveryError {
     }
 }
 
-/// What [`MeshNode::send`](crate::MeshNode::send) achieved: every node is either delivered or
-/// failed, never left out.
+/// What a send achieved: every node is either delivered or failed, never left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use = "a send report says which nodes did not get the message"]
 pub struct SendReport {
     /// Nodes that acknowledged the message.
     pub delivered: Vec<NodeKey>,
@@ -198,6 +210,20 @@ pub enum RequestError {
         /// The decoding error.
         message: String,
     },
+    /// The node's handler does not serve the request's type: another message type under the
+    /// same id, another schema version, or a typed request to an untyped handler (or the
+    /// reverse). The handler did not run.
+    #[error("node {node} handler {handler} does not take {sent}: it serves {served}")]
+    TypeMismatch {
+        /// The node asked.
+        node: NodeKey,
+        /// The handler asked.
+        handler: u16,
+        /// The type sent (`name vN`), or "untyped".
+        sent: String,
+        /// What the handler serves, as it says.
+        served: String,
+    },
     /// The request could not be encoded.
     #[error("request could not be encoded: {0}")]
     Encode(String),
@@ -213,9 +239,16 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    /// Maps an error response from `node` to an error.
+    /// Maps an error response from `node` to an error. A type mismatch is reported with what
+    /// was sent as `"?"`: [`sent_as`](Self::sent_as) fills it in.
     pub(crate) fn from_remote(node: NodeKey, handler: u16, code: ErrorCode, message: &str) -> Self {
         match code {
+            ErrorCode::TYPE_MISMATCH => Self::TypeMismatch {
+                node,
+                handler,
+                sent: "?".to_owned(),
+                served: message.to_owned(),
+            },
             ErrorCode::NO_HANDLER => Self::NoHandler { handler, node },
             ErrorCode::BAD_REQUEST => Self::BadRequest {
                 node,
@@ -227,6 +260,26 @@ impl RequestError {
                 node,
                 message: message.to_owned(),
             },
+        }
+    }
+}
+
+impl RequestError {
+    /// Names the type a request was sent as in a type mismatch.
+    pub(crate) fn sent_as(self, what: impl FnOnce() -> String) -> Self {
+        match self {
+            Self::TypeMismatch {
+                node,
+                handler,
+                served,
+                ..
+            } => Self::TypeMismatch {
+                node,
+                handler,
+                sent: what(),
+                served,
+            },
+            other => other,
         }
     }
 }
@@ -273,6 +326,7 @@ impl fmt::Display for HandlerError {
 /// What [`MeshNode::stop`](crate::MeshNode::stop) could not finish.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use = "a stop report says what was in flight and did not finish"]
 pub struct StopReport {
     /// Reliable messages still unacknowledged when the close timeout ran out (their senders
     /// got an error too): the peer and the transport's message id.

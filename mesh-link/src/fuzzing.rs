@@ -12,11 +12,14 @@ use crate::node::relay::{self, RelayReport};
 pub fn decode_message(data: &[u8]) {
     let _ = mesh_wire::Envelope::decode(data);
     let bytes = Bytes::copy_from_slice(data);
-    if let Some((header, message)) = relay::decode(&bytes) {
-        let again = relay::encode(&header, &message).expect("an accepted header re-encodes");
-        let (h2, m2) = relay::decode(&again).expect("re-decodes");
-        assert_eq!(h2, header);
-        assert_eq!(m2, message);
+    for system in [crate::system::RELAY, crate::system::RELAY_TYPED] {
+        if let Some((header, fingerprint, message)) = relay::decode(system, &bytes) {
+            let again = relay::encode(&header, fingerprint, &message)
+                .expect("an accepted header re-encodes");
+            let (h2, f2, m2) = relay::decode(system, &again).expect("re-decodes");
+            assert_eq!((h2, f2), (header, fingerprint));
+            assert_eq!(m2, message);
+        }
     }
     let _ = mesh_wire::codec::decode::<RelayReport>(data);
     // Shared objects: what an owner is asked, what it answers, what it sends watchers. An

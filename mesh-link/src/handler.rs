@@ -13,7 +13,7 @@ use mesh_wire::ErrorCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{HandlerError, MeshNode};
+use crate::{HandlerError, MeshNode, Message, Request};
 
 /// Why a handler produced no answer: sent back to a requester as an error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,54 @@ impl Failure {
 /// A handler with its types erased: bytes in, maybe bytes out.
 pub(crate) type HandlerFn =
     Arc<dyn Fn(Bytes, Context) -> BoxFuture<'static, Result<Option<Bytes>, Failure>> + Send + Sync>;
+
+/// A handler registered for a typed message: what it serves, and how.
+#[derive(Clone)]
+pub(crate) struct Typed {
+    pub(crate) fingerprint: u64,
+    pub(crate) name: &'static str,
+    pub(crate) version: u32,
+    pub(crate) run: HandlerFn,
+}
+
+/// What is registered under one handler id: an untyped handler (the numeric API), or typed
+/// handlers, one per message type (version) served, chosen by fingerprint.
+#[derive(Clone)]
+pub(crate) enum Entry {
+    Untyped(HandlerFn),
+    Typed(Vec<Typed>),
+}
+
+impl Entry {
+    /// The handler for a message that carries `fingerprint` (`None`: untyped), or the
+    /// mismatch to answer with.
+    pub(crate) fn pick(&self, fingerprint: Option<u64>) -> Result<&HandlerFn, Failure> {
+        match (self, fingerprint) {
+            (Entry::Untyped(h), None) => Ok(h),
+            (Entry::Untyped(_), Some(_)) => Err(Failure::new(
+                ErrorCode::TYPE_MISMATCH,
+                "untyped handler (a typed message cannot be checked against it)",
+            )),
+            (Entry::Typed(served), f) => served
+                .iter()
+                .find(|t| Some(t.fingerprint) == f)
+                .map(|t| &t.run)
+                .ok_or_else(|| Failure::new(ErrorCode::TYPE_MISMATCH, self.served())),
+        }
+    }
+
+    /// What this entry serves, as a mismatch names it.
+    fn served(&self) -> String {
+        match self {
+            Entry::Untyped(_) => "untyped handler".to_owned(),
+            Entry::Typed(served) => served
+                .iter()
+                .map(|t| crate::typed::describe(t.name, t.version))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
 
 /// What a handler is told about the message it handles.
 #[derive(Clone)]
@@ -168,6 +216,68 @@ where
         }
         .boxed()
     })
+}
+
+/// A handler of typed one-way messages `M`.
+pub(crate) fn listen<M, F, Fut>(f: F) -> Typed
+where
+    M: Message,
+    F: Fn(M, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let f = Arc::new(f);
+    let run: HandlerFn = Arc::new(move |data: Bytes, ctx: Context| {
+        let f = f.clone();
+        async move {
+            let msg: M = M::CODEC
+                .decode(&data)
+                .map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))?;
+            f(msg, ctx).await;
+            Ok(None)
+        }
+        .boxed()
+    });
+    Typed {
+        fingerprint: const { crate::typed::one_way_fingerprint::<M>() },
+        name: M::NAME,
+        version: M::VERSION,
+        run,
+    }
+}
+
+/// A handler of typed requests `R`, answering `R::Answer` in `R`'s codec.
+pub(crate) fn serve<R, F, Fut>(f: F) -> Typed
+where
+    R: Request,
+    F: Fn(R, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::Answer, HandlerError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    let run: HandlerFn = Arc::new(move |data: Bytes, ctx: Context| {
+        let f = f.clone();
+        async move {
+            let msg: R = R::CODEC
+                .decode(&data)
+                .map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))?;
+            let answer = f(msg, ctx)
+                .await
+                .map_err(|e| Failure::new(ErrorCode::HANDLER_FAILED, e.message()))?;
+            let bytes = crate::typed::encode(R::CODEC, &answer).map_err(|e| {
+                Failure::new(
+                    ErrorCode::HANDLER_FAILED,
+                    format!("answer not encodable: {e}"),
+                )
+            })?;
+            Ok(Some(bytes))
+        }
+        .boxed()
+    });
+    Typed {
+        fingerprint: const { crate::typed::request_fingerprint::<R>() },
+        name: R::NAME,
+        version: R::VERSION,
+        run,
+    }
 }
 
 fn decode<M: DeserializeOwned>(data: &[u8]) -> Result<M, Failure> {

@@ -13,9 +13,11 @@
 //!
 //! #[derive(Serialize, Deserialize)]
 //! struct Hello { message: String }
+//! mesh_link::message!(Hello = 1000); // one-way, handler id 1000
 //!
-//! const HELLO: u16 = 1000; // one-way
-//! const ECHO: u16 = 2000;  // request/response
+//! #[derive(Serialize, Deserialize)]
+//! struct Echo { message: String }
+//! mesh_link::request!(Echo = 2000 => String); // a request and its answer's type
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,11 +26,11 @@
 //!     .registry(registry.clone())
 //!     .node_type("game")
 //!     .bind("127.0.0.1:0")
-//!     .on(HELLO, |msg: Hello, ctx: Context| async move {
+//!     .listen(|msg: Hello, ctx: Context| async move {
 //!         tracing::info!(from = %ctx.sender(), "{}", msg.message);
 //!     })
-//!     .on_request(ECHO, |msg: Hello, _ctx: Context| async move {
-//!         Ok::<_, HandlerError>(Hello { message: msg.message + "!!!" })
+//!     .serve(|req: Echo, _ctx: Context| async move {
+//!         Ok::<_, HandlerError>(req.message + "!!!")
 //!     })
 //!     .start();
 //! let a = start().await?;
@@ -36,17 +38,20 @@
 //! a.wait_for(|n| n.nodes_by_type("game").len() == 2).await;
 //!
 //! let games = a.nodes_by_type("game");
-//! let report = a.send(HELLO, &games, &Hello { message: "hi".into() }).await?;
-//! assert!(report.is_ok());
+//! a.tell(&games, &Hello { message: "hi".into() }).await?; // Err unless every node got it
 //!
-//! let reply: Hello = a.request(ECHO, b.local_key(), &Hello { message: "ping".into() }).await?;
-//! assert_eq!(reply.message, "ping!!!");
+//! let reply: String = a.ask(b.local_key(), &Echo { message: "ping".into() }).await?;
+//! assert_eq!(reply, "ping!!!");
 //!
-//! a.usend(HELLO, &games, &Hello { message: "may be lost".into() })?;
-//! b.stop().await;
-//! a.stop().await;
+//! assert!(b.stop().await.is_clean());
+//! let _ = a.stop().await;
 //! # Ok(()) }
 //! ```
+//!
+//! Typed messages first ([`typed`], [`Message`], [`Request`]): the compiler pairs a request
+//! with its answer, and a fingerprint on the wire keeps a handler from running with another
+//! type's bytes. The numeric API (`on`, `on_request`, `send`, `request`, ...) stays for
+//! dynamic use and raw bytes.
 //!
 //! The pieces, each usable alone: `mesh-wire` (bytes), `mesh-rudp` (the transport),
 //! `mesh-discovery` (membership). The `mesh-link` binary runs a node, lists nodes, and pings.
@@ -66,6 +71,7 @@ mod node;
 mod pending;
 mod service;
 pub mod shared;
+pub mod typed;
 
 pub use config::{Config, Registry, Secret};
 pub use error::{
@@ -73,6 +79,7 @@ pub use error::{
 };
 pub use handler::Context;
 pub use node::{system, Builder, MeshNode, NodeStats, SendOptions, ToNodeKey};
+pub use typed::{Codec, Message, Request};
 
 pub use bytes::Bytes;
 #[cfg(feature = "redis")]

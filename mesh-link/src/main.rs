@@ -227,7 +227,7 @@ async fn ping(
             Err(e) => println!("no answer from {target}: {e}"),
         }
     }
-    node.stop().await;
+    let _ = node.stop().await;
     if rtts.is_empty() {
         println!("0 answers of {count}");
         return Ok(ExitCode::FAILURE);

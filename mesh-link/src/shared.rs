@@ -168,6 +168,7 @@ impl SharedService {
         let answer = core
             .request(
                 HANDLER,
+                None,
                 NodeKey::from(mid.owner),
                 Bytes::from(body),
                 core.request_timeout,

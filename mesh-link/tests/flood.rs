@@ -75,7 +75,7 @@ fn flood(
             .collect();
         let mut forger = Forger::new(0x5eed);
         let mut payload = Vec::new();
-        Envelope::encode_header(EnvelopeKind::Request, 7, 1, &mut payload);
+        Envelope::encode_header(EnvelopeKind::Request, 7, 1, None, &mut payload);
         payload.resize(600, 0xEE);
         let mut buf = Vec::new();
         let mut sent = 0;
@@ -148,8 +148,8 @@ async fn floods_do_not_hurt_a_healthy_peer() {
         runs.load(Ordering::Relaxed) > REQUESTS,
         "the healthy requests ran"
     );
-    client.stop().await;
-    victim.stop().await;
+    let _ = client.stop().await;
+    let _ = victim.stop().await;
 }
 
 async fn with_a_cluster_key_nothing_forged_or_replayed_reaches_a_handler() {
@@ -170,7 +170,7 @@ async fn with_a_cluster_key_nothing_forged_or_replayed_reaches_a_handler() {
     let key = ClusterKey::from_secret(b"the cluster secret");
     let mut buf = Vec::new();
     let mut payload = Vec::new();
-    Envelope::encode_header(EnvelopeKind::OneWay, 7, 0, &mut payload);
+    Envelope::encode_header(EnvelopeKind::OneWay, 7, 0, None, &mut payload);
     payload.extend_from_slice(&mesh_wire::codec::encode(&vec![1u8; 8]).unwrap());
     let mut w = DatagramWriter::new_authenticated(&mut buf, Header::new(0xABCD, 0), 1200);
     w.push(&Frame::Data(DataFrame {
@@ -210,6 +210,6 @@ async fn with_a_cluster_key_nothing_forged_or_replayed_reaches_a_handler() {
         s.dropped_replay
     );
     assert!(s.peers <= 2, "no state for forgers: {} peers", s.peers);
-    client.stop().await;
-    victim.stop().await;
+    let _ = client.stop().await;
+    let _ = victim.stop().await;
 }

@@ -62,10 +62,21 @@ fn main() -> std::io::Result<()> {
         kind: EnvelopeKind::Request,
         handler: 7,
         request_id: 9,
+        fingerprint: None,
         payload: b"x",
     }
     .encode(&mut env);
     std::fs::write(decode.join("envelope"), &env)?;
+    let mut typed = Vec::new();
+    Envelope {
+        kind: EnvelopeKind::Request,
+        handler: 7,
+        request_id: 9,
+        fingerprint: Some(0x0102_0304_0506_0708),
+        payload: b"x",
+    }
+    .encode(&mut typed);
+    std::fs::write(decode.join("envelope_typed"), &typed)?;
 
     let rt = root.join("roundtrip");
     std::fs::create_dir_all(&rt)?;

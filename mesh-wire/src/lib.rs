@@ -63,7 +63,8 @@ pub use datagram::{
     MAGIC, MAX_DATAGRAM_LEN, VERSION,
 };
 pub use envelope::{
-    is_system_handler, Envelope, EnvelopeKind, ErrorBody, ErrorCode, SYSTEM_HANDLERS,
+    fingerprint, is_system_handler, Envelope, EnvelopeKind, ErrorBody, ErrorCode, SYSTEM_HANDLERS,
+    TYPED,
 };
 #[cfg(feature = "codec")]
 pub use error::CodecError;

@@ -11,9 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::debug;
 
+use super::handlers::Registration;
 use super::MeshNode;
-use crate::handler::{self, Context, HandlerFn};
-use crate::{Config, Error, HandlerError, Registry};
+use crate::handler::{self, Context};
+use crate::{Config, Error, HandlerError, Message, Registry, Request};
 
 /// Room for the envelope and a relay header above the largest user message.
 pub(crate) const HEADROOM: usize = 1 << 20;
@@ -23,7 +24,7 @@ pub(crate) const HEADROOM: usize = 1 << 20;
 pub struct Builder {
     config: Config,
     registry: Option<Registry>,
-    handlers: Vec<(u16, HandlerFn)>,
+    handlers: Vec<(u16, Registration)>,
     bind: Option<Result<SocketAddr, String>>,
 }
 
@@ -78,14 +79,39 @@ impl Builder {
         self
     }
 
-    /// Registers a one-way handler of typed messages (see [`MeshNode::on`]).
+    /// Registers the handler of typed requests `R` (see [`MeshNode::serve`]).
+    pub fn serve<R, F, Fut>(mut self, f: F) -> Self
+    where
+        R: Request,
+        F: Fn(R, Context) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<R::Answer, HandlerError>> + Send + 'static,
+    {
+        self.handlers
+            .push((R::ID, Registration::Typed(handler::serve(f))));
+        self
+    }
+
+    /// Registers the handler of typed one-way messages `M` (see [`MeshNode::listen`]).
+    pub fn listen<M, F, Fut>(mut self, f: F) -> Self
+    where
+        M: Message,
+        F: Fn(M, Context) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.handlers
+            .push((M::ID, Registration::Typed(handler::listen(f))));
+        self
+    }
+
+    /// Registers a one-way handler of untyped messages, by id (see [`MeshNode::on`]).
     pub fn on<M, F, Fut>(mut self, id: u16, f: F) -> Self
     where
         M: DeserializeOwned + Send + 'static,
         F: Fn(M, Context) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.handlers.push((id, handler::typed(f)));
+        self.handlers
+            .push((id, Registration::Untyped(handler::typed(f))));
         self
     }
 
@@ -97,7 +123,8 @@ impl Builder {
         F: Fn(M, Context) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<R, HandlerError>> + Send + 'static,
     {
-        self.handlers.push((id, handler::typed_request(f)));
+        self.handlers
+            .push((id, Registration::Untyped(handler::typed_request(f))));
         self
     }
 
@@ -107,7 +134,8 @@ impl Builder {
         F: Fn(Bytes, Context) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Option<Bytes>, HandlerError>> + Send + 'static,
     {
-        self.handlers.push((id, handler::raw(f)));
+        self.handlers
+            .push((id, Registration::Untyped(handler::raw(f))));
         self
     }
 

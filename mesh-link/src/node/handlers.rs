@@ -1,4 +1,5 @@
-//! Registering the handlers that run when messages arrive.
+//! Registering the handlers that run when messages arrive: typed ones (by message type) and
+//! untyped ones (by id), and finding the one a message is for.
 
 use bytes::Bytes;
 use mesh_discovery::NodeKey;
@@ -6,10 +7,37 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::MeshNode;
-use crate::handler::{self, Context, HandlerFn};
-use crate::{Error, HandlerError};
+use crate::handler::{self, Context, Entry, Failure, HandlerFn, Typed};
+use crate::{Error, HandlerError, Message, Request};
 
-type Table = rustc_hash::FxHashMap<u16, HandlerFn>;
+pub(crate) type Table = rustc_hash::FxHashMap<u16, Entry>;
+
+/// A handler to register: untyped (the numeric API) or typed.
+pub(crate) enum Registration {
+    Untyped(HandlerFn),
+    Typed(Typed),
+}
+
+/// Adds a handler for `id` to `table`: one untyped handler per id, or typed handlers of
+/// distinct types (versions) under one id, never both.
+pub(crate) fn add(table: &mut Table, id: u16, r: Registration) -> Result<(), Error> {
+    check_id(id)?;
+    match (table.get_mut(&id), r) {
+        (None, Registration::Untyped(h)) => {
+            table.insert(id, Entry::Untyped(h));
+        }
+        (None, Registration::Typed(t)) => {
+            table.insert(id, Entry::Typed(vec![t]));
+        }
+        (Some(Entry::Typed(served)), Registration::Typed(t))
+            if served.iter().all(|s| s.fingerprint != t.fingerprint) =>
+        {
+            served.push(t);
+        }
+        (Some(_), _) => return Err(Error::DuplicateHandler(id)),
+    }
+    Ok(())
+}
 
 /// Refuses an id in the system range.
 pub(crate) fn check_id(id: u16) -> Result<(), Error> {
@@ -20,27 +48,57 @@ pub(crate) fn check_id(id: u16) -> Result<(), Error> {
     }
 }
 
-/// The table of handlers registered before start; each id once, none in the system range.
-pub(super) fn table(handlers: Vec<(u16, HandlerFn)>) -> Result<Table, Error> {
+/// The table of handlers registered before start.
+pub(super) fn table(handlers: Vec<(u16, Registration)>) -> Result<Table, Error> {
     let mut table = Table::default();
-    for (id, h) in handlers {
-        check_id(id)?;
-        if table.insert(id, h).is_some() {
-            return Err(Error::DuplicateHandler(id));
-        }
+    for (id, r) in handlers {
+        add(&mut table, id, r)?;
     }
     Ok(table)
 }
 
 impl MeshNode {
     fn register(&self, id: u16, h: HandlerFn) -> Result<(), Error> {
-        check_id(id)?;
-        let mut t = self.inner.handlers.write();
-        if t.contains_key(&id) {
-            return Err(Error::DuplicateHandler(id));
-        }
-        t.insert(id, h);
-        Ok(())
+        add(
+            &mut self.inner.handlers.write(),
+            id,
+            Registration::Untyped(h),
+        )
+    }
+
+    /// Registers the handler of typed requests `R` (at `R::ID`): `f` gets each request whose
+    /// type fingerprint is `R`'s and returns its answer. Several versions of one message can be
+    /// served under one id, each by its own handler; any other type, and untyped requests, are
+    /// answered [`RequestError::TypeMismatch`](crate::RequestError::TypeMismatch). A panic is
+    /// answered as a handler failure, and the node keeps serving.
+    pub fn serve<R, F, Fut>(&self, f: F) -> Result<(), Error>
+    where
+        R: Request,
+        F: Fn(R, Context) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<R::Answer, HandlerError>> + Send + 'static,
+    {
+        let t = handler::serve(f);
+        add(
+            &mut self.inner.handlers.write(),
+            R::ID,
+            Registration::Typed(t),
+        )
+    }
+
+    /// Registers the handler of typed one-way messages `M` (at `M::ID`); messages of any other
+    /// type sent there are dropped and counted in [`NodeStats::type_mismatch`](super::NodeStats).
+    pub fn listen<M, F, Fut>(&self, f: F) -> Result<(), Error>
+    where
+        M: Message,
+        F: Fn(M, Context) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let t = handler::listen(f);
+        add(
+            &mut self.inner.handlers.write(),
+            M::ID,
+            Registration::Typed(t),
+        )
     }
 
     /// Registers a one-way handler: `f` gets each message of type `M` sent to `id`. A
@@ -85,9 +143,17 @@ impl MeshNode {
         self.inner.handlers.write().remove(&id).is_some()
     }
 
-    /// The handler registered for `id`.
-    pub(crate) fn handler(&self, id: u16) -> Option<HandlerFn> {
-        self.inner.handlers.read().get(&id).cloned()
+    /// The handler for a message to `id` carrying `fingerprint` (`None`: untyped): `Ok(None)`
+    /// if there is none, `Err` for a type it does not serve.
+    pub(crate) fn handler(
+        &self,
+        id: u16,
+        fingerprint: Option<u64>,
+    ) -> Result<Option<HandlerFn>, Failure> {
+        match self.inner.handlers.read().get(&id) {
+            None => Ok(None),
+            Some(e) => e.pick(fingerprint).map(|h| Some(h.clone())),
+        }
     }
 
     /// What a handler is told about a message from `sender`.

@@ -142,6 +142,7 @@ impl MeshNode {
             malformed: c.malformed.load(Ordering::Relaxed)
                 + self.inner.core.malformed_answers.load(Ordering::Relaxed),
             no_handler: c.no_handler.load(Ordering::Relaxed),
+            type_mismatch: c.type_mismatch.load(Ordering::Relaxed),
             overloaded: c.overloaded.load(Ordering::Relaxed),
             pending_requests: self.inner.core.pending.len(),
             running_handlers: self.inner.inflight.load(Ordering::Relaxed),

@@ -36,7 +36,6 @@ use tracing::{debug, info, warn};
 
 use crate::backend::AnyBackend;
 use crate::core::{Core, RUNNING, STOPPED, STOPPING};
-use crate::handler::HandlerFn;
 use crate::service::Service;
 use crate::shared::SharedService;
 use crate::{Config, DeliveryError, Error, Registry, RequestError, StopReport};
@@ -79,7 +78,7 @@ pub(crate) struct Inner {
     pub(crate) core: Arc<Core>,
     pub(crate) membership: Membership<AnyBackend>,
     pub(crate) config: Config,
-    pub(crate) handlers: RwLock<rustc_hash::FxHashMap<u16, HandlerFn>>,
+    pub(crate) handlers: RwLock<handlers::Table>,
     /// Names relay fan-outs.
     pub(crate) rng: Mutex<rand_pcg::Pcg64Mcg>,
     pub(crate) seen: Mutex<relay::Seen>,
@@ -118,6 +117,7 @@ impl Inner {
 
 #[derive(Default)]
 pub(crate) struct Counters {
+    pub(crate) type_mismatch: AtomicU64,
     pub(crate) malformed: AtomicU64,
     pub(crate) no_handler: AtomicU64,
     pub(crate) overloaded: AtomicU64,
@@ -129,6 +129,9 @@ pub(crate) struct Counters {
 pub struct NodeStats {
     /// Messages dropped because they could not be read.
     pub malformed: u64,
+    /// Typed messages (and untyped ones to typed handlers) whose type the handler does not
+    /// serve: requests answered `TypeMismatch`, one-way messages dropped.
+    pub type_mismatch: u64,
     /// Messages for a handler this node does not have.
     pub no_handler: u64,
     /// Requests refused because too many handlers were running.
@@ -215,7 +218,7 @@ impl MeshNode {
     async fn start_with(
         config: Config,
         registry: Option<Registry>,
-        handlers: Vec<(u16, HandlerFn)>,
+        handlers: Vec<(u16, handlers::Registration)>,
     ) -> Result<Self, Error> {
         config.validate()?;
         let table = handlers::table(handlers)?;

@@ -51,9 +51,37 @@ pub(crate) struct RelayReport {
     pub(crate) failed: Vec<(NodeKey, DeliveryError)>,
 }
 
-/// `header length (u32 BE) ‖ header ‖ message`.
-pub(crate) fn encode(header: &RelayHeader, data: &[u8]) -> Result<Bytes, mesh_wire::CodecError> {
-    let h = mesh_wire::codec::encode(header)?;
+/// A message spread through a relay tree: the handler it is for, a typed message's
+/// fingerprint, and its bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Relayed {
+    pub(crate) handler: u16,
+    pub(crate) fingerprint: Option<u64>,
+    pub(crate) data: Bytes,
+}
+
+/// The system handler a relay goes to: [`system::RELAY`] for an untyped message (as nodes of
+/// every version read it), [`system::RELAY_TYPED`] for a typed one, whose header also carries
+/// the fingerprint.
+pub(crate) fn relay_handler(fingerprint: Option<u64>) -> u16 {
+    if fingerprint.is_some() {
+        system::RELAY_TYPED
+    } else {
+        system::RELAY
+    }
+}
+
+/// `header length (u32 BE) ‖ header ‖ message`; the header is `(RelayHeader, fingerprint)`
+/// for a typed message.
+pub(crate) fn encode(
+    header: &RelayHeader,
+    fingerprint: Option<u64>,
+    data: &[u8],
+) -> Result<Bytes, mesh_wire::CodecError> {
+    let h = match fingerprint {
+        None => mesh_wire::codec::encode(header)?,
+        Some(f) => mesh_wire::codec::encode(&(header, f))?,
+    };
     let mut out = BytesMut::with_capacity(4 + h.len() + data.len());
     out.put_u32(h.len() as u32);
     out.extend_from_slice(&h);
@@ -61,12 +89,22 @@ pub(crate) fn encode(header: &RelayHeader, data: &[u8]) -> Result<Bytes, mesh_wi
     Ok(out.freeze())
 }
 
-/// The inverse of [`encode`]; the message is a slice of `payload`, not a copy.
-pub(crate) fn decode(payload: &Bytes) -> Option<(RelayHeader, Bytes)> {
+/// The inverse of [`encode`] for a relay to `system_handler`; the message is a slice of
+/// `payload`, not a copy.
+pub(crate) fn decode(
+    system_handler: u16,
+    payload: &Bytes,
+) -> Option<(RelayHeader, Option<u64>, Bytes)> {
     let len = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?) as usize;
     let end = 4usize.checked_add(len)?;
-    let header = mesh_wire::codec::decode(payload.get(4..end)?).ok()?;
-    Some((header, payload.slice(end..)))
+    let bytes = payload.get(4..end)?;
+    let (header, fingerprint) = if system_handler == system::RELAY_TYPED {
+        let (h, f): (RelayHeader, u64) = mesh_wire::codec::decode(bytes).ok()?;
+        (h, Some(f))
+    } else {
+        (mesh_wire::codec::decode(bytes).ok()?, None)
+    };
+    Some((header, fingerprint, payload.slice(end..)))
 }
 
 /// Deals `nodes` round-robin into at most `limit` non-empty buckets (order kept within each).
@@ -110,8 +148,7 @@ impl MeshNode {
     )]
     pub(crate) fn fan_out(
         &self,
-        id: u16,
-        data: Bytes,
+        message: Relayed,
         targets: Vec<NodeKey>,
         limit: usize,
         origin: NodeKey,
@@ -150,21 +187,22 @@ impl MeshNode {
                 let buckets = branch(&work, limit);
                 work.clear();
                 let asks = buckets.into_iter().map(|bucket| {
-                    let data = data.clone();
+                    let message = &message;
                     async move {
                         let head = bucket[0];
                         let rest = bucket[1..].to_vec();
                         let header = RelayHeader {
                             fanout,
                             origin,
-                            handler: id,
+                            handler: message.handler,
                             limit: limit as u16,
                             budget_ms: child_budget,
                             nodes: rest.clone(),
                         };
-                        let r = match encode(&header, &data) {
+                        let system = relay_handler(message.fingerprint);
+                        let r = match encode(&header, message.fingerprint, &message.data) {
                             Ok(body) => {
-                                self.request_bytes(system::RELAY, head, body, remaining, true)
+                                self.request_bytes(system, head, body, remaining, true)
                                     .await
                             }
                             Err(e) => Err(RequestError::Encode(e.to_string())),
@@ -215,6 +253,7 @@ pub(crate) fn relay_job(
     to: ReplyTo,
     from: NodeKey,
     header: RelayHeader,
+    fingerprint: Option<u64>,
     data: Bytes,
 ) -> Job {
     async move {
@@ -224,6 +263,7 @@ pub(crate) fn relay_job(
         let here = if fresh {
             node.deliver_local(
                 header.handler,
+                fingerprint,
                 data.clone(),
                 true,
                 Some(from),
@@ -242,10 +282,14 @@ pub(crate) fn relay_job(
                 tokio::time::sleep(inner.config.relay_delay).await;
             }
             let deadline = Instant::now() + Duration::from_millis(u64::from(header.budget_ms));
+            let message = Relayed {
+                handler: header.handler,
+                fingerprint,
+                data,
+            };
             let sub = node
                 .fan_out(
-                    header.handler,
-                    data,
+                    message,
                     header.nodes,
                     usize::from(header.limit.max(1)),
                     header.origin,
@@ -303,14 +347,17 @@ mod tests {
             budget_ms: 900,
             nodes: keys(4),
         };
-        let b = encode(&h, b"data").unwrap();
-        let (h2, d) = decode(&b).unwrap();
-        assert_eq!(h2, h);
-        assert_eq!(&d[..], b"data");
-        for cut in 0..b.len() - 4 {
-            assert!(decode(&b.slice(..cut)).is_none(), "cut at {cut}");
+        for (system, fingerprint) in [(system::RELAY, None), (system::RELAY_TYPED, Some(7))] {
+            let b = encode(&h, fingerprint, b"data").unwrap();
+            let (h2, f2, d) = decode(system, &b).unwrap();
+            assert_eq!((h2, f2), (h.clone(), fingerprint));
+            assert_eq!(&d[..], b"data");
+            for cut in 0..b.len() - 4 {
+                assert!(decode(system, &b.slice(..cut)).is_none(), "cut at {cut}");
+            }
         }
-        assert!(decode(&Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1])).is_none());
+        let bad = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1]);
+        assert!(decode(system::RELAY, &bad).is_none());
     }
 
     #[test]
@@ -340,7 +387,7 @@ mod tests {
             budget_ms: 8000,
             nodes: keys(3),
         };
-        let relay = encode(&header, b"hello").unwrap();
+        let relay = encode(&header, None, b"hello").unwrap();
         let report = mesh_wire::codec::encode(&RelayReport {
             delivered: keys(2),
             failed: vec![
@@ -399,7 +446,7 @@ mod tests {
             assert_eq!(&back, m);
         }
         let relay_seed = Bytes::from(std::fs::read(dir.join("relay")).unwrap());
-        assert_eq!(decode(&relay_seed).unwrap().0, header);
+        assert_eq!(decode(system::RELAY, &relay_seed).unwrap().0, header);
         let report_seed = std::fs::read(dir.join("report")).unwrap();
         assert!(mesh_wire::codec::decode::<RelayReport>(&report_seed).is_ok());
     }

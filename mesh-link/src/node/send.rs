@@ -18,7 +18,13 @@ use tracing::debug;
 
 use super::{system, MeshNode, ToNodeKey};
 use crate::core::unbudgeted;
-use crate::{envelope, handler, DeliveryError, Error, RequestError, SendReport};
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::relay;
+use crate::{
+    envelope, handler, typed, DeliveryError, Error, Message, Request, RequestError, SendFailed,
+    SendReport,
+};
 
 /// Per-call settings of [`MeshNode::send_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,8 +53,72 @@ impl SendOptions {
 }
 
 impl MeshNode {
-    /// Sends `msg` reliably to handler `id` on every node of `nodes`, and resolves when each
-    /// acknowledged it or failed. The report names every node: delivered or failed, and why.
+    /// Sends the typed message `msg` reliably to every node of `nodes` (at `M::ID`), and
+    /// resolves when each acknowledged it: `Ok` with the report only if every node got it,
+    /// else [`Error::NotDelivered`] carrying the report. [`tell_each`](Self::tell_each) takes
+    /// partial delivery as a result instead. This node, if listed, gets it through its own
+    /// handler without the network.
+    pub async fn tell<M: Message>(
+        &self,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+        msg: &M,
+    ) -> Result<SendReport, Error> {
+        all_delivered(self.tell_each(nodes, msg, SendOptions::default()).await?)
+    }
+
+    /// [`tell`](Self::tell) with per-call options, reporting each node's outcome (`Err` only
+    /// when nothing could be sent: encoding, size, a stopped node).
+    pub async fn tell_each<M: Message>(
+        &self,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+        msg: &M,
+        options: SendOptions,
+    ) -> Result<SendReport, Error> {
+        let data = typed::encode(M::CODEC, msg).map_err(Error::Encode)?;
+        self.check_size(data.len())?;
+        let fingerprint = const { typed::one_way_fingerprint::<M>() };
+        self.send_inner(M::ID, Some(fingerprint), nodes, data, options)
+            .await
+    }
+
+    /// Asks `node` with the typed request `req` (at `R::ID`) and waits for its answer, up to
+    /// the configured `request_timeout`. The answer's type is the request's: the compiler
+    /// pairs them, and the receiving handler checks the type fingerprint, so a request of
+    /// another type (or version) fails with [`RequestError::TypeMismatch`] instead of being
+    /// decoded into wrong values.
+    pub async fn ask<R: Request>(
+        &self,
+        node: impl ToNodeKey,
+        req: &R,
+    ) -> Result<R::Answer, RequestError> {
+        self.ask_with(node, req, self.inner.config.request_timeout)
+            .await
+    }
+
+    /// [`ask`](Self::ask) with its own timeout.
+    pub async fn ask_with<R: Request>(
+        &self,
+        node: impl ToNodeKey,
+        req: &R,
+        timeout: Duration,
+    ) -> Result<R::Answer, RequestError> {
+        let node = node.node_key();
+        let data = typed::encode(R::CODEC, req).map_err(RequestError::Encode)?;
+        self.check_size(data.len())
+            .map_err(|e| RequestError::Encode(e.to_string()))?;
+        let fingerprint = const { typed::request_fingerprint::<R>() };
+        let answer = self
+            .request_inner(R::ID, Some(fingerprint), node, data, timeout, true)
+            .await
+            .map_err(|e| e.sent_as(|| typed::describe(R::NAME, R::VERSION)))?;
+        R::CODEC
+            .decode(&answer)
+            .map_err(|message| RequestError::BadResponse { node, message })
+    }
+
+    /// Sends `msg` reliably to untyped handler `id` on every node of `nodes`, and resolves when
+    /// each acknowledged it: `Ok` only if every node got it, else [`Error::NotDelivered`]
+    /// carrying the report ([`send_each`](Self::send_each) reports partial delivery instead).
     /// This node, if listed, gets it through its own handler without the network.
     ///
     /// With a `relay_limit` (config or [`send_with`](Self::send_with)) the message spreads
@@ -70,11 +140,23 @@ impl MeshNode {
         msg: &M,
         options: SendOptions,
     ) -> Result<SendReport, Error> {
+        all_delivered(self.send_each(id, nodes, msg, options).await?)
+    }
+
+    /// [`send_with`](Self::send_with) that takes partial delivery as a result: the report
+    /// names every node, delivered or failed and why (`Err` only when nothing could be sent).
+    pub async fn send_each<M: Serialize + ?Sized>(
+        &self,
+        id: u16,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+        msg: &M,
+        options: SendOptions,
+    ) -> Result<SendReport, Error> {
         let data = self.encode(msg)?;
         self.send_bytes(id, nodes, data, options).await
     }
 
-    /// [`send_with`](Self::send_with) of bytes already encoded.
+    /// [`send_each`](Self::send_each) of bytes already encoded.
     pub async fn send_bytes(
         &self,
         id: u16,
@@ -82,10 +164,21 @@ impl MeshNode {
         data: Bytes,
         options: SendOptions,
     ) -> Result<SendReport, Error> {
+        self.check_size(data.len())?;
+        self.send_inner(id, None, nodes, data, options).await
+    }
+
+    async fn send_inner(
+        &self,
+        id: u16,
+        fingerprint: Option<u64>,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+        data: Bytes,
+        options: SendOptions,
+    ) -> Result<SendReport, Error> {
         if self.stopping() {
             return Err(Error::Stopped);
         }
-        self.check_size(data.len())?;
         let mut targets: Vec<NodeKey> = Vec::new();
         for n in nodes {
             let k = n.node_key();
@@ -97,7 +190,7 @@ impl MeshNode {
         let local = self.inner.local();
         if targets.contains(&local) {
             targets.retain(|k| *k != local);
-            match self.deliver_local(id, data.clone(), true, None, local) {
+            match self.deliver_local(id, fingerprint, data.clone(), true, None, local) {
                 Ok(()) => report.delivered.push(local),
                 Err(e) => report.failed.push((local, e)),
             }
@@ -109,7 +202,8 @@ impl MeshNode {
             } else {
                 Delivery::Unordered
             };
-            let envelope = envelope::payload(EnvelopeKind::OneWay, id, 0, &data);
+            let head = envelope::Head::new(EnvelopeKind::OneWay, id, 0).typed(fingerprint);
+            let envelope = envelope::payload(head, &data);
             let send = |k: NodeKey, envelope: Payload| async move {
                 let queued = self
                     .inner
@@ -141,8 +235,13 @@ impl MeshNode {
         } else {
             let fanout = self.inner.rng.lock().next_u64();
             let deadline = Instant::now() + self.inner.config.relay_timeout;
+            let message = relay::Relayed {
+                handler: id,
+                fingerprint,
+                data,
+            };
             let sub = self
-                .fan_out(id, data, targets, limit, local, fanout, deadline)
+                .fan_out(message, targets, limit, local, fanout, deadline)
                 .await;
             report.delivered.extend(sub.delivered);
             report.failed.extend(sub.failed);
@@ -155,17 +254,23 @@ impl MeshNode {
     pub(crate) fn deliver_local(
         &self,
         id: u16,
+        fingerprint: Option<u64>,
         data: Bytes,
         reliable: bool,
         relayed_by: Option<NodeKey>,
         sender: NodeKey,
     ) -> Result<(), DeliveryError> {
-        let Some(h) = self.handler(id) else {
-            self.inner
-                .counters
-                .no_handler
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(DeliveryError::NoHandler);
+        let counters = &self.inner.counters;
+        let h = match self.handler(id, fingerprint) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                counters.no_handler.fetch_add(1, Relaxed);
+                return Err(DeliveryError::NoHandler);
+            }
+            Err(f) => {
+                counters.type_mismatch.fetch_add(1, Relaxed);
+                return Err(DeliveryError::TypeMismatch(f.message));
+            }
         };
         let mut ctx = self.context(sender, reliable, id);
         ctx.relayed_by = relayed_by;
@@ -183,35 +288,46 @@ impl MeshNode {
     }
 
     /// Sends `msg` to handler `id` on each node as one unreliable datagram: it may be lost,
-    /// and nothing says so. Fails if the message does not fit in a datagram.
+    /// and nothing says so. Fails if the message does not fit in a datagram. Returns to how
+    /// many nodes it was handed (the socket, or this node's own handler); a node the
+    /// transport refused (too many peers, closing) is not counted.
+    #[must_use = "the count says to how many nodes the datagram went out"]
     pub fn usend<M: Serialize + ?Sized>(
         &self,
         id: u16,
         nodes: impl IntoIterator<Item = impl ToNodeKey>,
         msg: &M,
-    ) -> Result<(), Error> {
+    ) -> Result<usize, Error> {
         if self.stopping() {
             return Err(Error::Stopped);
         }
         let data = self.encode(msg)?;
-        let envelope = envelope::bytes(EnvelopeKind::OneWay, id, 0, &data);
+        let envelope = envelope::bytes(envelope::Head::new(EnvelopeKind::OneWay, id, 0), &data);
         let transport = &self.inner.core.transport;
         let limit = transport.max_unreliable_size();
         if envelope.len() > limit {
             return Err(Error::TooLarge {
                 size: data.len(),
-                limit: limit - Envelope::header_len(EnvelopeKind::OneWay),
+                limit: limit - Envelope::header_len(EnvelopeKind::OneWay, false),
             });
         }
+        let mut sent = 0;
         for n in nodes {
             let k = n.node_key();
-            if k == self.inner.local() {
-                let _ = self.deliver_local(id, data.clone(), false, None, k);
-            } else if let Err(e) = transport.send_unreliable(k.socket_addr(), envelope.clone()) {
-                debug!(node = %k, error = %e, "usend refused");
+            let r = if k == self.inner.local() {
+                self.deliver_local(id, None, data.clone(), false, None, k)
+                    .map_err(|e| e.to_string())
+            } else {
+                transport
+                    .send_unreliable(k.socket_addr(), envelope.clone())
+                    .map_err(|e| e.to_string())
+            };
+            match r {
+                Ok(()) => sent += 1,
+                Err(e) => debug!(node = %k, error = %e, "usend refused"),
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// Asks handler `id` on `node` and waits for its answer, up to the configured
@@ -370,11 +486,25 @@ impl MeshNode {
             .await
     }
 
-    /// The request machinery on bytes: a request to this node itself runs its handler in this
-    /// task, without the network.
+    /// The request machinery on bytes, for untyped handlers: a request to this node itself
+    /// runs its handler in this task, without the network.
     pub async fn request_bytes(
         &self,
         id: u16,
+        node: NodeKey,
+        data: Bytes,
+        timeout: Duration,
+        reliable: bool,
+    ) -> Result<Bytes, RequestError> {
+        self.request_inner(id, None, node, data, timeout, reliable)
+            .await
+            .map_err(|e| e.sent_as(|| "untyped".to_owned()))
+    }
+
+    async fn request_inner(
+        &self,
+        id: u16,
+        fingerprint: Option<u64>,
         node: NodeKey,
         data: Bytes,
         timeout: Duration,
@@ -384,8 +514,10 @@ impl MeshNode {
             return Err(RequestError::Stopped);
         }
         if node == self.inner.local() && !mesh_wire::is_system_handler(id) {
-            let Some(h) = self.handler(id) else {
-                return Err(RequestError::NoHandler { handler: id, node });
+            let h = match self.handler(id, fingerprint) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Err(RequestError::NoHandler { handler: id, node }),
+                Err(f) => return Err(RequestError::from_remote(node, id, f.code, &f.message)),
             };
             let ctx = self.context(node, reliable, id);
             let run = handler::run(h, data, ctx);
@@ -401,7 +533,7 @@ impl MeshNode {
         }
         self.inner
             .core
-            .request(id, node, data, timeout, reliable)
+            .request(id, fingerprint, node, data, timeout, reliable)
             .await
     }
 
@@ -422,6 +554,15 @@ impl MeshNode {
             return Err(Error::TooLarge { size, limit });
         }
         Ok(())
+    }
+}
+
+/// `Ok` if every node got the message, else the report as [`Error::NotDelivered`].
+fn all_delivered(report: SendReport) -> Result<SendReport, Error> {
+    if report.is_ok() {
+        Ok(report)
+    } else {
+        Err(SendFailed(report).into())
     }
 }
 

@@ -176,22 +176,39 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
         }
         return;
     }
-    let Some(h) = node.handler(env.handler) else {
-        inner.counters.no_handler.fetch_add(1, Ordering::Relaxed);
-        match reply {
-            Some(to) => jobs.running.push(answer_job(
-                node,
-                to,
-                Err(Failure::new(
-                    ErrorCode::NO_HANDLER,
-                    format!("no handler {}", env.handler),
+    let h = match node.handler(env.handler, env.fingerprint) {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            inner.counters.no_handler.fetch_add(1, Ordering::Relaxed);
+            match reply {
+                Some(to) => jobs.running.push(answer_job(
+                    node,
+                    to,
+                    Err(Failure::new(
+                        ErrorCode::NO_HANDLER,
+                        format!("no handler {}", env.handler),
+                    )),
                 )),
-            )),
-            None => {
-                debug!(handler = env.handler, from = %m.from, "message for no handler dropped");
+                None => {
+                    debug!(handler = env.handler, from = %m.from, "message for no handler dropped");
+                }
             }
+            return;
         }
-        return;
+        Err(mismatch) => {
+            // The handler never runs with a value of another type.
+            inner.counters.type_mismatch.fetch_add(1, Ordering::Relaxed);
+            match reply {
+                Some(to) => jobs.running.push(answer_job(node, to, Err(mismatch))),
+                None => debug!(
+                    handler = env.handler,
+                    from = %m.from,
+                    serves = %mismatch.message,
+                    "message of a type the handler does not take dropped"
+                ),
+            }
+            return;
+        }
     };
     let ctx = node.context(incoming.sender, incoming.reliable, env.handler);
     let node2 = node.clone();
@@ -221,9 +238,7 @@ pub(crate) fn answer_job(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, 
 pub(crate) async fn send_answer(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, Failure>) {
     let bytes = match r {
         Ok(answer) => envelope::payload(
-            EnvelopeKind::Response,
-            to.handler,
-            to.request_id,
+            envelope::Head::new(EnvelopeKind::Response, to.handler, to.request_id),
             &answer.unwrap_or_default(),
         ),
         Err(f) => envelope::error(to.handler, to.request_id, f.code, &f.message).into(),

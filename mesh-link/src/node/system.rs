@@ -17,6 +17,8 @@ pub const PING: u16 = 65_001;
 pub const ECHO: u16 = 65_002;
 /// A relayed message (a relay tree's branch).
 pub const RELAY: u16 = 65_003;
+/// A relayed typed message: as [`RELAY`], its header also carrying the type fingerprint.
+pub const RELAY_TYPED: u16 = 65_004;
 /// Shared objects: requests to an owner, and its changes to watchers.
 pub const SHARED: u16 = 65_010;
 
@@ -33,10 +35,11 @@ pub(crate) enum Handled {
 type SystemFn = fn(&MeshNode, Incoming) -> Handled;
 
 /// The system handlers.
-const TABLE: [(u16, SystemFn); 4] = [
+const TABLE: [(u16, SystemFn); 5] = [
     (PING, ping),
     (ECHO, echo),
     (RELAY, relay),
+    (RELAY_TYPED, relay),
     (SHARED, service),
 ];
 
@@ -74,11 +77,18 @@ fn relay(node: &MeshNode, m: Incoming) -> Handled {
         // message.
         return bad_request("relay from a node that is not a member");
     }
-    let Some((header, data)) = relay::decode(&m.payload) else {
+    let Some((header, fingerprint, data)) = relay::decode(m.handler, &m.payload) else {
         inner.counters.malformed.fetch_add(1, Ordering::Relaxed);
         return bad_request("unreadable relay");
     };
-    Handled::Job(relay::relay_job(node.clone(), to, m.sender, header, data))
+    Handled::Job(relay::relay_job(
+        node.clone(),
+        to,
+        m.sender,
+        header,
+        fingerprint,
+        data,
+    ))
 }
 
 /// A message for one of the node's services (shared objects).

@@ -69,8 +69,8 @@ async fn the_shortest_peer_timeout_keeps_quiet_healthy_peers() {
     }
     // And they still talk, without a new session.
     a.ping(b.local_key(), Duration::from_secs(5)).await.unwrap();
-    b.stop().await;
-    a.stop().await;
+    let _ = b.stop().await;
+    let _ = a.stop().await;
 }
 
 /// A peer that freezes (its runtime's one thread blocked: no reads, no acknowledgements, as a
@@ -103,7 +103,7 @@ async fn a_frozen_peer_is_found_by_the_transport() {
                 // Frozen: this blocks the runtime's only thread.
                 frozen_tx.send(()).unwrap();
                 let _ = thaw_rx.recv_timeout(Duration::from_secs(60));
-                b.stop().await;
+                let _ = b.stop().await;
             });
         })
     };
@@ -132,5 +132,5 @@ async fn a_frozen_peer_is_found_by_the_transport() {
     .await;
     thaw_tx.send(()).unwrap();
     frozen.join().unwrap();
-    a.stop().await;
+    let _ = a.stop().await;
 }

@@ -9,3 +9,4 @@ mod outage;
 mod relay;
 mod scenarios;
 mod shared;
+mod typed;

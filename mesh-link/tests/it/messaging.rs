@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mesh_link::{
     Bytes, Config, DeliveryError, Error, HandlerError, MembershipEvent, MeshNode, NodeKey,
-    Registry, RequestError,
+    Registry, RequestError, SendFailed, SendOptions,
 };
 
 use crate::common::*;
@@ -40,8 +40,8 @@ async fn large_messages_both_ways() {
         .await
         .unwrap_err();
     assert!(matches!(e, RequestError::Encode(_)), "{e:?}");
-    a.stop().await;
-    b.stop().await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,8 +112,8 @@ async fn failures_come_back_typed_and_the_node_keeps_serving() {
     // Still serving.
     let r: Msg = a.request(1, bk, &msg("still")).await.unwrap();
     assert_eq!(r.message, "still world");
-    a.stop().await;
-    b.stop().await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,8 +143,8 @@ async fn handler_ids_are_checked() {
         .await
         .unwrap_err();
     assert!(matches!(e, RequestError::NoHandler { .. }));
-    a.stop().await;
-    b.stop().await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +157,10 @@ async fn local_delivery_skips_the_network() {
     wait_runs(&am, 7, 1).await;
     let r: Option<Msg> = a.request(8, a.local_key(), &()).await.unwrap();
     assert_eq!(r, Some(msg("self")));
-    let report = a.send(4242, [a.local_key()], &()).await.unwrap();
+    let report = a
+        .send_each(4242, [a.local_key()], &(), SendOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         report.failed,
         vec![(a.local_key(), DeliveryError::NoHandler)]
@@ -167,7 +170,7 @@ async fn local_delivery_skips_the_network() {
         before,
         "nothing went through the transport"
     );
-    a.stop().await;
+    let _ = a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,8 +203,8 @@ async fn usend_and_urequest() {
         .await
         .unwrap();
     assert_eq!(big.len(), 50_000);
-    a.stop().await;
-    b.stop().await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,8 +225,8 @@ async fn raw_ping_ping_and_echo() {
             .unwrap(),
         data
     );
-    a.stop().await;
-    b.stop().await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,15 +251,28 @@ async fn requests_to_a_dead_node_fail_within_the_timeout() {
         ),
         "{e:?}"
     );
-    let report = within("send to a dead node", 10, a.send(7, [dead], &msg("x")))
+    // The one-line form cannot look like success: `?` on it is an error, carrying the report.
+    let e = within("send to a dead node", 10, a.send(7, [dead], &msg("x")))
         .await
-        .unwrap();
+        .unwrap_err();
+    let Error::NotDelivered(SendFailed(report)) = e else {
+        panic!("{e:?}");
+    };
+    assert_eq!((report.delivered.len(), report.failed.len()), (0, 1));
+    // The explicit form takes partial delivery as a result.
+    let report = within(
+        "send_each to a dead node",
+        10,
+        a.send_each(7, [dead], &msg("x"), SendOptions::default()),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.failed.len(), 1);
     assert!(
         matches!(report.failed[0].1, DeliveryError::Unreachable(_)),
         "{report:?}"
     );
-    a.stop().await;
+    let _ = a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +310,7 @@ async fn a_stopped_node_is_seen_leaving_and_fails_requests_at_once() {
         Err(RequestError::Stopped)
     ));
     assert!(b.stop().await.is_clean());
-    a.stop().await;
+    let _ = a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,7 +335,7 @@ async fn stop_waits_for_running_handlers() {
         1,
         "the handler finished before stop returned"
     );
-    a.stop().await;
+    let _ = a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +348,7 @@ async fn binding_follows_the_configuration() {
     match MeshNode::builder().config(|x| *x = c.clone()).start().await {
         Ok(n) => {
             assert!(n.local_key().port > port && n.local_key().port < port.saturating_add(100));
-            n.stop().await;
+            let _ = n.stop().await;
         }
         // The next 99 ports may all be taken on a busy machine: then the error says which.
         Err(Error::Bind { first, .. }) => assert_eq!(first, port),
@@ -360,7 +376,7 @@ async fn binding_follows_the_configuration() {
     c.nic = Some("lo".into());
     let n = MeshNode::start(c.clone()).await.unwrap();
     assert!(n.local_key().address.is_loopback());
-    n.stop().await;
+    let _ = n.stop().await;
     c.nic = Some("no-such-nic0".into());
     assert!(matches!(
         MeshNode::start(c.clone()).await,
@@ -369,7 +385,7 @@ async fn binding_follows_the_configuration() {
     c.strict = false;
     let n = MeshNode::start(c).await.unwrap();
     assert!(n.local_key().address.is_loopback());
-    n.stop().await;
+    let _ = n.stop().await;
 }
 
 #[tokio::test]
@@ -389,7 +405,7 @@ async fn config_from_toml_and_unknown_redis() {
     assert_eq!(c.request_timeout, Duration::from_millis(250));
     let n = MeshNode::start(c).await.unwrap();
     assert_eq!(n.node_type(), "game");
-    n.stop().await;
+    let _ = n.stop().await;
     // No Redis there: start fails with a registry error, and frees its port.
     let mut c = fast("t");
     c.redis = Some(format!(
@@ -439,7 +455,7 @@ async fn cluster_keys_must_match() {
     let dbg = format!("{:?}", keyed("one secret"));
     assert!(!dbg.contains("one secret"), "{dbg}");
     for n in [a, b, c, d] {
-        n.stop().await;
+        let _ = n.stop().await;
     }
 }
 
@@ -461,8 +477,8 @@ async fn a_larger_message_limit_just_works() {
         .await
         .unwrap();
     assert_eq!(n, 20 << 20);
-    a.stop().await;
-    b.stop().await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,8 +522,8 @@ async fn a_slow_answer_times_out_and_later_requests_still_do() {
         .unwrap();
         assert_eq!(v, 1);
     }
-    a.stop().await;
-    b.stop().await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,7 +558,7 @@ async fn stop_returns_as_soon_as_the_running_handlers_finish() {
     let report = within("stop after the handler", 10, b.stop()).await;
     assert_eq!(report.cancelled_handlers, 0, "{report:?}");
     assert_eq!(within("the answer", 10, answer).await.unwrap(), Ok(300));
-    a.stop().await;
+    let _ = a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -582,6 +598,6 @@ async fn a_short_timeout_fires_while_a_longer_request_waits() {
     );
     // (Handlers here answer within the test config's 600 ms peer timeout.)
     assert_eq!(within("the long answer", 10, long).await.unwrap(), Ok(400));
-    a.stop().await;
-    b.stop().await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
 }

@@ -51,7 +51,7 @@ async fn redis_killed_while_nodes_exchange_requests() {
         wait_runs(mem, 10, 3 * 60).await;
     }
     for (n, _) in nodes {
-        within("stop without Redis", 20, n.stop()).await;
+        let _ = within("stop without Redis", 20, n.stop()).await;
     }
 }
 
@@ -217,7 +217,7 @@ fn an_empty_redis_restart_loses_no_member_and_no_replica() {
             N * (N - 1)
         );
         for n in nodes {
-            within("stop", 20, n.stop()).await;
+            let _ = within("stop", 20, n.stop()).await;
         }
         drop(redis);
     });

@@ -58,7 +58,7 @@ async fn trees_of_any_shape_deliver_exactly_once() {
     let info_of = |mem: &Shared| mem.lock().remembered.clone();
     assert!(nodes.iter().all(|(_, m)| info_of(m) == Some(msg("r5"))));
     for (n, _) in nodes {
-        n.stop().await;
+        let _ = n.stop().await;
     }
 }
 
@@ -88,7 +88,7 @@ async fn a_dead_branch_head_is_routed_around() {
     let report = within(
         "fan-out around a dead head",
         30,
-        sender.send_with(
+        sender.send_each(
             7,
             &targets,
             &msg("around"),
@@ -104,7 +104,7 @@ async fn a_dead_branch_head_is_routed_around() {
         wait_runs(mem, 7, 1).await;
     }
     for (n, _) in nodes {
-        n.stop().await;
+        let _ = n.stop().await;
     }
 }
 
@@ -145,9 +145,9 @@ async fn strangers_cannot_make_the_mesh_relay() {
     assert!(matches!(e, RequestError::BadRequest { .. }), "{e:?}");
     let r: Msg = nodes[1].0.request(1, members[0], &msg("ok")).await.unwrap();
     assert_eq!(r.message, "ok world");
-    stranger.stop().await;
+    let _ = stranger.stop().await;
     for (n, _) in nodes {
-        n.stop().await;
+        let _ = n.stop().await;
     }
 }
 

@@ -65,7 +65,7 @@ async fn original_suite_on_redis() {
     let mut targets: Vec<NodeKey> = vec![stranger];
     targets.extend(all.iter().map(|r| r.key));
     let report = three
-        .send_with(
+        .send_each(
             7,
             &targets,
             &msg("GOOD"),
@@ -144,7 +144,7 @@ async fn original_suite_on_redis() {
         two.wait_for(|n| n.backup_nodes(one_key).len() == 2),
     )
     .await;
-    one.stop().await;
+    let _ = one.stop().await;
     within(
         "two sees one leave",
         10,

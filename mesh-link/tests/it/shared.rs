@@ -129,7 +129,7 @@ async fn concurrent_increments_stay_within_bounds_everywhere() {
         assert_eq!(h.get("name"), Some(json!("Barfoo")));
     }
     for n in nodes {
-        n.stop().await;
+        let _ = n.stop().await;
     }
 }
 
@@ -190,7 +190,7 @@ async fn removal_and_expiry_reach_every_node_once() {
         .unwrap_err();
     assert_eq!(e, SharedError::NotFound);
     for n in nodes {
-        n.stop().await;
+        let _ = n.stop().await;
     }
 }
 
@@ -238,7 +238,7 @@ async fn creating_on_the_local_node_and_dropping_handles() {
         "{e:?}"
     );
     for n in nodes {
-        n.stop().await;
+        let _ = n.stop().await;
     }
 }
 
@@ -296,8 +296,8 @@ fn an_owner_that_dies_takes_its_objects_with_it() {
         }
         let e = so.inc("n", 1.0).await.unwrap_err();
         assert_eq!(e, SharedError::NotFound);
-        b.stop().await;
-        c.stop().await;
+        let _ = b.stop().await;
+        let _ = c.stop().await;
     });
     drop(owner);
 }
@@ -317,13 +317,13 @@ async fn a_stopping_owner_removes_its_objects_everywhere() {
         .unwrap();
     let on_c = c.shared().get(so.mid()).await.unwrap();
     let mut evs = [so.updates(), on_c.updates()];
-    a.stop().await;
+    let _ = a.stop().await;
     for e in &mut evs {
         let got = within("owner lost", 10, e.recv()).await.unwrap();
         assert_eq!(got, Event::Removed(RemoveReason::OwnerLost));
     }
-    b.stop().await;
-    c.stop().await;
+    let _ = b.stop().await;
+    let _ = c.stop().await;
 }
 
 /// Issue 16: a replica's update stream must never go back in time. Events used to be taken out
@@ -379,6 +379,6 @@ async fn update_streams_never_go_back_in_time() {
         "streams went back in time: {out_of_order:#?}"
     );
     for n in nodes {
-        n.stop().await;
+        let _ = n.stop().await;
     }
 }

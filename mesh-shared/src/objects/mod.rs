@@ -13,6 +13,8 @@ use serde_json::Value;
 
 use crate::model::{precheck, Change, Op, Properties, Rejected};
 use crate::wire::{Message, Mid, RemoveReason};
+#[cfg(doc)]
+use crate::wire::Reply;
 
 /// Limits and timings of [`Objects`].
 #[derive(Debug, Clone)]

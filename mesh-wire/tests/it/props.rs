@@ -244,18 +244,33 @@ proptest! {
     }
 
     #[test]
-    fn envelopes_round_trip(kind in 0u8..4, handler in any::<u16>(), rid in any::<u64>(), p in payload()) {
+    fn envelopes_round_trip(
+        kind in 0u8..4,
+        handler in any::<u16>(),
+        rid in any::<u64>(),
+        fp in any::<Option<u64>>(),
+        p in payload(),
+    ) {
         let kind = EnvelopeKind::from_byte(kind).unwrap();
         let env = Envelope {
             kind,
             handler,
             request_id: if kind.has_request_id() { rid } else { 0 },
+            // Answers carry no fingerprint (one given is not written).
+            fingerprint: fp.filter(|_| kind.may_be_typed()),
             payload: &p,
         };
         let mut out = Vec::new();
         env.encode(&mut out);
         prop_assert_eq!(out.len(), env.encoded_len());
         prop_assert_eq!(Envelope::decode(&out).unwrap(), env);
+    }
+
+    #[test]
+    fn a_typed_answer_is_refused(kind in 2u8..4, rest in payload()) {
+        let mut bytes = vec![kind | mesh_wire::TYPED];
+        bytes.extend_from_slice(&rest);
+        prop_assert!(Envelope::decode(&bytes).is_err());
     }
 
     #[test]

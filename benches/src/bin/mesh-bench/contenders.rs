@@ -40,6 +40,52 @@ impl Client for MeshClient {
     }
 }
 
+/// The typed request of the `rtt` scenario: 64 bytes, answered with themselves.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Echo64(pub(crate) Vec<u8>);
+mesh_link::request!(Echo64 = 9 => Echo64);
+
+/// The same request through the numeric API (same codec work, no type check).
+pub(crate) const ECHO_SERDE: u16 = 10;
+
+/// A client that asks with the typed API ([`MeshNode::ask`]).
+pub(crate) struct MeshTypedClient {
+    pub(crate) node: MeshNode,
+    pub(crate) to: NodeKey,
+}
+
+impl Client for MeshTypedClient {
+    fn call(&mut self) -> BenchFuture<'_> {
+        Box::pin(async move {
+            let r = self
+                .node
+                .ask(self.to, &Echo64(PAYLOAD.to_vec()))
+                .await
+                .expect("mesh-link typed answer");
+            assert_eq!(r.0.len(), 64);
+        })
+    }
+}
+
+/// A client that asks the same with the numeric API ([`MeshNode::request`]).
+pub(crate) struct MeshNumericClient {
+    pub(crate) node: MeshNode,
+    pub(crate) to: NodeKey,
+}
+
+impl Client for MeshNumericClient {
+    fn call(&mut self) -> BenchFuture<'_> {
+        Box::pin(async move {
+            let r: Echo64 = self
+                .node
+                .request(ECHO_SERDE, self.to, &Echo64(PAYLOAD.to_vec()))
+                .await
+                .expect("mesh-link numeric answer");
+            assert_eq!(r.0.len(), 64);
+        })
+    }
+}
+
 pub(crate) struct UdpClient(pub(crate) UdpSocket, pub(crate) [u8; 128]);
 
 impl Client for UdpClient {
@@ -125,6 +171,10 @@ pub(crate) async fn mesh_node(registry: &Registry) -> MeshNode {
             SINK,
             |_: Bytes, _| async move { Ok::<_, HandlerError>(None) },
         )
+        .serve(|m: Echo64, _| async move { Ok::<_, HandlerError>(m) })
+        .on_request(ECHO_SERDE, |m: Echo64, _| async move {
+            Ok::<_, HandlerError>(m)
+        })
         .start()
         .await
         .expect("mesh node")

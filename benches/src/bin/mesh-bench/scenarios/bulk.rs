@@ -155,7 +155,7 @@ pub(crate) async fn bulk(args: &Args) -> Vec<Row> {
             .collect();
         ratios(&mut set);
         rows.extend(set);
-        server.stop().await;
+        let _ = server.stop().await;
     }
     rows
 }

@@ -103,9 +103,9 @@ pub(crate) async fn fanout(args: &Args) -> Vec<Row> {
             .collect();
         ratios(&mut set);
         rows.extend(set);
-        sender.stop().await;
+        let _ = sender.stop().await;
         for n in nodes {
-            n.stop().await;
+            let _ = n.stop().await;
         }
     }
     rows

@@ -186,7 +186,7 @@ pub(crate) async fn node_compare(args: &Args) -> Vec<Row> {
         ratios(&mut set);
         rows.extend(set);
     }
-    client.stop().await;
-    server.stop().await;
+    let _ = client.stop().await;
+    let _ = server.stop().await;
     rows
 }

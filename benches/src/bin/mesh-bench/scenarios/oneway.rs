@@ -139,6 +139,6 @@ pub(crate) async fn oneway(args: &Args) -> Vec<Row> {
         })
         .collect();
     ratios(&mut rows);
-    server.stop().await;
+    let _ = server.stop().await;
     rows
 }

@@ -20,11 +20,32 @@ pub(crate) async fn rtt(args: &Args, concurrency: usize) -> Vec<Row> {
     let (quic, cc) = quic_server(Arc::default()).await;
     let quic_conn = quic_client(quic, cc).await;
     let to = server.local_key();
+    let (typed_client, numeric_client) = (client.clone(), client.clone());
     let mesh_clients: Factory = Box::pin(async move {
         (0..concurrency)
             .map(|_| {
                 Box::new(MeshClient {
                     node: client.clone(),
+                    to,
+                }) as Box<dyn Client>
+            })
+            .collect()
+    });
+    let typed_clients: Factory = Box::pin(async move {
+        (0..concurrency)
+            .map(|_| {
+                Box::new(MeshTypedClient {
+                    node: typed_client.clone(),
+                    to,
+                }) as Box<dyn Client>
+            })
+            .collect()
+    });
+    let numeric_clients: Factory = Box::pin(async move {
+        (0..concurrency)
+            .map(|_| {
+                Box::new(MeshNumericClient {
+                    node: numeric_client.clone(),
                     to,
                 }) as Box<dyn Client>
             })
@@ -62,6 +83,8 @@ pub(crate) async fn rtt(args: &Args, concurrency: usize) -> Vec<Row> {
     });
     let names = [
         "mesh-link request",
+        "mesh-link typed ask (Echo64)",
+        "mesh-link numeric request (Echo64)",
         "raw UDP ping-pong",
         "TCP ping-pong (nodelay)",
         "HTTP/1.1 keep-alive (hyper)",
@@ -70,6 +93,8 @@ pub(crate) async fn rtt(args: &Args, concurrency: usize) -> Vec<Row> {
     let mut sets = Vec::new();
     for f in [
         mesh_clients,
+        typed_clients,
+        numeric_clients,
         udp_clients,
         tcp_clients,
         http_clients,
@@ -98,6 +123,6 @@ pub(crate) async fn rtt(args: &Args, concurrency: usize) -> Vec<Row> {
         .map(|((n, l), s)| Row::new(name, n).latencies(l, s))
         .collect();
     ratios(&mut rows);
-    server.stop().await;
+    let _ = server.stop().await;
     rows
 }
