@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::model::{precheck, Change, Op, Properties, Rejected};
-use crate::wire::{Message, Mid, RemoveReason};
 #[cfg(doc)]
 use crate::wire::Reply;
+use crate::wire::{Message, Mid, RemoveReason};
 
 /// Limits and timings of [`Objects`].
 #[derive(Debug, Clone)]
