@@ -68,6 +68,8 @@ pub struct Driver {
     /// `MIN_BATCH..=metas.len()`. Preparing a slot costs even when nothing fills it, so a
     /// request-response exchange asks for few and a burst quickly for many.
     pub(super) batch: usize,
+    /// The hook's messages of this turn, taken out of the state to run outside its lock.
+    pub(super) hooked: Vec<Received>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -100,6 +102,7 @@ impl Driver {
             storage,
             metas,
             batch,
+            hooked,
         } = self;
         let shared = &**shared;
         // Read once per turn and once per batch received: the clock is not free on every
@@ -118,6 +121,8 @@ impl Driver {
                 }
                 if st.shutdown {
                     st.driver_waker = None;
+                    drop(st);
+                    hand_over(shared, hooked);
                     return Poll::Ready(None);
                 }
                 st.flush_wanted = false;
@@ -175,6 +180,13 @@ impl Driver {
                     break;
                 }
             }
+            // The hook's messages first, before anything is flushed: an answer it takes wakes
+            // its requester now, and a message it gives back is handed to the consumer below
+            // before the acknowledgement it owes is sent alone. Whatever routed them (this
+            // turn's reads or its first flush).
+            if hand_over(shared, hooked) {
+                queued = true;
+            }
             if delivered && !take {
                 // Let the application run first: an answer it sends at once carries our
                 // acknowledgement, which then costs no datagram of its own. The next poll
@@ -222,9 +234,40 @@ impl Driver {
             return Poll::Pending;
         }
         // Still busy after a full budget: give other tasks a turn, then go on.
+        hand_over(shared, hooked);
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// Takes the turn's messages for the hook out of the state and runs the hook on them with the
+/// state unlocked; the messages it gives back go to the inbox. True if any did.
+fn hand_over(shared: &Shared, hooked: &mut Vec<Received>) -> bool {
+    {
+        let mut st = shared.state.lock();
+        if st.hooked.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut st.hooked, hooked);
+    }
+    let hook = shared.intercept.read().clone();
+    let mut back = Vec::new();
+    for m in hooked.drain(..) {
+        match &hook {
+            Some(h) => back.extend(h(m)),
+            None => back.push(m),
+        }
+    }
+    if back.is_empty() {
+        return false;
+    }
+    let mut st = shared.state.lock();
+    st.inbox.extend(back);
+    let n = st.inbox.len();
+    st.endpoint.set_backlog(n);
+    drop(st);
+    shared.arrived.notify_waiters();
+    true
 }
 
 fn on_datagram(
