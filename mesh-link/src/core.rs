@@ -37,6 +37,9 @@ pub(crate) struct Core {
     pub(crate) request_timeout: Duration,
     /// Error answers that could not be read.
     pub(crate) malformed_answers: AtomicU64,
+    /// Poked by a service whose next timer moved earlier than the one the node's maintenance
+    /// task sleeps to (which then looks again).
+    pub(crate) timers: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Core {
@@ -64,6 +67,7 @@ impl Core {
             state: AtomicU8::new(RUNNING),
             request_timeout,
             malformed_answers: AtomicU64::new(0),
+            timers: tokio::sync::Notify::new(),
         }
     }
 

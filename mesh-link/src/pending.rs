@@ -169,7 +169,15 @@ impl PendingRequests {
                             }
                         }
                     }
-                    Some(&Reverse((d, _))) => break Some(d),
+                    // The earliest request still waiting: answered ones are dropped here too,
+                    // so that an idle node does not wake at the deadlines of requests that
+                    // were answered long ago.
+                    Some(&Reverse((d, id))) => {
+                        if entries.get(&id).is_some_and(|e| e.deadline == Some(d)) {
+                            break Some(d);
+                        }
+                        deadlines.pop();
+                    }
                     None => break None,
                 }
             };
@@ -304,8 +312,8 @@ mod tests {
         assert_eq!(p.expire(t0), Some(t0 + s(1)));
         assert_eq!(
             p.expire(t0 + s(1)),
-            Some(t0 + s(2)),
-            "c's stale entry is next"
+            Some(t0 + s(3)),
+            "c was answered: a is next, c's stale deadline wakes nobody"
         );
         assert!(matches!(
             ok(&mut b.answer),

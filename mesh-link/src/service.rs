@@ -20,8 +20,11 @@ pub(crate) trait Service: Send + Sync {
     /// `node` left the mesh (see `MembershipEvent::Left` for what counts as evidence).
     fn node_left(&self, node: NodeKey);
 
-    /// Timer work, called every few tens of milliseconds.
-    fn maintain(&self);
+    /// Timer work due at `now`; returns when the service next has some. The node's
+    /// maintenance task sleeps until then, or until the service pokes
+    /// [`Core::timers`](crate::core::Core::timers) because a new timer comes sooner: an idle
+    /// node wakes for nothing.
+    fn maintain(&self, now: std::time::Instant) -> Option<std::time::Instant>;
 
     /// The node is stopping: queue what other nodes must be told before the transport
     /// closes.

@@ -74,6 +74,8 @@ struct SharedState {
     objects: Objects,
     channels: HashMap<Mid, Channel>,
     rng: rand_pcg::Pcg64Mcg,
+    /// The instant the node's maintenance task sleeps until for us (`None`: no timer).
+    armed: Option<std::time::Instant>,
 }
 
 impl SharedState {
@@ -83,6 +85,7 @@ impl SharedState {
     /// go lets another thread's newer outputs overtake them (update streams went back in
     /// time). Returns the resyncs to start: they are requests, which wait.
     fn flush(&mut self, core: &Core) -> Vec<Mid> {
+        self.poke(core);
         let mut resyncs = Vec::new();
         while let Some(o) = self.objects.poll_output() {
             match o {
@@ -101,6 +104,16 @@ impl SharedState {
             }
         }
         resyncs
+    }
+
+    /// Wakes the maintenance task if a timer was set sooner than the one it sleeps to.
+    fn poke(&mut self, core: &Core) {
+        if let Some(at) = self.objects.take_new_deadline() {
+            if self.armed.is_none_or(|a| at < a) {
+                self.armed = Some(at);
+                core.timers.notify_one();
+            }
+        }
     }
 
     fn next_id(&mut self) -> u128 {
@@ -124,6 +137,7 @@ impl SharedService {
             objects: Objects::new(core.local.socket_addr(), mesh_shared::Config::default()),
             channels: HashMap::new(),
             rng: rand_pcg::Pcg64Mcg::seed_from_u64(seed),
+            armed: None,
         };
         Arc::new_cyclic(|me| Self {
             core,
@@ -287,8 +301,11 @@ impl SharedObjects {
         let (mid, ask) = {
             let mut st = self.service.state.lock();
             let id = st.next_id();
-            st.objects
-                .create(now, id, props, ttl, owner.socket_addr())?
+            let created = st
+                .objects
+                .create(now, id, props, ttl, owner.socket_addr())?;
+            st.poke(&self.service.core);
+            created
         };
         if let Some(ask) = ask {
             self.service.ask_owner(mid, ask).await?;
@@ -496,13 +513,23 @@ impl Service for SharedService {
     }
 
     /// Expires objects and resyncs stalled replicas on time.
-    fn maintain(&self) {
-        let now = Instant::now().into_std();
-        self.with(|o| {
-            if o.poll_timeout().is_some_and(|t| t <= now) {
-                o.handle_timeout(now);
+    fn maintain(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        let (resyncs, next) = {
+            let mut st = self.state.lock();
+            if st.objects.poll_timeout().is_some_and(|t| t <= now) {
+                st.objects.handle_timeout(now);
             }
-        });
+            // Every timer set so far is in `poll_timeout`: it is the new arming (and the
+            // flush below has nothing to poke about).
+            let _ = st.objects.take_new_deadline();
+            let next = st.objects.poll_timeout();
+            st.armed = next;
+            (st.flush(&self.core), next)
+        };
+        if !resyncs.is_empty() {
+            self.resync(resyncs);
+        }
+        next
     }
 
     /// Objects owned here are removed everywhere (watchers told, subscribers here too),

@@ -184,6 +184,12 @@ impl EndpointConfig {
     /// [`peer_timeout`](Self::peer_timeout), at most 1 s, so a quiet but healthy peer is
     /// probed four times before it could time out. Set explicitly, it must be at most a third
     /// of `peer_timeout` ([`validate`](Self::validate) refuses the pair otherwise).
+    ///
+    /// Probes go out on a grid of a quarter of this interval, anchored on wall-clock time, so
+    /// that an endpoint probes all its quiet peers in a few wake-ups per interval (and peers
+    /// with agreeing clocks probe it together): a probe leaves up to a quarter interval
+    /// early. Of the two ends of a session, one waits a quarter interval longer, and hears
+    /// the other's probe first: one probe and one answer per quiet pair per interval.
     pub fn keepalive_interval(&mut self, value: Duration) -> &mut Self {
         self.keepalive_interval = Some(value);
         self

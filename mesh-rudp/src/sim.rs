@@ -97,6 +97,10 @@ struct Node {
     endpoint: Endpoint,
     config: EndpointConfig,
     events: Vec<Event>,
+    /// Distinct instants at which this endpoint had work: a datagram, or a timer due.
+    wakes: u64,
+    /// The last such instant.
+    last_wake: Option<Instant>,
 }
 
 /// Counters of what the simulated network did.
@@ -132,6 +136,15 @@ pub struct Sim {
     buf: Vec<u8>,
     /// What the network did so far.
     pub net: NetStats,
+}
+
+impl Node {
+    fn woke(&mut self, now: Instant) {
+        if self.last_wake != Some(now) {
+            self.last_wake = Some(now);
+            self.wakes += 1;
+        }
+    }
 }
 
 impl Sim {
@@ -171,6 +184,8 @@ impl Sim {
             endpoint,
             config,
             events: Vec::new(),
+            wakes: 0,
+            last_wake: None,
         });
         i
     }
@@ -190,6 +205,12 @@ impl Sim {
             self.now,
             Duration::from_secs(1_767_225_600) + self.elapsed(),
         )
+    }
+
+    /// Distinct instants so far at which endpoint `i` had work (a datagram arrived, a timer
+    /// was due): the wake-ups a real endpoint's driver would have.
+    pub fn wakes(&self, i: usize) -> u64 {
+        self.nodes[i].wakes
     }
 
     /// The address of endpoint `i`.
@@ -344,10 +365,12 @@ impl Sim {
     pub fn step(&mut self) -> bool {
         self.drain();
         let next_arrival = self.queue.peek().map(|Reverse(f)| f.at);
+        // As the transport's driver does before it sleeps: a timer that moved later since it
+        // was filed does not wake the endpoint.
         let next_timer = self
             .nodes
-            .iter()
-            .filter_map(|n| n.endpoint.poll_timeout())
+            .iter_mut()
+            .filter_map(|n| n.endpoint.poll_timeout_settled())
             .min();
         let Some(next) = [next_arrival, next_timer].into_iter().flatten().min() else {
             return false;
@@ -360,12 +383,16 @@ impl Sim {
             let Reverse(f) = self.queue.pop().expect("peeked");
             self.net.delivered += 1;
             let now = self.now;
-            self.nodes[f.to]
-                .endpoint
-                .handle_datagram(now, f.from, &f.bytes);
+            let n = &mut self.nodes[f.to];
+            n.woke(now);
+            n.endpoint.handle_datagram(now, f.from, &f.bytes);
         }
         for n in &mut self.nodes {
-            if n.endpoint.poll_timeout().is_some_and(|t| t <= self.now) {
+            if n.endpoint
+                .poll_timeout_settled()
+                .is_some_and(|t| t <= self.now)
+            {
+                n.woke(self.now);
                 n.endpoint.handle_timeout(self.now);
             }
         }
@@ -417,8 +444,8 @@ impl Sim {
             let next = [
                 self.queue.peek().map(|Reverse(f)| f.at),
                 self.nodes
-                    .iter()
-                    .filter_map(|n| n.endpoint.poll_timeout())
+                    .iter_mut()
+                    .filter_map(|n| n.endpoint.poll_timeout_settled())
                     .min(),
             ]
             .into_iter()

@@ -445,21 +445,24 @@ async fn watch_peers(inner: Arc<Inner>) {
     }
 }
 
-/// How often the services' timers are looked at.
-const MAINTAIN_EVERY: Duration = Duration::from_millis(50);
+/// The longest the maintenance task sleeps with no timer set (it is poked sooner when one is).
+const MAINTAIN_IDLE: Duration = Duration::from_secs(3600);
 
-/// Runs the services' timers and tells them who left the mesh.
+/// Runs the services' timers, each when it is due (an idle node does not wake for them), and
+/// tells the services who left the mesh.
 async fn maintain(inner: Arc<Inner>) {
     let mut events = inner.membership.events();
-    let mut tick = tokio::time::interval(MAINTAIN_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let now = Instant::now();
+        let next = inner
+            .services()
+            .iter()
+            .filter_map(|(_, s)| s.maintain(now.into_std()))
+            .min()
+            .map_or(now + MAINTAIN_IDLE, Instant::from_std);
         tokio::select! {
-            _ = tick.tick() => {
-                for (_, s) in inner.services() {
-                    s.maintain();
-                }
-            }
+            _ = tokio::time::sleep_until(next) => {}
+            _ = inner.core.timers.notified() => {}
             e = events.recv() => match e {
                 Ok(MembershipEvent::Left(r)) => {
                     for (_, s) in inner.services() {

@@ -237,6 +237,25 @@ async fn creating_on_the_local_node_and_dropping_handles() {
         matches!(e, SharedError::Rejected(Rejected::OutOfBounds { .. })),
         "{e:?}"
     );
+    // A short-lived object created here, while the node's timers sleep with nothing to do (a
+    // long-lived object is the only other one): it still expires on time, for its replica too.
+    let short = a
+        .shared()
+        .create(
+            Properties::new().value("v", 1),
+            Duration::from_millis(300),
+            a.local_key(),
+        )
+        .await
+        .unwrap();
+    let on_b = b.shared().get(short.mid()).await.unwrap();
+    for mut e in [short.updates(), on_b.updates()] {
+        let got = within("the short-lived object expires", 10, e.recv())
+            .await
+            .unwrap();
+        assert_eq!(got, Event::Removed(RemoveReason::Expired));
+    }
+    assert!(so.exists(), "the long-lived one stays");
     for n in nodes {
         let _ = n.stop().await;
     }

@@ -13,7 +13,7 @@ use mesh_wire::{SeqRange, UnreliableFrame, CLOSE_NORMAL, HEADER_LEN};
 use tracing::{debug, trace_span};
 
 use crate::config::EndpointConfig;
-use crate::peer::{Peer, RecvOutcome};
+use crate::peer::{KeepaliveGrid, Peer, RecvOutcome};
 use rand_core::{Rng, SeedableRng};
 
 use crate::pool::BufferPool;
@@ -164,10 +164,12 @@ pub struct Endpoint {
 }
 
 /// The endpoint's agenda: peers with datagrams to send, in turn, and each peer's next deadline.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Schedule {
     ready: VecDeque<SocketAddr>,
     timers: BTreeSet<(Instant, SocketAddr)>,
+    /// When keep-alive probes go out.
+    grid: KeepaliveGrid,
 }
 
 impl Schedule {
@@ -188,7 +190,7 @@ impl Schedule {
     /// insertion in the timer set for nearly every one, at the cost of an occasional spurious
     /// wake-up (at most one per retransmission timeout or keep-alive interval per peer).
     fn retime(&mut self, p: &mut Peer, addr: SocketAddr, config: &EndpointConfig) {
-        let deadline = p.deadline(config);
+        let deadline = p.deadline(config, &self.grid);
         match p.timer {
             Some(filed) if filed <= deadline => return,
             Some(filed) => {
@@ -208,6 +210,7 @@ impl Endpoint {
         config.validate()?;
         let unix_base = u64::try_from(start.unix.as_micros()).unwrap_or(u64::MAX);
         let seed = config.seed.unwrap_or(unix_base);
+        let grid = KeepaliveGrid::new(config.keepalive(), start.now, start.unix);
         Ok(Self {
             rng: rand_pcg::Pcg64Mcg::seed_from_u64(seed),
             pool: BufferPool::new(config.recycle_bytes),
@@ -215,7 +218,11 @@ impl Endpoint {
             stray_tokens: Bucket::default(),
             config,
             peers: HashMap::default(),
-            sched: Schedule::default(),
+            sched: Schedule {
+                ready: VecDeque::new(),
+                timers: BTreeSet::new(),
+                grid,
+            },
             events: VecDeque::new(),
             incoming: 0,
             backlog: 0,
@@ -428,7 +435,7 @@ impl Endpoint {
                 continue;
             };
             p.timer = None;
-            if p.on_timeout(now, &self.config) {
+            if p.on_timeout(now, &self.config, &self.sched.grid) {
                 debug!(peer = %addr, "peer timed out");
                 self.peer_down(addr, DownReason::Timeout);
                 continue;
@@ -514,6 +521,29 @@ impl Endpoint {
     /// The earliest instant [`handle_timeout`](Self::handle_timeout) has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sched.timers.first().map(|&(t, _)| t)
+    }
+
+    /// [`poll_timeout`](Self::poll_timeout), after refiling the earliest timers that moved
+    /// later since they were filed (an acknowledgement cleared a retransmission timer, a
+    /// datagram pushed a keep-alive back: see `Schedule::retime`). For a caller about to sleep
+    /// until then: a stale timer would wake it for nothing (an idle node did, a retransmission
+    /// timeout after every keep-alive probe).
+    pub fn poll_timeout_settled(&mut self) -> Option<Instant> {
+        while let Some(&(filed, addr)) = self.sched.timers.first() {
+            let Some(p) = self.peers.get_mut(&addr) else {
+                self.sched.timers.pop_first();
+                continue;
+            };
+            let due = p.deadline(&self.config, &self.sched.grid);
+            if due <= filed {
+                return Some(filed);
+            }
+            // Strictly later each time: every timer is refiled at most once.
+            self.sched.timers.pop_first();
+            p.timer = Some(due);
+            self.sched.timers.insert((due, addr));
+        }
+        None
     }
 
     /// The next event for the application.

@@ -12,6 +12,7 @@
 
 mod ack;
 mod congestion;
+mod keepalive;
 mod ordering;
 mod reassembly;
 mod recovery;
@@ -37,6 +38,7 @@ use crate::pool::BufferPool;
 use crate::rtt::Rtt;
 use crate::types::{Delivery, MessageId, Payload, PeerStats};
 
+pub(crate) use self::keepalive::KeepaliveGrid;
 pub(crate) use self::replay::ReplayWindow;
 
 /// Data frames a sender may have in flight to one peer.
@@ -528,12 +530,11 @@ impl<C: Controller> Peer<C> {
     }
 
     /// The next instant this peer needs `handle_timeout`.
-    pub(crate) fn deadline(&self, config: &EndpointConfig) -> Instant {
-        let heard = self.last_recv.max(self.last_ping.unwrap_or(self.last_recv));
+    pub(crate) fn deadline(&self, config: &EndpointConfig, grid: &KeepaliveGrid) -> Instant {
         let mut d = self.last_recv + config.peer_timeout;
         if !self.ping_now {
             // While a ping waits to be written, its deadline has already fired.
-            d = d.min(heard + config.keepalive());
+            d = d.min(self.keepalive_due(config, grid));
         }
         if self.has_outstanding() {
             d = d.min(self.last_progress + config.peer_timeout);
@@ -552,7 +553,12 @@ impl<C: Controller> Peer<C> {
     }
 
     /// Timer work. Returns true when the peer must be reported down (timeout).
-    pub(crate) fn on_timeout(&mut self, now: Instant, config: &EndpointConfig) -> bool {
+    pub(crate) fn on_timeout(
+        &mut self,
+        now: Instant,
+        config: &EndpointConfig,
+        grid: &KeepaliveGrid,
+    ) -> bool {
         if now >= self.last_recv + config.peer_timeout
             || (self.has_outstanding() && now >= self.last_progress + config.peer_timeout)
         {
@@ -566,12 +572,23 @@ impl<C: Controller> Peer<C> {
                 self.recovery.rto_deadline = None;
             }
         }
-        let heard = self.last_recv.max(self.last_ping.unwrap_or(self.last_recv));
-        if now >= heard + config.keepalive() {
+        if now >= self.keepalive_due(config, grid) {
             self.ping_now = true;
             self.ping_token = self.ping_token.wrapping_add(1);
         }
         false
+    }
+
+    /// When this peer is next probed, if nothing is heard from it before: on the endpoint's
+    /// keep-alive grid, within a keep-alive interval of the last datagram from it or probe
+    /// to it. Of the two ends of a session, the one with the larger session id waits a grid
+    /// step longer: the other's probe comes first and pushes its own back, so a quiet pair
+    /// exchanges one probe and one answer per interval, not two of each.
+    fn keepalive_due(&self, config: &EndpointConfig, grid: &KeepaliveGrid) -> Instant {
+        let heard = self.last_recv.max(self.last_ping.unwrap_or(self.last_recv));
+        let passive = self.remote_id != 0 && self.local_id > self.remote_id;
+        let wait = config.keepalive() + if passive { grid.step() } else { Duration::ZERO };
+        grid.due(heard, wait)
     }
 
     pub(crate) fn snapshot_stats(&self, config: &EndpointConfig) -> PeerStats {

@@ -214,7 +214,10 @@ impl Driver {
                 continue;
             }
             // The turn's clock reading: at most a read of the socket old.
-            let at = st.endpoint.poll_timeout().unwrap_or(now + IDLE_TIMER);
+            let at = st
+                .endpoint
+                .poll_timeout_settled()
+                .unwrap_or(now + IDLE_TIMER);
             if st.timer_at != at {
                 st.timer.as_mut().reset(Instant::from_std(at));
                 st.timer_at = at;

@@ -179,3 +179,61 @@ fn a_keepalive_that_cannot_serve_the_peer_timeout_is_refused() {
     config.keepalive_interval(Duration::from_millis(150));
     config.validate().unwrap();
 }
+
+/// An endpoint with many quiet peers probes them on a shared grid (a quarter keep-alive
+/// interval, anchored on wall-clock time, which the simulated endpoints share): it wakes a few
+/// times per interval, not once per peer, and each quiet pair exchanges one probe and one
+/// answer per interval, not two of each. Sessions start at scattered moments, as after real
+/// traffic.
+#[test]
+fn quiet_peers_cost_few_wakeups_and_one_probe_per_pair_per_interval() {
+    let peers = 40u64;
+    let mut sim = mesh_rudp::sim::Sim::new(21);
+    let config = EndpointConfig::default();
+    let k = config.keepalive();
+    let hub = sim.add_endpoint(config.clone());
+    let others: Vec<usize> = (0..peers)
+        .map(|_| sim.add_endpoint(config.clone()))
+        .collect();
+    sim.set_all_links(mesh_rudp::sim::LinkConfig {
+        delay: Duration::from_millis(1),
+        ..Default::default()
+    });
+    for (i, &p) in others.iter().enumerate() {
+        sim.send(hub, p, payload(i as u64, 10), Delivery::Unordered)
+            .unwrap();
+        sim.run_for(Duration::from_millis(23), 10_000).unwrap();
+    }
+    sim.run_until_idle(100_000).unwrap();
+    sim.run_for(3 * k, 100_000).unwrap();
+    for i in std::iter::once(hub).chain(others.iter().copied()) {
+        sim.take_events(i);
+    }
+    let (wakes0, sent0) = (sim.wakes(hub), sim.net.sent);
+    let intervals = 20u32;
+    sim.run_for(k * intervals, 1_000_000).unwrap();
+    let (wakes, sent) = (sim.wakes(hub) - wakes0, sim.net.sent - sent0);
+    // Every session is alive at the end.
+    let down: Vec<_> = std::iter::once(hub)
+        .chain(others.iter().copied())
+        .flat_map(|i| sim.take_events(i))
+        .filter(|e| matches!(e, Event::PeerDown { .. }))
+        .collect();
+    assert!(down.is_empty(), "{down:?}");
+    // One probe per peer per interval would be 40 wake-ups per interval for the probes
+    // alone. On the grid, per step: the hub's timer (it probes), the probes of the peers
+    // that probe it (a link delay later) and the answers to its own (two): three instants.
+    let limit = u64::from(intervals) * (4 * 3 + 1);
+    assert!(
+        wakes <= limit,
+        "{wakes} wake-ups of the hub, at most {limit}"
+    );
+    // Probes leave at most a step early, so at most 4/3 per interval per pair, each with
+    // its answer; a pair whose ends both probed would send twice as many.
+    let limit = peers * u64::from(intervals) * 2 * 4 / 3 + 2 * peers;
+    assert!(sent <= limit, "{sent} datagrams, at most {limit}");
+    assert!(
+        sent >= peers * u64::from(intervals),
+        "{sent} datagrams: the quiet peers are probed"
+    );
+}

@@ -145,6 +145,9 @@ pub struct Objects {
     owned: HashMap<u128, Owned>,
     replicas: HashMap<Mid, Replica>,
     out: VecDeque<Output>,
+    /// The earliest timer set since [`take_new_deadline`](Self::take_new_deadline) was last
+    /// called.
+    new_deadline: Option<Instant>,
 }
 
 impl Objects {
@@ -156,6 +159,7 @@ impl Objects {
             owned: HashMap::new(),
             replicas: HashMap::new(),
             out: VecDeque::new(),
+            new_deadline: None,
         }
     }
 
@@ -314,6 +318,18 @@ impl Objects {
             .filter_map(|r| r.gap_since.map(|t| t + self.config.gap_timeout))
             .min();
         [expiry, gap].into_iter().flatten().min()
+    }
+
+    /// The earliest timer set since the last call (an object created, a replica that started
+    /// waiting for a missing change), if any: a caller that sleeps until
+    /// [`poll_timeout`](Self::poll_timeout) must wake sooner when this is earlier. Other
+    /// changes only move timers later, so a sleeper that wakes early merely finds nothing due.
+    pub fn take_new_deadline(&mut self) -> Option<Instant> {
+        self.new_deadline.take()
+    }
+
+    fn note_deadline(&mut self, at: Instant) {
+        self.new_deadline = Some(self.new_deadline.map_or(at, |d| d.min(at)));
     }
 
     /// Expires owned objects unchanged for their TTL (everywhere), and resyncs replicas whose

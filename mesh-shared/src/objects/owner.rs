@@ -107,6 +107,7 @@ impl Objects {
                 watchers,
             },
         );
+        self.note_deadline(now + ttl);
         Ok(())
     }
 

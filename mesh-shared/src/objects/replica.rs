@@ -170,6 +170,9 @@ impl Objects {
         } else {
             r.gap_since.or(Some(now))
         };
+        if let Some(t) = r.gap_since {
+            self.note_deadline(t + self.config.gap_timeout);
+        }
         for e in events {
             self.event(mid, e);
         }
@@ -212,7 +215,8 @@ impl Objects {
     pub fn resync_failed(&mut self, now: Instant, mid: Mid) {
         if let Some(r) = self.replicas.get_mut(&mid) {
             r.resyncing = false;
-            r.gap_since = Some(r.gap_since.unwrap_or(now));
+            let t = *r.gap_since.get_or_insert(now);
+            self.note_deadline(t + self.config.gap_timeout);
         }
     }
 }
