@@ -25,8 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Ping a node: prints PONG with the round-trip time of each answer, then a summary.
-    /// Exits 1 if the node never answers.
+    /// Ping a node: prints PONG with the round-trip time of each answer, then a summary
+    /// (p50, p90, p99 and this process's CPU time per ping). Exits 1 if the node never answers.
     Ping {
         /// The node's address.
         address: IpAddr,
@@ -35,9 +35,13 @@ enum Command {
         /// How many pings.
         #[arg(short, long, default_value_t = 4)]
         count: u32,
-        /// Pause between pings, in milliseconds.
+        /// Pause between pings, in milliseconds; 0 sends each ping as soon as the last is
+        /// answered.
         #[arg(short, long, default_value_t = 200)]
         interval: u64,
+        /// Print only the summary.
+        #[arg(short, long)]
+        quiet: bool,
         /// How long to wait for each answer, in milliseconds.
         #[arg(short, long, default_value_t = 1000)]
         timeout: u64,
@@ -111,7 +115,17 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Ping waits on one answer at a time: on one thread, an answer the transport's driver
+    // resolves wakes the waiting loop without a hand-off between threads. A node serves
+    // others, on every core.
+    let runtime = if matches!(cli.command, Command::Ping { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mesh-link: cannot start the runtime: {e}");
@@ -125,9 +139,20 @@ fn main() -> ExitCode {
                 port,
                 count,
                 interval,
+                quiet,
                 timeout,
                 key_file,
-            } => ping(address, port, count, interval, timeout, key_file).await,
+            } => {
+                let args = PingArgs {
+                    target: SocketAddr::new(address, port),
+                    count,
+                    interval,
+                    quiet,
+                    timeout,
+                    key_file,
+                };
+                ping(args).await
+            }
             Command::Node {
                 redis,
                 prefix,
@@ -185,15 +210,39 @@ fn micros(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
-async fn ping(
-    address: IpAddr,
-    port: u16,
+/// The `ping` command's arguments.
+struct PingArgs {
+    target: SocketAddr,
     count: u32,
     interval: u64,
+    quiet: bool,
     timeout: u64,
     key_file: Option<PathBuf>,
-) -> Fallible<ExitCode> {
-    let target = SocketAddr::new(address, port);
+}
+
+/// CPU time (user and system) this process has used so far.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let t = |v: nix::sys::time::TimeVal| {
+                Duration::new(v.tv_sec().max(0) as u64, (v.tv_usec().max(0) as u32) * 1000)
+            };
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+async fn ping(args: PingArgs) -> Fallible<ExitCode> {
+    let PingArgs {
+        target,
+        count,
+        interval,
+        quiet,
+        timeout,
+        key_file,
+    } = args;
     let mut config = Config::default();
     if let Some(path) = key_file {
         config.cluster_key = Some(Secret::from_file(&path)?);
@@ -208,9 +257,10 @@ async fn ping(
         .registry(Registry::memory())
         .start()
         .await?;
-    let mut rtts = Vec::new();
+    let mut rtts = Vec::with_capacity(count.min(1 << 20) as usize);
+    let cpu_before = cpu_time();
     for i in 0..count {
-        if i > 0 {
+        if i > 0 && interval > 0 {
             tokio::time::sleep(Duration::from_millis(interval)).await;
         }
         match node
@@ -218,7 +268,9 @@ async fn ping(
             .await
         {
             Ok(rtt) => {
-                println!("PONG from {target} time={}", micros(rtt));
+                if !quiet {
+                    println!("PONG from {target} time={}", micros(rtt));
+                }
                 rtts.push(rtt);
             }
             Err(RequestError::Timeout { .. }) => {
@@ -227,6 +279,7 @@ async fn ping(
             Err(e) => println!("no answer from {target}: {e}"),
         }
     }
+    let cpu = cpu_time().saturating_sub(cpu_before);
     let _ = node.stop().await;
     if rtts.is_empty() {
         println!("0 answers of {count}");
@@ -235,10 +288,12 @@ async fn ping(
     rtts.sort();
     let pct = |p: usize| rtts[(rtts.len() * p / 100).min(rtts.len() - 1)];
     println!(
-        "{} answers of {count}, p50 {}, p99 {}",
+        "{} answers of {count}, p50 {}, p90 {}, p99 {}, CPU per ping {}",
         rtts.len(),
         micros(pct(50)),
-        micros(pct(99))
+        micros(pct(90)),
+        micros(pct(99)),
+        micros(cpu / count.max(1)),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -223,6 +223,24 @@ fn a_node_without_redis_runs_alone_and_answers_pings() {
         "1",
     ]);
     assert!(o.status.success(), "{}", text(&o));
+    // Back to back and quiet: only the summary, with its percentiles and CPU time.
+    let o = run(&[
+        "ping",
+        "127.0.0.1",
+        &node.port.to_string(),
+        "--count",
+        "200",
+        "--interval",
+        "0",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("200 answers of 200, p50 "), "{out}");
+    for field in [", p90 ", ", p99 ", ", CPU per ping "] {
+        assert!(out.contains(field), "{field:?} in {out}");
+    }
     // The original's raw ping.
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -212,7 +212,12 @@ pub(crate) async fn tcp_echo() -> SocketAddr {
 }
 
 pub(crate) async fn http_echo() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("tcp");
+    http_echo_on("127.0.0.1".parse().expect("an address")).await
+}
+
+/// An HTTP/1.1 server on `bind` that answers each request with its body.
+pub(crate) async fn http_echo_on(bind: std::net::IpAddr) -> SocketAddr {
+    let l = TcpListener::bind((bind, 0)).await.expect("tcp");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
@@ -245,31 +250,61 @@ pub(crate) async fn http_client(addr: SocketAddr) -> HttpClient {
 }
 
 pub(crate) fn quic_configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-    let der = cert.cert.der().clone();
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
-    let mut server = quinn::ServerConfig::with_single_cert(vec![der.clone()], key.into())
-        .expect("server config");
+    let (server, der) = quic_server_config();
+    (server, quic_client_config(der))
+}
+
+fn quic_transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(1024u32.into());
     transport.max_concurrent_uni_streams(1024u32.into());
-    let transport = Arc::new(transport);
-    server.transport_config(transport.clone());
+    Arc::new(transport)
+}
+
+/// A server configuration with a fresh self-signed certificate, and that certificate (DER).
+pub(crate) fn quic_server_config() -> (quinn::ServerConfig, Vec<u8>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let der = cert.cert.der().to_vec();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
+    let mut server = quinn::ServerConfig::with_single_cert(
+        vec![rustls::pki_types::CertificateDer::from(der.clone())],
+        key.into(),
+    )
+    .expect("server config");
+    server.transport_config(quic_transport());
+    (server, der)
+}
+
+/// A client configuration that trusts the certificate `der`.
+pub(crate) fn quic_client_config(der: Vec<u8>) -> quinn::ClientConfig {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).expect("root");
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .expect("root");
     let mut client =
         quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
-    client.transport_config(transport);
-    (server, client)
+    client.transport_config(quic_transport());
+    client
 }
 
 /// A QUIC server that echoes each bidirectional stream and drains each unidirectional one,
 /// counting the bytes.
 pub(crate) async fn quic_server(received: Arc<AtomicU64>) -> (SocketAddr, quinn::ClientConfig) {
     let (sc, cc) = quic_configs();
-    let ep =
-        quinn::Endpoint::server(sc, "127.0.0.1:0".parse().expect("addr")).expect("quic server");
+    let addr = quic_serve(sc, "127.0.0.1:0".parse().expect("addr"), received);
+    (addr, cc)
+}
+
+/// Serves `sc` on `bind`: echoes each bidirectional stream, drains and counts each
+/// unidirectional one.
+pub(crate) fn quic_serve(
+    sc: quinn::ServerConfig,
+    bind: SocketAddr,
+    received: Arc<AtomicU64>,
+) -> SocketAddr {
+    let ep = quinn::Endpoint::server(sc, bind).expect("quic server");
     let addr = ep.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
@@ -301,12 +336,16 @@ pub(crate) async fn quic_server(received: Arc<AtomicU64>) -> (SocketAddr, quinn:
             });
         }
     });
-    (addr, cc)
+    addr
 }
 
 pub(crate) async fn quic_client(addr: SocketAddr, cc: quinn::ClientConfig) -> quinn::Connection {
-    let mut ep =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("quic client");
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("addr")
+    } else {
+        "[::]:0".parse().expect("addr")
+    };
+    let mut ep = quinn::Endpoint::client(local).expect("quic client");
     ep.set_default_client_config(cc);
     ep.connect(addr, "localhost")
         .expect("connect")

@@ -14,6 +14,7 @@
 
 mod contenders;
 mod prelude;
+mod procs;
 mod report;
 mod scenarios;
 
@@ -41,6 +42,9 @@ pub(crate) enum Scenario {
     /// `rtt`, `oneway` and `bulk` against the original Node.js mesh-link 0.13.6 (needs `node`,
     /// `npm` and `redis-server`; both meshes use a Redis the bench starts).
     NodeCompare,
+    /// What an idle node costs: wake-ups per second and CPU, with `--peers` sessions open,
+    /// alone, and an idle tokio runtime (needs `redis-server`).
+    Idle,
     /// Every scenario (`node-compare` too, when `node` is installed).
     All,
 }
@@ -63,9 +67,37 @@ pub(crate) struct Args {
     /// Also draw the latency percentiles (p50 and p99 of every latency row) into this SVG.
     #[arg(long)]
     pub(crate) plot: Option<std::path::PathBuf>,
+    /// Where contenders run: `procs` (the default: every contender as two processes, on one
+    /// CPU and on two; `rtt`, `oneway` and `bulk`) or `in-process` (both sides in this
+    /// process on one runtime: for profiling, not for claims).
+    #[arg(long, value_enum, default_value = "procs")]
+    pub(crate) layout: Layout,
+    /// Peers of the idle node (`idle`).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) peers: usize,
+}
+
+/// Where a scenario's contenders run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Layout {
+    /// Two processes per contender.
+    Procs,
+    /// One process, one runtime.
+    InProcess,
 }
 
 fn main() {
+    // `mesh-bench child ...`: one side of a contender in the processes layout.
+    if std::env::args().nth(1).as_deref() == Some("child") {
+        #[derive(Parser)]
+        struct ChildCli {
+            #[command(flatten)]
+            args: procs::child::ChildArgs,
+        }
+        let cli = ChildCli::parse_from(std::env::args().skip(1));
+        procs::child::run(cli.args);
+        return;
+    }
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -81,6 +113,7 @@ fn main() {
             Scenario::Fanout,
             Scenario::Lossy,
             Scenario::NodeCompare,
+            Scenario::Idle,
         ],
         s => vec![s],
     };
@@ -94,7 +127,25 @@ fn main() {
         let rows = rt
             .block_on(rt.spawn(async move {
                 let args = &task_args;
+                let placements = [
+                    procs::Placement::loopback(true),
+                    procs::Placement::loopback(false),
+                ];
+                let procs = args.layout == Layout::Procs;
+                let blocking = |f: fn(&Args, &[procs::Placement], &[String]) -> Vec<Row>| {
+                    let (args, placements) = (args.clone(), placements.clone());
+                    tokio::task::spawn_blocking(move || f(&args, &placements, &[]))
+                };
                 match s {
+                    Scenario::Rtt if procs => blocking(procs::rtt).await.expect("rtt"),
+                    Scenario::Oneway if procs => blocking(procs::oneway).await.expect("oneway"),
+                    Scenario::Bulk if procs => blocking(procs::bulk).await.expect("bulk"),
+                    Scenario::Idle => {
+                        let (args, peers) = (args.clone(), args.peers);
+                        tokio::task::spawn_blocking(move || procs::idle(&args, peers))
+                            .await
+                            .expect("idle")
+                    }
                     Scenario::Rtt => rtt(args, 1).await,
                     Scenario::RttConcurrent => rtt(args, 100).await,
                     Scenario::Oneway => oneway(args).await,

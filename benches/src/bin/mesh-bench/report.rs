@@ -20,6 +20,13 @@ pub(crate) struct Row {
     pub(crate) mb_per_sec: Option<f64>,
     /// Messages sent but not received (one-way scenarios).
     pub(crate) lost: Option<u64>,
+    /// CPU time of both processes (client and server) per operation, µs (the processes
+    /// layout).
+    pub(crate) cpu_us_per_op: Option<f64>,
+    /// Wake-ups (voluntary context switches, every thread) per second (idle rows).
+    pub(crate) wakeups_per_sec: Option<f64>,
+    /// CPU time as a share of one core, % (idle rows).
+    pub(crate) cpu_percent: Option<f64>,
     pub(crate) samples: usize,
     /// mesh-link's figure over this row's (for latency, < 1 is better for mesh-link; for
     /// rates, > 1 is).
@@ -39,6 +46,9 @@ impl Row {
             per_sec: None,
             mb_per_sec: None,
             lost: None,
+            cpu_us_per_op: None,
+            wakeups_per_sec: None,
+            cpu_percent: None,
             samples: 0,
             ratio_p50: None,
             ratio_p99: None,
@@ -88,8 +98,29 @@ pub(crate) fn print(rows: &[Row], json: bool) {
     }
     let f =
         |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.prec$}"));
+    let (idle, rows): (Vec<&Row>, Vec<&Row>) =
+        rows.iter().partition(|r| r.wakeups_per_sec.is_some());
+    if !idle.is_empty() {
+        println!(
+            "\n{:<18} {:<38} {:>12} {:>14} {:>16}",
+            "scenario", "contender", "wake-ups/s", "CPU % of core", "CPU s per hour"
+        );
+        for r in idle {
+            println!(
+                "{:<18} {:<38} {:>12} {:>14} {:>16}",
+                r.scenario,
+                r.contender,
+                f(r.wakeups_per_sec, 1),
+                f(r.cpu_percent, 3),
+                f(r.cpu_percent.map(|p| p / 100.0 * 3600.0), 1),
+            );
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
     println!(
-        "\n{:<14} {:<34} {:>9} {:>9} {:>9} {:>11} {:>9} {:>6} {:>8} {:>8} {:>8}",
+        "\n{:<18} {:<38} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8}",
         "scenario",
         "contender",
         "p50 µs",
@@ -98,13 +129,14 @@ pub(crate) fn print(rows: &[Row], json: bool) {
         "ops/s",
         "MB/s",
         "lost",
+        "CPU µs/op",
         "×p50",
         "×p99",
         "×rate"
     );
     for r in rows {
         println!(
-            "{:<14} {:<34} {:>9} {:>9} {:>9} {:>11} {:>9} {:>6} {:>8} {:>8} {:>8}",
+            "{:<18} {:<38} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8}",
             r.scenario,
             r.contender,
             f(r.p50_us, 1),
@@ -113,6 +145,7 @@ pub(crate) fn print(rows: &[Row], json: bool) {
             f(r.per_sec, 0),
             f(r.mb_per_sec, 1),
             r.lost.map_or_else(|| "-".into(), |x| x.to_string()),
+            f(r.cpu_us_per_op, 2),
             f(r.ratio_p50, 2),
             f(r.ratio_p99, 2),
             f(r.ratio_rate, 2),
