@@ -50,7 +50,7 @@ impl Default for EndpointConfig {
         Self {
             mtu: 1200,
             loopback_mtu: DEFAULT_LOOPBACK_MTU,
-            loopback_checksum: false,
+            loopback_checksum: true,
             max_message_size: 16 << 20,
             max_peers: 4096,
             new_peers_per_second: 1024,
@@ -103,11 +103,13 @@ impl EndpointConfig {
         loopback_mtu: Option<usize>
     );
     setter!(
-        /// Whether datagrams to a peer on a loopback address carry a CRC-32. Default false:
-        /// loopback moves datagrams within memory, where nothing can corrupt them (Linux skips
-        /// UDP's and TCP's checksums there too), and the checksum was an eighth of the CPU
-        /// time of a bulk transfer. A receiver takes a datagram without one only from a
-        /// loopback address. Datagrams to other peers always carry one.
+        /// Whether datagrams to a peer on a loopback address carry a CRC-32. Default true, as
+        /// to any other peer. Loopback moves datagrams within memory, where nothing corrupts
+        /// them, so `false` is safe there; but measured between two processes (1 MiB
+        /// messages, 32 KB datagrams, `mesh-bench`), leaving it out bought nothing measurable
+        /// (4.0-5.4 GB/s without, 4.3-5.0 GB/s with, same run): CRC-32 runs at many GB/s on
+        /// a CPU with carry-less multiply. For a CPU without, `false` skips it. A receiver
+        /// takes a datagram without one only from a loopback address.
         loopback_checksum: bool
     );
     setter!(

@@ -256,7 +256,7 @@ mod tests {
         let largest = (16 << 20) + HEADROOM;
         want.mtu(1200)
             .loopback_mtu(mesh_rudp::DEFAULT_LOOPBACK_MTU)
-            .loopback_checksum(false)
+            .loopback_checksum(true)
             // 17 MiB exceeds the transport's 16 MiB defaults: the caps hold two messages.
             .reassembly_per_peer(2 * largest)
             .reassembly_total((4 * largest).max(256 << 20))

@@ -202,7 +202,11 @@ impl Recovery {
             }
             acked_bytes += len;
             if largest_new.is_none_or(|(l, _, _)| seq > l) {
-                largest_new = Some((seq, s.retransmitted, s.sent_at));
+                // A frame already deemed lost (not yet resent) that an acknowledgement covers
+                // now was most likely received long ago, its own acknowledgement lost: this
+                // one came for another frame, and timing it would read the wait for the
+                // retransmission timer as round-trip time. Karn's rule, extended.
+                largest_new = Some((seq, s.retransmitted || s.lost, s.sent_at));
             }
             acked(&s);
         }
@@ -212,7 +216,7 @@ impl Recovery {
         };
         self.rtt.backoff = 0;
         if !retransmitted {
-            // Karn: only frames sent once give samples.
+            // Karn: only frames sent once (and not deemed lost) give samples.
             let sample = now.saturating_duration_since(sent_at);
             let delay = Duration::from_micros(u64::from(ack.delay_micros));
             self.rtt.sample(if sample > delay {

@@ -63,6 +63,10 @@ pub(crate) struct ChildArgs {
     /// mesh-link's datagram size to non-loopback peers (the transport's `mtu`).
     #[arg(long)]
     pub(crate) mtu: Option<usize>,
+    /// mesh-link as on a network, on loopback: datagrams of `--mtu` bytes (1200 if not
+    /// given) with checksums, instead of loopback's large unchecksummed ones.
+    #[arg(long)]
+    pub(crate) as_network: bool,
     /// The QUIC server's certificate (hex DER), for a QUIC client to trust.
     #[arg(long)]
     pub(crate) cert: Option<String>,
@@ -167,6 +171,10 @@ async fn mesh_server(args: &ChildArgs, count: Counts) -> SocketAddr {
             if let Some(m) = args.mtu {
                 c.mtu = m;
             }
+            if args.as_network {
+                c.loopback_mtu = None;
+                c.loopback_checksum = true;
+            }
         })
         .on_raw(
             ECHO,
@@ -266,6 +274,10 @@ fn client(rt: &tokio::runtime::Runtime, args: &ChildArgs) {
                     c.max_message_size = 32 << 20;
                     if let Some(m) = args.mtu {
                         c.mtu = m;
+                    }
+                    if args.as_network {
+                        c.loopback_mtu = None;
+                        c.loopback_checksum = true;
                     }
                 })
                 .start()
