@@ -72,6 +72,11 @@ pub(crate) struct Args {
     /// process on one runtime: for profiling, not for claims).
     #[arg(long, value_enum, default_value = "procs")]
     pub(crate) layout: Layout,
+    /// Run `rtt`, `oneway` and `bulk` across two network namespaces joined by veth (a real
+    /// interface: MTU 1500, checksums on) instead of loopback. Needs root, iproute2, nftables
+    /// and redis-server (the test bed's; see the `mesh-testbed` crate).
+    #[arg(long)]
+    pub(crate) hosts: bool,
     /// Peers of the idle node (`idle`).
     #[arg(long, default_value_t = 100)]
     pub(crate) peers: usize,
@@ -127,10 +132,20 @@ fn main() {
         let rows = rt
             .block_on(rt.spawn(async move {
                 let args = &task_args;
-                let placements = [
-                    procs::Placement::loopback(true),
-                    procs::Placement::loopback(false),
-                ];
+                let net = args.hosts.then(|| {
+                    mesh_testbed::Net::new(2, &[])
+                        .unwrap_or_else(|e| panic!("--hosts needs the test bed: {e}"))
+                });
+                let placements = match &net {
+                    Some(net) => [
+                        procs::Placement::hosts(true, net),
+                        procs::Placement::hosts(false, net),
+                    ],
+                    None => [
+                        procs::Placement::loopback(true),
+                        procs::Placement::loopback(false),
+                    ],
+                };
                 let procs = args.layout == Layout::Procs;
                 let blocking = |f: fn(&Args, &[procs::Placement], &[String]) -> Vec<Row>| {
                     let (args, placements) = (args.clone(), placements.clone());
