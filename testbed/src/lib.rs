@@ -16,11 +16,11 @@
 //! ```no_run
 //! let net = mesh_testbed::Net::new(2, &[]).unwrap();
 //! let redis = net.redis_url();
-//! let a = net.node(0, &["--redis", &redis]);
+//! let mut a = net.node(0, &["--redis", &redis]);
 //! let b = net.node(1, &["--redis", &redis]);
 //! a.wait_nodes(2);
 //! assert!(a.ask(&b.addr(), 1000).is_ok());
-//! net.set_loss(1, 5); // 5 % of host 1's datagrams, both ways
+//! net.set_loss(1, 5).unwrap(); // 5 % of host 1's datagrams, both ways
 //! ```
 
 #![forbid(unsafe_code)]
