@@ -33,7 +33,29 @@ const NOTICE_BUFFER: usize = 4096;
 const EXPIRED_BATCH: i64 = 64;
 
 fn unavailable(e: fred::error::Error) -> RegistryError {
-    RegistryError::Unavailable(e.to_string())
+    RegistryError::Unavailable(cause(&e))
+}
+
+/// A fred error as a sentence: an I/O error's message (`Connection refused (os error 111)`)
+/// instead of its `Debug` form (`Os { code: 111, kind: ConnectionRefused, .. }`).
+fn cause(e: &fred::error::Error) -> String {
+    let details = e.details();
+    if let Some(start) = details.find("message: \"") {
+        let rest = &details[start + 10..];
+        if let Some(end) = rest.find('"') {
+            return rest[..end].to_owned();
+        }
+    }
+    if details.is_empty() {
+        format!("{:?}", e.kind()).to_lowercase()
+    } else {
+        details.to_owned()
+    }
+}
+
+/// The same, naming where Redis was looked for.
+fn unavailable_at(topology: &RedisTopology, e: fred::error::Error) -> RegistryError {
+    RegistryError::Unavailable(format!("redis at {}: {}", topology.describe(), cause(&e)))
 }
 
 fn now_ms() -> u64 {
@@ -138,6 +160,23 @@ impl RedisTopology {
         }
     }
 
+    /// Where this topology's servers are, for messages: `host:port`, or the seeds.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Standalone { host, port } | Self::MasterReplica { host, port } => {
+                format!("{host}:{port}")
+            }
+            Self::Sentinel { sentinels, service } => {
+                let s: Vec<String> = sentinels.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                format!("sentinels {} (service {service})", s.join(", "))
+            }
+            Self::Cluster { seeds } => {
+                let s: Vec<String> = seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                format!("cluster {}", s.join(", "))
+            }
+        }
+    }
+
     fn server_config(&self) -> ServerConfig {
         match self {
             Self::Standalone { host, port } | Self::MasterReplica { host, port } => {
@@ -199,14 +238,15 @@ impl RedisRegistry {
                 });
             b.build()
         };
-        let client = build().map_err(unavailable)?;
-        client.init().await.map_err(unavailable)?;
+        let at = |e| unavailable_at(topology, e);
+        let client = build().map_err(at)?;
+        client.init().await.map_err(at)?;
         if replica_reads.is_some() {
             // Find the master's replicas (ROLE) now; reads fall back to the master meanwhile.
-            client.replicas().sync(true).await.map_err(unavailable)?;
+            client.replicas().sync(true).await.map_err(at)?;
         }
-        let subscriber = build().map_err(unavailable)?;
-        subscriber.init().await.map_err(unavailable)?;
+        let subscriber = build().map_err(at)?;
+        subscriber.init().await.map_err(at)?;
         let tag = format!("{{ml:{prefix}}}");
         let (notices, _) = broadcast::channel(NOTICE_BUFFER);
         let registry = Self {

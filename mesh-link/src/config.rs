@@ -127,6 +127,12 @@ pub struct Config {
     /// Answer a raw 4-byte `ping` datagram with `PONG\n`, as the original did (so `nc -u`
     /// works). Default true; never with a cluster key.
     pub answer_raw_ping: bool,
+    /// Publish this node's [`NodeReport`](crate::report::NodeReport) to the `metrics` facade
+    /// this often (and time handler runs and requests into histograms). Default `None`: no
+    /// task, no clock reads. Install a recorder (such as `metrics-exporter-prometheus`, or
+    /// `mesh-link node --metrics`) before the node starts.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Option<Duration>,
     /// The cluster's shared secret. With it, every datagram is authenticated (keyed BLAKE3)
     /// and numbered against replays; datagrams without a valid tag are dropped before any
     /// state exists. Every node of the mesh needs the same one. It is never written to the
@@ -207,6 +213,7 @@ impl Default for Config {
             max_pending_requests: 65_536,
             stop_timeout: Duration::from_secs(2),
             answer_raw_ping: true,
+            metrics_interval: None,
             cluster_key: None,
             previous_cluster_key: None,
             seed: None,

@@ -40,6 +40,20 @@ pub(crate) struct Core {
     /// Poked by a service whose next timer moved earlier than the one the node's maintenance
     /// task sleeps to (which then looks again).
     pub(crate) timers: tokio::sync::Notify,
+    /// Requests asked, and how those that failed failed.
+    pub(crate) requests: RequestCounters,
+}
+
+/// Requests this node asked, by outcome.
+#[derive(Default)]
+pub(crate) struct RequestCounters {
+    pub(crate) asked: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) undelivered: AtomicU64,
+    /// Answered with an error (no handler, handler failed, bad request, overloaded, shutting
+    /// down, type mismatch).
+    pub(crate) refused: AtomicU64,
+    pub(crate) other: AtomicU64,
 }
 
 impl std::fmt::Debug for Core {
@@ -68,6 +82,7 @@ impl Core {
             request_timeout,
             malformed_answers: AtomicU64::new(0),
             timers: tokio::sync::Notify::new(),
+            requests: RequestCounters::default(),
         }
     }
 
@@ -80,6 +95,37 @@ impl Core {
     /// Reliable requests fail as soon as the transport sees the node go; unreliable ones (one
     /// datagram each way) only by the timeout.
     pub(crate) async fn request(
+        &self,
+        id: u16,
+        fingerprint: Option<u64>,
+        node: NodeKey,
+        data: Bytes,
+        timeout: Duration,
+        reliable: bool,
+    ) -> Result<Bytes, RequestError> {
+        let c = &self.requests;
+        c.asked.fetch_add(1, Ordering::Relaxed);
+        let r = self
+            .request_inner(id, fingerprint, node, data, timeout, reliable)
+            .await;
+        if let Err(e) = &r {
+            let bucket = match e {
+                RequestError::Timeout { .. } => &c.timed_out,
+                RequestError::NotDelivered { .. } => &c.undelivered,
+                RequestError::NoHandler { .. }
+                | RequestError::Handler { .. }
+                | RequestError::BadRequest { .. }
+                | RequestError::Overloaded(_)
+                | RequestError::ShuttingDown(_)
+                | RequestError::TypeMismatch { .. } => &c.refused,
+                _ => &c.other,
+            };
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn request_inner(
         &self,
         id: u16,
         fingerprint: Option<u64>,

@@ -69,6 +69,7 @@ pub mod fuzzing;
 mod handler;
 mod node;
 mod pending;
+pub mod report;
 mod service;
 pub mod shared;
 pub mod typed;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{Shared, MAX_BACKOFF_INTERVALS, MAX_DEPARTED};
 use crate::{Backend, MembershipEvent, NodeKey, NodeRecord, Notice, RegistryError};
@@ -120,6 +120,9 @@ fn upsert<R>(shared: &Shared<R>, key: NodeKey, bytes: &[u8]) {
         Some(_) => None,
     };
     if let Some(e) = event {
+        if let MembershipEvent::Joined(r) = &e {
+            info!(node = %r.key, node_type = %r.node_type, "node joined");
+        }
         let _ = shared.events.send(e);
     }
 }
@@ -132,6 +135,7 @@ pub(super) fn depart<R>(shared: &Shared<R>, key: NodeKey) {
             return;
         };
         let backups = old.backups.clone();
+        info!(node = %key, node_type = %old.node_type, "node left");
         // With the view locked, as in `upsert`.
         let _ = shared.events.send(MembershipEvent::Left(old));
         backups
@@ -297,7 +301,7 @@ pub(super) async fn run<R: Backend>(
                 match r {
                     Ok(()) => {
                         if failures > 0 {
-                            debug!("registry reachable again");
+                            info!(failures, "registry reachable again");
                         }
                         failures = 0;
                         need_full = false;
@@ -309,7 +313,12 @@ pub(super) async fn run<R: Backend>(
                         skip = (1u32 << failures.min(5)).min(MAX_BACKOFF_INTERVALS) - 1;
                         need_full = true;
                         shared.dirty.store(true, Ordering::Release);
-                        warn!(error = %e, failures, "registry unavailable; keeping the last known view");
+                        // One line per outage (the first failure), not one per attempt.
+                        if failures == 1 {
+                            warn!(error = %e, "registry unavailable; keeping the last known view");
+                        } else {
+                            debug!(error = %e, failures, "registry still unavailable");
+                        }
                     }
                 }
                 let all = {

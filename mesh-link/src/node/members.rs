@@ -8,9 +8,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
 use super::{MeshNode, NodeStats, ToNodeKey};
+use crate::report::{NodeReport, PeerReport};
 use crate::shared::SharedObjects;
-use crate::Error;
+use crate::{Error, RequestError};
 
 impl MeshNode {
     /// This node's shared objects.
@@ -157,5 +163,113 @@ impl MeshNode {
     /// Counters of discovery.
     pub fn discovery_stats(&self) -> DiscoveryStats {
         self.inner.membership.stats()
+    }
+
+    /// This node's view of the mesh (members; transport sessions with their round trips,
+    /// retransmissions and flight) and every layer's counters. Other nodes read it with
+    /// [`report_of`](Self::report_of); see [`crate::report`].
+    pub fn report(&self) -> NodeReport {
+        let n = self.stats();
+        let t = self.transport_stats();
+        let d = self.discovery_stats();
+        let c = &self.inner.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let mut members = self.nodes();
+        members.sort_by_key(|r| r.key);
+        let mut peers: Vec<PeerReport> = self
+            .inner
+            .core
+            .transport
+            .all_peer_stats()
+            .iter()
+            .map(|(a, s)| PeerReport::new(*a, s))
+            .collect();
+        peers.sort_by_key(|p| p.addr);
+        let uptime_ms = self.inner.started.elapsed().as_millis() as u64;
+        let counters: BTreeMap<String, u64> = [
+            ("node.malformed", n.malformed),
+            ("node.type_mismatch", n.type_mismatch),
+            ("node.no_handler", n.no_handler),
+            ("node.overloaded", n.overloaded),
+            ("node.pending_requests", n.pending_requests as u64),
+            ("node.running_handlers", n.running_handlers as u64),
+            ("node.handled", load(&c.handled)),
+            ("node.handler_failed", load(&c.handler_failed)),
+            ("node.joined", load(&c.joined)),
+            ("node.requests", load(&self.inner.core.requests.asked)),
+            (
+                "node.requests_timed_out",
+                load(&self.inner.core.requests.timed_out),
+            ),
+            (
+                "node.requests_undelivered",
+                load(&self.inner.core.requests.undelivered),
+            ),
+            (
+                "node.requests_refused",
+                load(&self.inner.core.requests.refused),
+            ),
+            (
+                "node.requests_failed_other",
+                load(&self.inner.core.requests.other),
+            ),
+            ("node.left", load(&c.left)),
+            ("node.members", members.len() as u64),
+            ("node.uptime_ms", uptime_ms),
+            ("transport.datagrams_sent", t.datagrams_sent),
+            ("transport.bytes_sent", t.bytes_sent),
+            ("transport.datagrams_received", t.datagrams_received),
+            ("transport.bytes_received", t.bytes_received),
+            ("transport.dropped_invalid", t.dropped_invalid),
+            (
+                "transport.dropped_unauthenticated",
+                t.dropped_unauthenticated,
+            ),
+            ("transport.dropped_replay", t.dropped_replay),
+            ("transport.dropped_stale_session", t.dropped_stale_session),
+            ("transport.dropped_peer_limit", t.dropped_peer_limit),
+            ("transport.dropped_no_room", t.dropped_no_room),
+            ("transport.dropped_out_of_window", t.dropped_out_of_window),
+            ("transport.dropped_unreliable", t.dropped_unreliable),
+            ("transport.peers", t.peers as u64),
+            ("transport.reassembly_bytes", t.reassembly_bytes as u64),
+            ("transport.messages_received", t.messages_received),
+            ("transport.messages_delivered", t.messages_delivered),
+            ("transport.messages_failed", t.messages_failed),
+            ("transport.retransmitted", t.retransmitted),
+            ("transport.duplicates", t.duplicates),
+            ("discovery.registry_calls", d.registry_calls),
+            ("discovery.registry_errors", d.registry_errors),
+            ("discovery.skipped_records", d.skipped_records),
+            ("discovery.reconciliations", d.reconciliations),
+            ("shared.objects", self.shared().len() as u64),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        NodeReport {
+            node: self.info(),
+            uptime_ms,
+            members,
+            peers,
+            counters,
+        }
+    }
+
+    /// Asks `node` for its [`report`](Self::report), over the mesh (its system handler
+    /// [`STATS`](crate::system::STATS)): what `mesh-link stats` prints.
+    pub async fn report_of(
+        &self,
+        node: impl ToNodeKey,
+        timeout: Duration,
+    ) -> Result<NodeReport, RequestError> {
+        let node = node.node_key();
+        let answer = self
+            .request_bytes(super::system::STATS, node, Bytes::new(), timeout, true)
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| RequestError::BadResponse {
+            node,
+            message: format!("not a report: {e}"),
+        })
     }
 }

@@ -87,6 +87,10 @@ pub(crate) struct Inner {
     pub(crate) drained: Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) counters: Counters,
+    /// Handler run times, with `metrics_interval` set.
+    pub(crate) timings: Option<Timings>,
+    /// When the node started.
+    pub(crate) started: std::time::Instant,
     /// The system services the node owns and dispatches to (shared objects).
     pub(crate) shared: Arc<SharedService>,
     /// The user handles' guard, for tasks that need a full handle now and then.
@@ -121,6 +125,17 @@ pub(crate) struct Counters {
     pub(crate) malformed: AtomicU64,
     pub(crate) no_handler: AtomicU64,
     pub(crate) overloaded: AtomicU64,
+    /// Handler runs finished, and those that failed.
+    pub(crate) handled: AtomicU64,
+    pub(crate) handler_failed: AtomicU64,
+    /// Members that joined and left this node's view.
+    pub(crate) joined: AtomicU64,
+    pub(crate) left: AtomicU64,
+}
+
+/// Histograms of a node with `metrics_interval` set (registered once, at start).
+pub(crate) struct Timings {
+    pub(crate) handler: metrics::Histogram,
 }
 
 /// Counters of a node's messaging layer.
@@ -266,6 +281,9 @@ impl MeshNode {
         let membership =
             Membership::start(backend, record, builder::membership_config(&config)).await;
         let shared = SharedService::new(core.clone(), rng.next_u64());
+        let timings = config.metrics_interval.map(|_| Timings {
+            handler: metrics::histogram!("mesh_handler_seconds", "node" => local.to_string()),
+        });
         let inner = Arc::new(Inner {
             core,
             membership,
@@ -277,6 +295,8 @@ impl MeshNode {
             drained: Notify::new(),
             tasks: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            timings,
+            started: std::time::Instant::now(),
             shared,
             guard: OnceLock::new(),
         });
@@ -302,7 +322,34 @@ impl MeshNode {
             .tasks
             .lock()
             .extend([receiver, watcher, maintainer, expiry]);
-        info!(node = %local, "mesh node started");
+        if let Some(every) = node.inner.config.metrics_interval {
+            let weak = Arc::downgrade(&node._guard);
+            let inner = node.inner.clone();
+            let publisher = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+                loop {
+                    tick.tick().await;
+                    let Some(guard) = weak.upgrade() else { return };
+                    let node = MeshNode {
+                        inner: inner.clone(),
+                        _guard: guard,
+                    };
+                    crate::report::publish(&node.report());
+                }
+            });
+            node.inner.tasks.lock().push(publisher);
+        }
+        let registry = match &node.inner.config.redis {
+            Some(url) => redact(url),
+            None => "in memory".to_owned(),
+        };
+        info!(
+            node = %local,
+            node_type = %node.inner.config.node_type,
+            prefix = %node.inner.config.prefix,
+            %registry,
+            "mesh node started"
+        );
         Ok(node)
     }
 
@@ -342,6 +389,7 @@ impl MeshNode {
         {
             return StopReport::default();
         }
+        info!(node = %core.local, "mesh node stopping");
         inner.membership.stop().await;
         let deadline = Instant::now() + inner.config.stop_timeout;
         loop {
@@ -370,8 +418,7 @@ impl MeshNode {
         }
         inner.handlers.write().clear();
         core.state.store(STOPPED, Ordering::Release);
-        info!(node = %core.local, "mesh node stopped");
-        StopReport {
+        let report = StopReport {
             undelivered: close
                 .undelivered
                 .into_iter()
@@ -379,7 +426,15 @@ impl MeshNode {
                 .collect(),
             abandoned_requests,
             cancelled_handlers,
-        }
+        };
+        info!(
+            node = %core.local,
+            undelivered = report.undelivered.len(),
+            abandoned_requests,
+            cancelled_handlers,
+            "mesh node stopped"
+        );
+        report
     }
 }
 
@@ -435,13 +490,21 @@ async fn watch_peers(inner: Arc<Inner>) {
             s.peer_reset(key);
         }
         if matches!(reason, DownReason::Timeout | DownReason::Closed) {
-            debug!(node = %key, ?reason, "peer down: leaving the view");
+            info!(node = %key, ?reason, "node marked down by the transport: leaving the view");
             inner.membership.mark_down(key);
         }
         core.pending.fail_peer(peer, || RequestError::NotDelivered {
             node: key,
             error: DeliveryError::Unreachable(format!("peer down ({reason:?})")),
         });
+    }
+}
+
+/// A registry URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
     }
 }
 
@@ -465,9 +528,13 @@ async fn maintain(inner: Arc<Inner>) {
             _ = inner.core.timers.notified() => {}
             e = events.recv() => match e {
                 Ok(MembershipEvent::Left(r)) => {
+                    inner.counters.left.fetch_add(1, Ordering::Relaxed);
                     for (_, s) in inner.services() {
                         s.node_left(r.key);
                     }
+                }
+                Ok(MembershipEvent::Joined(_)) => {
+                    inner.counters.joined.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,

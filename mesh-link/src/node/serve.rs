@@ -214,7 +214,20 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
     let node2 = node.clone();
     // One box for the handler's run and its bookkeeping (a job per request).
     let job = async move {
+        let t0 = node2
+            .inner
+            .timings
+            .as_ref()
+            .map(|_| std::time::Instant::now());
         let r = handler::run(h, incoming.payload, ctx).await;
+        let c = &node2.inner.counters;
+        c.handled.fetch_add(1, Ordering::Relaxed);
+        if r.is_err() {
+            c.handler_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (Some(t), Some(t0)) = (&node2.inner.timings, t0) {
+            t.handler.record(t0.elapsed().as_secs_f64());
+        }
         match reply {
             Some(to) => send_answer(&node2, to, r).await,
             None => {

@@ -19,6 +19,10 @@ pub const ECHO: u16 = 65_002;
 pub const RELAY: u16 = 65_003;
 /// A relayed typed message: as [`RELAY`], its header also carrying the type fingerprint.
 pub const RELAY_TYPED: u16 = 65_004;
+/// Answers with the node's [`NodeReport`](crate::report::NodeReport) as JSON: `mesh-link
+/// stats` and [`MeshNode::report_of`](crate::MeshNode::report_of). With a cluster key only
+/// members can ask (every datagram is authenticated).
+pub const STATS: u16 = 65_005;
 /// Shared objects: requests to an owner, and its changes to watchers.
 pub const SHARED: u16 = 65_010;
 
@@ -35,9 +39,10 @@ pub(crate) enum Handled {
 type SystemFn = fn(&MeshNode, Incoming) -> Handled;
 
 /// The system handlers.
-const TABLE: [(u16, SystemFn); 5] = [
+const TABLE: [(u16, SystemFn); 6] = [
     (PING, ping),
     (ECHO, echo),
+    (STATS, stats),
     (RELAY, relay),
     (RELAY_TYPED, relay),
     (SHARED, service),
@@ -59,6 +64,19 @@ fn echo(_: &MeshNode, m: Incoming) -> Handled {
     match m.reply {
         Some(_) => Handled::Answer(Ok(Some(m.payload))),
         None => Handled::Done,
+    }
+}
+
+fn stats(node: &MeshNode, m: Incoming) -> Handled {
+    if m.reply.is_none() {
+        return Handled::Done;
+    }
+    match serde_json::to_vec(&node.report()) {
+        Ok(json) => Handled::Answer(Ok(Some(Bytes::from(json)))),
+        Err(e) => Handled::Answer(Err(Failure::new(
+            ErrorCode::HANDLER_FAILED,
+            format!("report not encoded: {e}"),
+        ))),
     }
 }
 

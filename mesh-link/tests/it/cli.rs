@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use mesh_discovery::testing::{free_port, RedisServer};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mesh-link");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_mesh-link");
 
-fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .output()
         .expect("mesh-link runs")
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         o.status.code(),
@@ -27,9 +27,9 @@ fn text(o: &Output) -> String {
 }
 
 /// A `mesh-link node` process, killed (by its pid, through `Child`) if the test ends early.
-struct Node {
-    child: Child,
-    port: u16,
+pub(crate) struct Node {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Node {
@@ -44,7 +44,7 @@ impl Node {
         spawn_node(&args)
     }
 
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         // Only the process this test started, by its pid.
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("a pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
@@ -68,7 +68,7 @@ impl Drop for Node {
 
 /// Starts `mesh-link node` with `args` (and no `MESH_REDIS_URL`), and reads the port it
 /// says it listens on.
-fn spawn_node(args: &[&std::ffi::OsStr]) -> Node {
+pub(crate) fn spawn_node(args: &[&std::ffi::OsStr]) -> Node {
     let mut child = Command::new(BIN)
         .arg("node")
         .args(args)
@@ -285,7 +285,7 @@ fn help_usage_errors_and_exit_codes() {
         text(&o)
     );
     let o = run(&["node", "--config", "/nonexistent/mesh.toml"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("/nonexistent/mesh.toml"),
         "{}",
@@ -350,7 +350,8 @@ fn a_keyed_node_answers_only_keyed_pings() {
         .arg(&empty)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    // A configuration error: exit 2.
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("is empty"),
         "{}",

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod liveness;
 mod messaging;
+mod operators;
 mod outage;
 mod relay;
 mod scenarios;

@@ -323,6 +323,15 @@ impl Transport {
         self.shared.state.lock().endpoint.peer_stats(peer)
     }
 
+    /// Every peer with state, and its counters and estimates (one lock for all).
+    pub fn all_peer_stats(&self) -> Vec<(SocketAddr, PeerStats)> {
+        let st = self.shared.state.lock();
+        st.endpoint
+            .peers()
+            .filter_map(|p| st.endpoint.peer_stats(p).map(|s| (p, s)))
+            .collect()
+    }
+
     /// Closes gracefully: refuses new sends, waits up to the configured close timeout for
     /// queued messages to be acknowledged, then tells every peer and stops. Returns what could
     /// not be delivered (those sends also fail with [`SendError::Closed`]).
