@@ -64,7 +64,8 @@ pub(crate) struct Args {
     /// One JSON object per result line instead of tables.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Also draw the latency percentiles (p50 and p99 of every latency row) into this SVG.
+    /// Also draw the results into this SVG: one chart per scenario (p50 and p99, or the rate),
+    /// mesh-link beside its baselines.
     #[arg(long)]
     pub(crate) plot: Option<std::path::PathBuf>,
     /// Where contenders run: `procs` (the default: every contender as two processes, on one
@@ -125,6 +126,7 @@ fn main() {
     let mut everything = Vec::new();
     for s in scenarios {
         let started = Instant::now();
+        let progress = Progress::start(s, &args);
         // Every contender runs on a task of the runtime, as a service's own code does: the
         // thread that calls `block_on` is outside the worker pool, and every wake-up of it
         // would be a thread wake-up that no contender's design chose.
@@ -172,6 +174,7 @@ fn main() {
                 }
             }))
             .expect("scenario task");
+        progress.finish();
         if !args.json {
             eprintln!("{s:?} took {:.1} s", started.elapsed().as_secs_f64());
         }
@@ -185,4 +188,55 @@ fn main() {
         }
     }
     rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// A progress bar for one scenario on stderr, against the time it is expected to take
+/// (indicatif draws nothing when stderr is not a terminal).
+struct Progress {
+    bar: indicatif::ProgressBar,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(s: Scenario, args: &Args) -> Self {
+        // Scenarios of the processes layout run on one CPU and then on two.
+        let placements = match s {
+            Scenario::Rtt | Scenario::Oneway | Scenario::Bulk if args.layout == Layout::Procs => 2,
+            _ => 1,
+        };
+        let expected = args.duration * placements;
+        let bar = indicatif::ProgressBar::new(expected * 10);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{prefix:>14} {wide_bar} {elapsed} of about {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_prefix(format!("{s:?}"));
+        bar.set_message(format!("{expected} s"));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (b, d) = (bar.clone(), done.clone());
+        let ticker = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !d.load(Ordering::Relaxed) {
+                // Never full before the scenario is.
+                let tenths = (t0.elapsed().as_millis() / 100) as u64;
+                b.set_position(tenths.min(b.length().unwrap_or(0).saturating_sub(1)));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Self {
+            bar,
+            done,
+            ticker: Some(ticker),
+        }
+    }
+
+    fn finish(mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+        self.bar.finish_and_clear();
+    }
 }

@@ -56,21 +56,31 @@ impl Row {
         }
     }
 
-    pub(crate) fn latencies(mut self, mut l: Vec<Duration>, elapsed: Duration) -> Self {
-        l.sort();
-        let pct = |p: usize| {
-            l.get((l.len() * p / 100).min(l.len().saturating_sub(1)))
-                .map(|d| d.as_secs_f64() * 1e6)
-        };
-        self.p50_us = pct(50);
-        self.p90_us = pct(90);
-        self.p99_us = pct(99);
+    /// p50, p90 and p99 of `l` (from an HDR histogram, 3 significant digits), and the rate
+    /// over `elapsed`.
+    pub(crate) fn latencies(mut self, l: Vec<Duration>, elapsed: Duration) -> Self {
+        let h = histogram(&l);
+        let pct = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1e3);
+        self.p50_us = pct(0.50);
+        self.p90_us = pct(0.90);
+        self.p99_us = pct(0.99);
         self.samples = l.len();
         if !elapsed.is_zero() {
             self.per_sec = Some(l.len() as f64 / elapsed.as_secs_f64());
         }
         self
     }
+}
+
+/// Latencies in nanoseconds, 1 ns to 10 min, 3 significant digits; longer ones are clamped.
+fn histogram(l: &[Duration]) -> hdrhistogram::Histogram<u64> {
+    const MAX_NS: u64 = 600_000_000_000;
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_NS, 3)
+        .expect("valid histogram bounds");
+    for d in l {
+        h.saturating_record((d.as_nanos().min(u128::from(MAX_NS)) as u64).max(1));
+    }
+    h
 }
 
 /// Fills in each row's ratios against the first row (mesh-link's).
@@ -89,6 +99,100 @@ pub(crate) fn ratios(rows: &mut [Row]) {
     }
 }
 
+/// What the ratio columns mean.
+pub(crate) const LEGEND: &str = "×p50, ×p99: mesh-link's latency ÷ this row's (below 1: \
+     mesh-link is faster). ×rate: mesh-link's rate ÷ this row's (above 1: mesh-link is \
+     faster). Each scenario's first row is mesh-link's.";
+
+/// A column of the results table: its header and how a row fills it.
+struct Column {
+    header: &'static str,
+    cell: fn(&Row) -> Option<String>,
+}
+
+fn num(v: Option<f64>, prec: usize) -> Option<String> {
+    v.map(|x| format!("{x:.prec$}"))
+}
+
+const COLUMNS: [Column; 12] = [
+    Column {
+        header: "p50 µs",
+        cell: |r| num(r.p50_us, 1),
+    },
+    Column {
+        header: "p90 µs",
+        cell: |r| num(r.p90_us, 1),
+    },
+    Column {
+        header: "p99 µs",
+        cell: |r| num(r.p99_us, 1),
+    },
+    Column {
+        header: "ops/s",
+        cell: |r| num(r.per_sec, 0),
+    },
+    Column {
+        header: "MB/s",
+        cell: |r| num(r.mb_per_sec, 1),
+    },
+    Column {
+        header: "lost",
+        cell: |r| r.lost.map(|x| x.to_string()),
+    },
+    Column {
+        header: "CPU µs/op",
+        cell: |r| num(r.cpu_us_per_op, 2),
+    },
+    Column {
+        header: "wake-ups/s",
+        cell: |r| num(r.wakeups_per_sec, 1),
+    },
+    Column {
+        header: "CPU % of core",
+        cell: |r| num(r.cpu_percent, 3),
+    },
+    Column {
+        header: "×p50",
+        cell: |r| num(r.ratio_p50, 2),
+    },
+    Column {
+        header: "×p99",
+        cell: |r| num(r.ratio_p99, 2),
+    },
+    Column {
+        header: "×rate",
+        cell: |r| num(r.ratio_rate, 2),
+    },
+];
+
+/// The rows as a Markdown table, with only the columns some row fills.
+pub(crate) fn table(rows: &[Row]) -> String {
+    use comfy_table::{presets::ASCII_MARKDOWN, CellAlignment, Table};
+    let used: Vec<&Column> = COLUMNS
+        .iter()
+        .filter(|c| rows.iter().any(|r| (c.cell)(r).is_some()))
+        .collect();
+    let mut t = Table::new();
+    t.load_style(ASCII_MARKDOWN);
+    let mut header = vec!["scenario", "contender"];
+    header.extend(used.iter().map(|c| c.header));
+    t.set_header(header);
+    for r in rows {
+        let mut cells = vec![r.scenario.clone(), r.contender.clone()];
+        cells.extend(
+            used.iter()
+                .map(|c| (c.cell)(r).unwrap_or_else(|| "-".to_owned())),
+        );
+        t.add_row(cells);
+    }
+    for i in 2..2 + used.len() {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t.to_string()
+}
+
 pub(crate) fn print(rows: &[Row], json: bool) {
     if json {
         for r in rows {
@@ -96,117 +200,165 @@ pub(crate) fn print(rows: &[Row], json: bool) {
         }
         return;
     }
-    let f =
-        |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.prec$}"));
-    let (idle, rows): (Vec<&Row>, Vec<&Row>) =
-        rows.iter().partition(|r| r.wakeups_per_sec.is_some());
-    if !idle.is_empty() {
-        println!(
-            "\n{:<18} {:<38} {:>12} {:>14} {:>16}",
-            "scenario", "contender", "wake-ups/s", "CPU % of core", "CPU s per hour"
-        );
-        for r in idle {
-            println!(
-                "{:<18} {:<38} {:>12} {:>14} {:>16}",
-                r.scenario,
-                r.contender,
-                f(r.wakeups_per_sec, 1),
-                f(r.cpu_percent, 3),
-                f(r.cpu_percent.map(|p| p / 100.0 * 3600.0), 1),
-            );
-        }
-    }
     if rows.is_empty() {
         return;
     }
-    println!(
-        "\n{:<18} {:<38} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8}",
-        "scenario",
-        "contender",
-        "p50 µs",
-        "p90 µs",
-        "p99 µs",
-        "ops/s",
-        "MB/s",
-        "lost",
-        "CPU µs/op",
-        "×p50",
-        "×p99",
-        "×rate"
-    );
-    for r in rows {
-        println!(
-            "{:<18} {:<38} {:>9} {:>9} {:>9} {:>11} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8}",
-            r.scenario,
-            r.contender,
-            f(r.p50_us, 1),
-            f(r.p90_us, 1),
-            f(r.p99_us, 1),
-            f(r.per_sec, 0),
-            f(r.mb_per_sec, 1),
-            r.lost.map_or_else(|| "-".into(), |x| x.to_string()),
-            f(r.cpu_us_per_op, 2),
-            f(r.ratio_p50, 2),
-            f(r.ratio_p99, 2),
-            f(r.ratio_rate, 2),
-        );
+    println!("\n{}", table(rows));
+    if rows
+        .iter()
+        .any(|r| r.ratio_p50.is_some() || r.ratio_rate.is_some())
+    {
+        println!("{LEGEND}");
     }
 }
 
-/// An SVG of p50 and p99 per latency row, on a logarithmic axis (hand-written: a chart of
-/// bars needs no plotting library).
-pub(crate) fn plot(rows: &[Row], path: &std::path::Path) -> std::io::Result<()> {
-    use std::fmt::Write as _;
-    let rows: Vec<&Row> = rows.iter().filter(|r| r.p50_us.is_some()).collect();
-    let (label_w, bar_w, row_h, top) = (330.0, 560.0, 26.0, 40.0);
-    let height = top + row_h * rows.len() as f64 + 40.0;
-    let max = rows.iter().filter_map(|r| r.p99_us).fold(10.0f64, f64::max);
-    let (lo, hi) = (1.0f64.ln(), (max * 1.2).ln());
-    let x = |us: f64| label_w + bar_w * ((us.max(1.0).ln() - lo) / (hi - lo));
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="10" y="20" font-size="14">mesh-bench: latency, p50 (dark) and p99 (light), µs, log scale</text>
-"#,
-        w = label_w + bar_w + 80.0
-    );
-    for decade in 0..7 {
-        let us = 10f64.powi(decade);
-        if us > max * 1.2 {
-            break;
+/// One chart per scenario in one SVG, stacked: p50 and p99 bars (µs, log scale) for latency
+/// scenarios, the rate (MB/s, else operations/s) for the others; mesh-link's bars in blue,
+/// the baselines' in grey.
+pub(crate) fn plot(rows: &[Row], path: &std::path::Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in rows {
+        if !scenarios.contains(&r.scenario.as_str())
+            && (r.p50_us.is_some() || r.mb_per_sec.is_some() || r.per_sec.is_some())
+        {
+            scenarios.push(&r.scenario);
         }
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{0}" y1="{top}" x2="{0}" y2="{1}" stroke="#ddd"/><text x="{0}" y="{2}" text-anchor="middle">{us}</text>"##,
-            x(us),
-            height - 30.0,
-            height - 15.0
-        );
     }
-    for (i, r) in rows.iter().enumerate() {
-        let y = top + row_h * i as f64;
-        let mine = r.contender.starts_with("mesh-link");
-        let (dark, light) = if mine {
-            ("#1f6feb", "#9ec5fe")
+    if scenarios.is_empty() {
+        return Err("nothing to plot".into());
+    }
+    let panel_h = |s: &str| 90 + 28 * rows.iter().filter(|r| r.scenario == s).count() as u32;
+    let height: u32 = scenarios.iter().map(|s| panel_h(s)).sum();
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut rest = root;
+    for s in scenarios {
+        let (panel, below) = rest.split_vertically(panel_h(s));
+        rest = below;
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.scenario == s).collect();
+        chart(&panel, s, &mine).map_err(|e| e.to_string())?;
+    }
+    rest.present().map_err(|e| e.to_string())
+}
+
+/// What one scenario's chart shows.
+enum Measure {
+    Latency,
+    MegabytesPerSec,
+    OpsPerSec,
+}
+
+fn chart<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    scenario: &str,
+    rows: &[&Row],
+) -> Result<(), plotters::drawing::DrawingAreaErrorKind<DB::ErrorType>> {
+    use plotters::prelude::*;
+    let measure = if rows.iter().any(|r| r.p50_us.is_some()) {
+        Measure::Latency
+    } else if rows.iter().any(|r| r.mb_per_sec.is_some()) {
+        Measure::MegabytesPerSec
+    } else {
+        Measure::OpsPerSec
+    };
+    let bars: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|r| match measure {
+            Measure::Latency => {
+                let p50 = r.p50_us.unwrap_or(0.0);
+                (p50, r.p99_us.unwrap_or(p50))
+            }
+            Measure::MegabytesPerSec => (r.mb_per_sec.unwrap_or(0.0), 0.0),
+            Measure::OpsPerSec => (r.per_sec.unwrap_or(0.0), 0.0),
+        })
+        .collect();
+    let max = bars.iter().map(|b| b.0.max(b.1)).fold(1.0f64, f64::max) * 1.3;
+    let (title, unit) = match measure {
+        Measure::Latency => ("p50 (dark) and p99 (light), log scale", "µs"),
+        Measure::MegabytesPerSec => ("throughput", "MB/s"),
+        Measure::OpsPerSec => ("rate", "operations/s"),
+    };
+    let n = rows.len() as i32;
+    let names: Vec<String> = rows.iter().map(|r| r.contender.clone()).collect();
+    let style = |i: usize, light: bool| {
+        let blue = RGBColor(0x1f, 0x6f, 0xeb);
+        let grey = RGBColor(0x55, 0x55, 0x55);
+        let c = if rows[i].contender.starts_with("mesh-link") {
+            blue
         } else {
-            ("#555", "#bbb")
+            grey
         };
-        let p50 = r.p50_us.unwrap_or(0.0);
-        let p99 = r.p99_us.unwrap_or(p50);
-        let _ = writeln!(
-            svg,
-            r#"<text x="{lx}" y="{ty}" text-anchor="end">{s} · {c}</text><rect x="{label_w}" y="{y}" width="{w99}" height="16" fill="{light}"/><rect x="{label_w}" y="{y}" width="{w50}" height="16" fill="{dark}"/><text x="{tx}" y="{ty}">{p50:.0} / {p99:.0}</text>"#,
-            lx = label_w - 8.0,
-            ty = y + 12.0,
-            s = r.scenario,
-            c = r.contender,
-            w99 = x(p99) - label_w,
-            w50 = x(p50) - label_w,
-            tx = x(p99) + 4.0,
-        );
+        if light {
+            c.mix(0.35).filled()
+        } else {
+            c.filled()
+        }
+    };
+    let caption = format!("{scenario}: {title}");
+    let label = |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => usize::try_from(n - 1 - i)
+            .ok()
+            .and_then(|i| names.get(i).cloned())
+            .unwrap_or_default(),
+        SegmentValue::Last => String::new(),
+    };
+    macro_rules! draw {
+        ($x:expr, $lo:expr) => {{
+            let mut c = ChartBuilder::on(area)
+                .caption(&caption, ("sans-serif", 16))
+                .margin(8)
+                .x_label_area_size(30)
+                .y_label_area_size(330)
+                .build_cartesian_2d($x, (0..n).into_segmented())?;
+            c.configure_mesh()
+                .disable_y_mesh()
+                .x_desc(unit)
+                .x_labels(8)
+                .x_label_formatter(&|v: &f64| format!("{v:.0}"))
+                .y_labels(rows.len())
+                .y_label_formatter(&label)
+                .draw()?;
+            // Top to bottom in the table's order: mesh-link first.
+            let bar = |i: usize, v: f64, light: bool| {
+                let y = n - 1 - i as i32;
+                let mut r = Rectangle::new(
+                    [
+                        ($lo, SegmentValue::Exact(y)),
+                        (v.max($lo), SegmentValue::Exact(y + 1)),
+                    ],
+                    style(i, light),
+                );
+                r.set_margin(3, 3, 0, 0);
+                r
+            };
+            c.draw_series(
+                bars.iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.1 > 0.0)
+                    .map(|(i, b)| bar(i, b.1, true)),
+            )?;
+            c.draw_series(bars.iter().enumerate().map(|(i, b)| bar(i, b.0, false)))?;
+            c.draw_series(bars.iter().enumerate().map(|(i, b)| {
+                let v = if b.1 > 0.0 {
+                    format!("{:.1} / {:.1}", b.0, b.1)
+                } else {
+                    format!("{:.1}", b.0)
+                };
+                Text::new(
+                    v,
+                    (
+                        b.0.max(b.1).max($lo),
+                        SegmentValue::CenterOf(n - 1 - i as i32),
+                    ),
+                    ("sans-serif", 11),
+                )
+            }))?;
+        }};
     }
-    svg.push_str("</svg>\n");
-    std::fs::write(path, svg)
+    match measure {
+        Measure::Latency => draw!((1.0f64..max).log_scale(), 1.0f64),
+        _ => draw!(0.0f64..max, 0.0f64),
+    }
+    Ok(())
 }
