@@ -62,7 +62,8 @@ pub const GAUGES: [&str; 7] = [
 pub struct PeerReport {
     /// The peer's address.
     pub addr: SocketAddr,
-    /// Smoothed round-trip time, µs.
+    /// Smoothed round-trip time, µs; 0 until one is measured (a peer that only sent to this
+    /// node, such as a `mesh-link ping` client, has none).
     pub srtt_us: u64,
     /// Round-trip variation, µs.
     pub rttvar_us: u64,
@@ -95,7 +96,7 @@ impl PeerReport {
         let us = |d: std::time::Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
         Self {
             addr,
-            srtt_us: us(s.srtt),
+            srtt_us: if s.rtt_measured { us(s.srtt) } else { 0 },
             rttvar_us: us(s.rttvar),
             rto_us: us(s.rto),
             frames_sent: s.frames_sent,
@@ -136,7 +137,9 @@ pub(crate) fn publish(report: &NodeReport) {
     }
     for p in &report.peers {
         let labels = [("node", node.clone()), ("peer", p.addr.to_string())];
-        metrics::gauge!("mesh_peer_rtt_seconds", &labels).set(p.srtt_us as f64 / 1e6);
+        if p.srtt_us > 0 {
+            metrics::gauge!("mesh_peer_rtt_seconds", &labels).set(p.srtt_us as f64 / 1e6);
+        }
         metrics::gauge!("mesh_peer_in_flight_bytes", &labels).set(p.in_flight_bytes as f64);
         metrics::counter!("mesh_peer_retransmitted_total", &labels).absolute(p.retransmitted);
         metrics::counter!("mesh_peer_frames_sent_total", &labels).absolute(p.frames_sent);

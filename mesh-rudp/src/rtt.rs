@@ -37,6 +37,11 @@ impl Rtt {
         self.srtt.unwrap_or(config.initial_rto)
     }
 
+    /// Whether any sample has been taken.
+    pub(crate) fn measured(&self) -> bool {
+        self.srtt.is_some()
+    }
+
     pub(crate) fn rttvar(&self) -> Duration {
         self.rttvar
     }

@@ -287,8 +287,10 @@ pub struct PeerStats {
     pub bytes_sent: u64,
     /// Bytes received from this peer.
     pub bytes_received: u64,
-    /// Smoothed round-trip time.
+    /// Smoothed round-trip time (the initial RTO until [`rtt_measured`](Self::rtt_measured)).
     pub srtt: Duration,
+    /// Whether a round trip has been measured yet (a peer that has only sent to us has none).
+    pub rtt_measured: bool,
     /// Round-trip time variation.
     pub rttvar: Duration,
     /// Current retransmission timeout.

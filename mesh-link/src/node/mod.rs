@@ -490,7 +490,13 @@ async fn watch_peers(inner: Arc<Inner>) {
             s.peer_reset(key);
         }
         if matches!(reason, DownReason::Timeout | DownReason::Closed) {
-            info!(node = %key, ?reason, "node marked down by the transport: leaving the view");
+            // A member, said at info; a session with anything else (a `mesh-link ping` or
+            // `stats` client that closed) only at debug.
+            if inner.membership.node_exists(key) {
+                info!(node = %key, ?reason, "node marked down by the transport: leaving the view");
+            } else {
+                debug!(peer = %key, ?reason, "session ended with a peer that is not a member");
+            }
             inner.membership.mark_down(key);
         }
         core.pending.fail_peer(peer, || RequestError::NotDelivered {

@@ -335,6 +335,10 @@ async fn the_node_serves_its_metrics_to_prometheus() {
         .start()
         .await
         .unwrap();
+    // Pings: the node answers, so it measures a round trip to the client.
+    for _ in 0..3 {
+        client.ping(to, Duration::from_secs(2)).await.unwrap();
+    }
     for i in 0..N {
         let r = client
             .send_bytes(
@@ -464,4 +468,61 @@ fn the_log_names_joins_and_leaves_in_plain_text_or_json() {
         rest.iter().any(|l| l.contains("mesh node stopped")),
         "{rest:?}"
     );
+}
+
+#[test]
+fn top_once_prints_a_row_per_node() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut nodes: Vec<crate::cli::Node> = (0..2)
+        .map(|_| {
+            let bind = format!("127.0.0.1:{}", free_port());
+            let args = [
+                "--redis", &url, "--prefix", "top", "--type", "game", "--bind", &bind,
+            ];
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+            spawn_node(&args)
+        })
+        .collect();
+    let want: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    // Until both are registered (bounded), then one frame.
+    let t0 = Instant::now();
+    let screen = loop {
+        let o = run(&[
+            "top",
+            "--redis",
+            &url,
+            "--prefix",
+            "top",
+            "--once",
+            "--interval",
+            "200",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let screen = String::from_utf8_lossy(&o.stdout).to_string();
+        if want.iter().all(|w| screen.contains(w.as_str())) || t0.elapsed().as_secs() > 20 {
+            break screen;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(screen.contains("ADDRESS"), "{screen}");
+    for (w, line) in want.iter().map(|w| {
+        let line = screen
+            .lines()
+            .find(|l| l.contains(w.as_str()))
+            .unwrap_or_default();
+        (w, line.to_owned())
+    }) {
+        assert!(line.contains("game"), "{w}: {screen}");
+        assert!(line.contains("µs"), "a round trip to {w}: {screen}");
+    }
+    // Without a terminal and without --once: a usage error.
+    let o = run(&["top", "--redis", &url, "--prefix", "top"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    for n in &mut nodes {
+        assert!(n.terminate().success());
+    }
 }

@@ -602,6 +602,7 @@ impl<C: Controller> Peer<C> {
             bytes_sent: c.bytes_sent,
             bytes_received: c.bytes_received,
             srtt: self.recovery.rtt.srtt(config),
+            rtt_measured: self.recovery.rtt.measured(),
             rttvar: self.recovery.rtt.rttvar(),
             rto: self.recovery.rto(config),
             cwnd: self.cc.window(),

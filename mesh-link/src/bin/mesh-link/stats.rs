@@ -37,6 +37,15 @@ pub(crate) async fn run(args: Args) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
+/// µs for a measured time, `-` for none (0).
+fn micros(us: u64) -> String {
+    if us == 0 {
+        "-".to_owned()
+    } else {
+        format!("{us} µs")
+    }
+}
+
 /// The report as text: the node, its members, its sessions, its counters.
 pub(crate) fn render(r: &NodeReport) -> String {
     use std::fmt::Write as _;
@@ -64,10 +73,10 @@ pub(crate) fn render(r: &NodeReport) -> String {
     for p in &r.peers {
         let _ = writeln!(
             out,
-            "{:<24} {:>7.0} µs {:>7.0} µs {:>10} {:>10} {:>6.2}% {:>10}",
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>6.2}% {:>10}",
             p.addr.to_string(),
-            p.srtt_us as f64,
-            p.rttvar_us as f64,
+            micros(p.srtt_us),
+            micros(p.rttvar_us),
             p.frames_sent,
             p.retransmitted,
             p.loss() * 100.0,

@@ -31,6 +31,10 @@ pub(crate) struct Args {
     /// Refresh period, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     interval: u64,
+    /// Print one frame as plain text and exit (for scripts and logs): two refreshes an
+    /// interval apart, so that the rates are real.
+    #[arg(long)]
+    once: bool,
 }
 
 /// One node's line.
@@ -199,8 +203,32 @@ pub(crate) async fn run(args: Args) -> Outcome {
     };
     let client = target.client(reach, period).await?;
     let mut rates = Rates::default();
+    let title = format!(" mesh {:?} at {} ", args.prefix, args.redis);
+    if args.once {
+        let frame = async {
+            refresh(&args, &client, &mut rates, period).await?;
+            tokio::time::sleep(period).await;
+            let lines = refresh(&args, &client, &mut rates, period).await?;
+            let height = u16::try_from(lines.len() + 3).unwrap_or(u16::MAX);
+            let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(110, height))
+                .map_err(|e| Failure::Runtime(e.to_string()))?;
+            t.draw(|f| render(f, &title, &lines))
+                .map_err(|e| Failure::Runtime(e.to_string()))?;
+            Ok::<_, Failure>(screen_text(t.backend().buffer()))
+        };
+        let frame = frame.await;
+        let _ = client.stop().await;
+        print!("{}", frame?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        let _ = client.stop().await;
+        return Err(Failure::Usage(
+            "top draws on a terminal; --once prints one frame as text".into(),
+        ));
+    }
     let mut terminal = ratatui::init();
-    let title = format!(" mesh {:?} at {} — q quits ", args.prefix, args.redis);
+    let title = format!("{title}— q quits ");
     let result = loop {
         let next = Instant::now() + period;
         let lines = match refresh(&args, &client, &mut rates, period).await {
@@ -222,6 +250,20 @@ pub(crate) async fn run(args: Args) -> Outcome {
     result
 }
 
+/// A drawn buffer as text, one line per row, trailing spaces trimmed.
+pub(crate) fn screen_text(b: &ratatui::buffer::Buffer) -> String {
+    let mut s = String::new();
+    for y in 0..b.area.height {
+        let mut line = String::new();
+        for x in 0..b.area.width {
+            line.push_str(b[(x, y)].symbol());
+        }
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,15 +271,7 @@ mod tests {
     use ratatui::Terminal;
 
     fn text(t: &Terminal<TestBackend>) -> String {
-        let b = t.backend().buffer();
-        let mut s = String::new();
-        for y in 0..b.area.height {
-            for x in 0..b.area.width {
-                s.push_str(b[(x, y)].symbol());
-            }
-            s.push('\n');
-        }
-        s
+        screen_text(t.backend().buffer())
     }
 
     #[test]
