@@ -128,7 +128,10 @@ pub(crate) async fn node_compare(args: &Args) -> Vec<Row> {
         let node_secs = result["seconds"].as_f64().unwrap_or(secs as f64);
         let mut node_row = Row::new(&format!("vs node {scenario}"), "Node mesh-link 0.13.6");
         // mesh-link, the same scenario for the same time.
-        let mut rust_row = Row::new(&format!("vs node {scenario}"), "mesh-link (Rust)");
+        let mut rust_row = Row::new(
+            &format!("vs node {scenario}"),
+            "mesh-link (Rust, both nodes in this process)",
+        );
         let slice = Duration::from_secs(secs);
         match scenario {
             "rtt" => {
