@@ -54,7 +54,7 @@ fn flood(
                 sent.fetch_add(1, Ordering::Relaxed);
             }
             i += 1;
-            if rate > 0 && i % 64 == 0 {
+            if rate > 0 && i.is_multiple_of(64) {
                 let due = Duration::from_secs_f64(i as f64 / rate as f64);
                 if let Some(wait) = due.checked_sub(start.elapsed()) {
                     std::thread::sleep(wait);

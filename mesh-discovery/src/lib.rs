@@ -93,3 +93,8 @@ pub enum DiscoveryError {
     #[error("value cannot be stored: {0}")]
     Value(String),
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -92,3 +92,8 @@ pub use types::{
     ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, Payload, PeerStats,
     SendError,
 };
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

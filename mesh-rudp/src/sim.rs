@@ -497,7 +497,7 @@ impl Forger {
         use mesh_wire::{
             AckFrame, AckRanges, DataFrame, DatagramWriter, Fragment, Frame, Header, SeqRange,
         };
-        if self.next_u64() % 3 == 0 {
+        if self.next_u64().is_multiple_of(3) {
             buf.clear();
             let len = (self.next_u64() % 1400) as usize;
             for _ in 0..len {
@@ -518,7 +518,10 @@ impl Forger {
                 channel: self.next_u64() as u8,
                 seq: u32::MAX - (self.next_u64() % 4) as u32,
                 message: self.next_u64() as u32,
-                order: (self.next_u64() % 2 == 0).then(|| self.next_u64() as u32),
+                order: self
+                    .next_u64()
+                    .is_multiple_of(2)
+                    .then(|| self.next_u64() as u32),
                 fragment: Some(Fragment {
                     index: self.next_u64() as u32 % count,
                     count,

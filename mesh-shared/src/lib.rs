@@ -55,3 +55,8 @@ mod wire;
 pub use model::{Change, Kind, Op, Properties, Property, Rejected};
 pub use objects::{Config, Event, Objects, Output, Prepared};
 pub use wire::{BadMid, Json, Message, Mid, RemoveReason, Reply};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -74,3 +74,8 @@ pub use frame::{
     CLOSE_NORMAL, CLOSE_NO_RESOURCES, CLOSE_PROTOCOL_ERROR, CLOSE_UNKNOWN_SESSION, FRAME_ACK,
     FRAME_CLOSE, FRAME_DATA, FRAME_PING, FRAME_PONG, FRAME_UNRELIABLE, MAX_ACK_RANGES,
 };
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -295,7 +295,7 @@ pub(super) async fn run<R: Backend>(
                     evidence.recheck = false;
                     need_full = true;
                 }
-                if r.is_ok() && (need_full || cycle % u64::from(shared.config.reconcile_every.max(1)) == 0) {
+                if r.is_ok() && (need_full || cycle.is_multiple_of(u64::from(shared.config.reconcile_every.max(1)))) {
                     r = reconcile(&shared, &mut evidence).await;
                 }
                 match r {
