@@ -519,6 +519,47 @@ fn ping_cli(args: &Args, placement: &Placement, scenario: &str) -> Option<Row> {
     Some(row)
 }
 
+/// What node-compare runs: mesh-link as two processes (unpinned, loopback, as the Node
+/// original's two processes run), one `scenario` (`rtt`, `oneway` or `bulk`) for `secs`.
+pub(crate) fn mesh_pair_row(scenario: &str, secs: u64, contender: &str) -> Row {
+    let mut pair = Pair::start(Contender::Mesh, &Placement::loopback(false), &[]);
+    let size = 1usize << 20;
+    let command = |ms: u64| match scenario {
+        "rtt" => format!("rtt {ms}"),
+        "oneway" => format!("oneway {ms}"),
+        _ => format!("bulk {ms} {size}"),
+    };
+    let _ = pair.run(&command(200)); // warm up
+    let base = pair.received();
+    let (line, cpu) = pair.run(&command(secs * 1000));
+    let mut t = Tally {
+        cpu_ns: cpu,
+        ..Tally::default()
+    };
+    let scenario_name = format!("vs node {scenario}");
+    if scenario == "rtt" {
+        let l = parse_lat(&line);
+        t.ops = l.len() as u64;
+        t.elapsed = l.iter().sum();
+        t.latencies = l;
+        return t.row(&scenario_name, contender);
+    }
+    let (sent, took) = parse_sent(&line);
+    std::thread::sleep(Duration::from_millis(50));
+    let got = pair.received();
+    t.elapsed = took;
+    if scenario == "oneway" {
+        t.ops = got.0 - base.0;
+        let mut row = t.row(&scenario_name, contender);
+        row.lost = Some(sent.saturating_sub(t.ops));
+        row
+    } else {
+        t.bytes = got.1 - base.1;
+        t.ops = t.bytes / size as u64;
+        t.row(&scenario_name, contender)
+    }
+}
+
 fn slice(args: &Args, contenders: usize) -> Duration {
     Duration::from_secs(args.duration) / (args.rounds * contenders as u32).max(1)
 }

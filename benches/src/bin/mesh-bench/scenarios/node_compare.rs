@@ -5,7 +5,6 @@
     reason = "each scenario takes what it needs from one list"
 )]
 use super::super::prelude::*;
-use super::oneway::mesh_oneway;
 
 /// Runs `harness.js` of `benches/node-original` with `args`.
 pub(crate) fn node_harness(args: &[String]) -> std::process::Child {
@@ -71,19 +70,6 @@ pub(crate) async fn node_compare(args: &Args) -> Vec<Row> {
     let redis_port = redis.url().rsplit(':').next().unwrap_or("6379").to_owned();
     let secs = (args.duration / 6).max(2);
     let mut rows = Vec::new();
-    let registry = Registry::redis(&redis.url()).expect("redis url");
-    let server = mesh_node(&registry).await;
-    let client = mesh_node(&registry).await;
-    let received = Arc::new(AtomicU64::new(0));
-    let r = received.clone();
-    server.remove_handler(SINK);
-    server
-        .on_raw(SINK, move |b: Bytes, _| {
-            r.fetch_add(b.len() as u64, Ordering::Relaxed);
-            async { Ok::<_, HandlerError>(None) }
-        })
-        .expect("sink");
-    let to = server.local_key();
     for scenario in ["rtt", "oneway", "bulk"] {
         // The original: a server process and a client process.
         let sport = free_port();
@@ -127,12 +113,6 @@ pub(crate) async fn node_compare(args: &Args) -> Vec<Row> {
         .expect("server");
         let node_secs = result["seconds"].as_f64().unwrap_or(secs as f64);
         let mut node_row = Row::new(&format!("vs node {scenario}"), "Node mesh-link 0.13.6");
-        // mesh-link, the same scenario for the same time.
-        let mut rust_row = Row::new(
-            &format!("vs node {scenario}"),
-            "mesh-link (Rust, both nodes in this process)",
-        );
-        let slice = Duration::from_secs(secs);
         match scenario {
             "rtt" => {
                 let lat: Vec<Duration> = result["latencies_us"]
@@ -145,51 +125,28 @@ pub(crate) async fn node_compare(args: &Args) -> Vec<Row> {
                     })
                     .unwrap_or_default();
                 node_row = node_row.latencies(lat, Duration::from_secs_f64(node_secs));
-                let mut c: Vec<Box<dyn Client>> = vec![Box::new(MeshClient {
-                    node: client.clone(),
-                    to,
-                })];
-                let t = Instant::now();
-                let l = run_clients(&mut c, slice).await;
-                rust_row = rust_row.latencies(l, t.elapsed());
             }
             "oneway" => {
                 let got = counts["oneway"].as_u64().unwrap_or(0);
                 node_row.per_sec = Some(got as f64 / node_secs);
                 node_row.lost = Some(result["ops"].as_u64().unwrap_or(0).saturating_sub(got));
                 node_row.samples = got as usize;
-                let before = received.load(Ordering::Relaxed);
-                let (sent, spent) = mesh_oneway(&client, to, slice).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let got = (received.load(Ordering::Relaxed) - before) / 64;
-                rust_row.per_sec = Some(got as f64 / spent.as_secs_f64());
-                rust_row.lost = Some(sent.saturating_sub(got));
-                rust_row.samples = got as usize;
             }
             _ => {
                 let bytes = counts["bulkBytes"].as_u64().unwrap_or(0);
                 node_row.mb_per_sec = Some(bytes as f64 / 1e6 / node_secs);
                 node_row.samples = result["ops"].as_u64().unwrap_or(0) as usize;
-                let data = Bytes::from(vec![5u8; 1 << 20]);
-                let t = Instant::now();
-                let mut n = 0usize;
-                while t.elapsed() < slice {
-                    let r = client
-                        .send_bytes(SINK, [to], data.clone(), SendOptions::default())
-                        .await
-                        .expect("send");
-                    assert!(r.is_ok());
-                    n += 1;
-                }
-                rust_row.mb_per_sec = Some((n << 20) as f64 / 1e6 / t.elapsed().as_secs_f64());
-                rust_row.samples = n;
             }
         }
+        // mesh-link, the same scenario for the same time, as two processes too.
+        let rust_row = tokio::task::spawn_blocking(move || {
+            crate::procs::mesh_pair_row(scenario, secs, "mesh-link (Rust), two processes")
+        })
+        .await
+        .expect("mesh-link pair");
         let mut set = vec![rust_row, node_row];
         ratios(&mut set);
         rows.extend(set);
     }
-    let _ = client.stop().await;
-    let _ = server.stop().await;
     rows
 }
