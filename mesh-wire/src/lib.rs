@@ -50,6 +50,8 @@ mod auth;
 mod bytes;
 #[cfg(feature = "codec")]
 pub mod codec;
+#[cfg(feature = "node-compat")]
+pub mod compat;
 mod datagram;
 mod envelope;
 mod error;

@@ -2,5 +2,6 @@
 
 mod auth;
 mod codec;
+mod compat;
 mod golden;
 mod props;
