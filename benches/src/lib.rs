@@ -66,3 +66,71 @@ pub fn ratio_lines(group: &str, pairs: &[(&str, &str)]) -> Vec<String> {
         })
         .collect()
 }
+
+/// The original Node.js mesh-link 0.13.6, run by `benches/node-original/harness.js`: for
+/// `mesh-bench node-compare` and the wire-compatibility tests.
+pub mod node_original {
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node-original")
+    }
+
+    /// Checks that `node` and `npm` exist and installs `mesh-link@0.13.6` for the harness if
+    /// it is not there yet; says what is missing otherwise.
+    pub fn install() -> Result<(), String> {
+        let ok = |cmd: &str| {
+            Command::new(cmd)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        for cmd in ["node", "npm"] {
+            if !ok(cmd) {
+                return Err(format!(
+                    "`{cmd}` is not installed (Debian: apt-get install nodejs npm)"
+                ));
+            }
+        }
+        if dir().join("node_modules/mesh-link").exists() {
+            return Ok(());
+        }
+        let out = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund"])
+            .current_dir(dir())
+            .output()
+            .map_err(|e| format!("npm install: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "npm install (mesh-link@0.13.6) in {} failed: {}",
+                dir().display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `harness.js` with `args` (stdout piped: it answers in JSON lines).
+    pub fn node_harness(args: &[String]) -> Child {
+        Command::new("node")
+            .arg(dir().join("harness.js"))
+            .args(args)
+            .current_dir(dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node runs")
+    }
+
+    /// One JSON line of the harness (`null` if it printed something else).
+    pub fn read_json_line(child: &mut Child) -> serde_json::Value {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let out = child.stdout.as_mut().expect("piped");
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("a line");
+        serde_json::from_str(&line).unwrap_or(serde_json::Value::Null)
+    }
+}

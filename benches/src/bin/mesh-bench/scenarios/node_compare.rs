@@ -6,57 +6,17 @@
 )]
 use super::super::prelude::*;
 
-/// Runs `harness.js` of `benches/node-original` with `args`.
-pub(crate) fn node_harness(args: &[String]) -> std::process::Child {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node-original");
-    std::process::Command::new("node")
-        .arg(dir.join("harness.js"))
-        .args(args)
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("node runs")
-}
+use mesh_benches::node_original::{node_harness, read_json_line};
 
-pub(crate) fn read_json_line(child: &mut std::process::Child) -> serde_json::Value {
-    use std::io::BufRead;
-    let mut line = String::new();
-    let out = child.stdout.as_mut().expect("piped");
-    std::io::BufReader::new(out)
-        .read_line(&mut line)
-        .expect("a line");
-    serde_json::from_str(&line).unwrap_or(serde_json::Value::Null)
-}
-
-/// Whether `node` and `npm` exist, installing the harness's dependencies if needed.
-pub(crate) fn node_ready() -> bool {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node-original");
-    let ok = |cmd: &str| {
-        std::process::Command::new(cmd)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !ok("node") || !ok("npm") {
-        eprintln!("node-compare: `node` and `npm` are needed; skipped");
-        return false;
-    }
-    if !dir.join("node_modules/mesh-link").exists() {
-        eprintln!(
-            "node-compare: npm install (mesh-link@0.13.6) in {}",
-            dir.display()
-        );
-        let s = std::process::Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status();
-        if !s.is_ok_and(|s| s.success()) {
-            eprintln!("node-compare: npm install failed; skipped");
-            return false;
+/// Whether `node` and `npm` exist, with the harness's dependencies installed.
+fn node_ready() -> bool {
+    match mesh_benches::node_original::install() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("node-compare skipped: {e}");
+            false
         }
     }
-    true
 }
 
 /// `node-compare`: the same `rtt`, `oneway` and `bulk` against two Node mesh-link processes and
