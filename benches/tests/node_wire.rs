@@ -9,6 +9,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use mesh_benches::node_original::{install, node_harness, read_json_line};
+use mesh_discovery::compat::{ttl_secs, AnnounceKey};
 use mesh_discovery::testing::{free_port, RedisServer};
 use mesh_wire::compat::*;
 use serde_json::{json, Value};
@@ -188,4 +189,190 @@ fn a_rust_peer_speaks_the_originals_wire_to_a_node_node() {
     let counts = read_json_line(&mut server);
     let _ = server.wait();
     assert_eq!(counts["oneway"], 4, "{counts}");
+}
+
+/// A minimal Redis client for the test: one command, its reply as text (arrays flattened to
+/// one element per line).
+fn redis(port: u16, args: &[&str]) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("redis");
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(cmd.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    let mut read = |r: &mut BufReader<std::net::TcpStream>| {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        line.trim_end().to_owned()
+    };
+    let first = read(&mut r);
+    let bulk = |r: &mut BufReader<std::net::TcpStream>, head: &str| -> String {
+        let n: usize = head[1..].parse().unwrap();
+        let mut buf = vec![0u8; n + 2];
+        std::io::Read::read_exact(r, &mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    match first.as_bytes()[0] {
+        b'*' => {
+            let n: usize = first[1..].parse().unwrap();
+            (0..n)
+                .map(|_| {
+                    let head = read(&mut r);
+                    bulk(&mut r, &head)
+                })
+                .collect()
+        }
+        b'$' => vec![bulk(&mut r, &first)],
+        _ => vec![first],
+    }
+}
+
+/// Answers requests on the original's wire: each reliable chunk acknowledged, each complete
+/// request answered with its envelope's data (an echo), until `stop`.
+fn serve_echo(peer: &mut Peer, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let mut answered = 0;
+    let mut parts: Reassembly<SocketAddr> = Reassembly::new(Limits::default());
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok((n, from)) = peer.socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let Ok(Datagram::Send { id, chunk }) = Datagram::decode(&buf[..n]) else {
+            continue;
+        };
+        let ack = Datagram::Ack {
+            ack_id: peer.id(),
+            acked: id,
+        }
+        .encode();
+        peer.socket.send_to(&ack, from).unwrap();
+        let Ok(c) = Chunk::decode(chunk) else {
+            continue;
+        };
+        let Ok(Some(whole)) = parts.push(from, c, Instant::now()) else {
+            continue;
+        };
+        let p = Packet::decode(&whole).expect("the original's packet");
+        if p.kind != PacketKind::Request || p.rid == NO_RESPONSE {
+            continue;
+        }
+        let envelope: Envelope = serde_json::from_slice(p.payload).expect("an envelope");
+        let answer = pack(&envelope.data);
+        let packet = Packet {
+            kind: PacketKind::Response,
+            rid: p.rid,
+            handler: p.handler,
+            payload: &answer,
+        }
+        .encode();
+        // Responses go out as a burst, as the original sends them.
+        for chunk in split(peer.id(), &packet, SPLIT_SIZE).unwrap() {
+            let d = Datagram::Send {
+                id: peer.id(),
+                chunk: &chunk,
+            }
+            .encode();
+            peer.socket.send_to(&d, from).unwrap();
+        }
+        answered += 1;
+    }
+    answered
+}
+
+#[test]
+fn node_and_rust_see_each_other_in_the_originals_redis_schema_and_node_asks_rust() {
+    install().unwrap_or_else(|e| panic!("the Node original cannot run here: {e}"));
+    let redis_server = RedisServer::start();
+    let redis_port: u16 = redis_server
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let prefix = "mixed";
+    let mut server = node_harness(&[
+        "server".into(),
+        redis_port.to_string(),
+        prefix.into(),
+        free_port().to_string(),
+    ]);
+    let node_port = read_json_line(&mut server)["port"].as_u64().expect("ready") as u16;
+
+    // The Node node, as Rust reads it from Redis.
+    let t0 = Instant::now();
+    let seen = loop {
+        let keys = redis(redis_port, &["KEYS", &AnnounceKey::pattern(prefix)]);
+        if let Some(k) = keys.iter().filter_map(|k| AnnounceKey::parse(k)).next() {
+            break k;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no announce key: {keys:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!((seen.address.as_str(), seen.port), ("127.0.0.1", node_port));
+    assert_eq!(seen.prefix, prefix);
+
+    // A Rust peer announced in the original's schema, refreshed every second as the original
+    // does, answering on the original's wire.
+    let mut peer = Peer::new(SocketAddr::from(([127, 0, 0, 1], node_port)));
+    let rust_port = peer.socket.local_addr().unwrap().port();
+    let mut values = std::collections::BTreeMap::new();
+    values.insert("lang".to_owned(), json!("rust"));
+    let key = AnnounceKey {
+        prefix: prefix.into(),
+        address: "127.0.0.1".into(),
+        port: rust_port,
+        node_type: "rust".into(),
+        backups: Vec::new(),
+        values,
+        objects: 0,
+    }
+    .encode()
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let announcer = {
+        let (stop, key) = (stop.clone(), key.clone());
+        std::thread::spawn(move || {
+            let ttl = ttl_secs(Duration::from_secs(1)).to_string();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                redis(redis_port, &["SETEX", &key, &ttl, ""]);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            redis(redis_port, &["DEL", &key]);
+        })
+    };
+    let server_thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || serve_echo(&mut peer, &stop))
+    };
+
+    // A Node client process: it waits until its discovery lists the Rust peer (the original
+    // only sends to nodes it knows), then makes echo requests to it for 2 s.
+    let mut client = node_harness(&[
+        "client".into(),
+        redis_port.to_string(),
+        prefix.into(),
+        free_port().to_string(),
+        rust_port.to_string(),
+        "rtt".into(),
+        "2".into(),
+    ]);
+    let result = read_json_line(&mut client);
+    let _ = client.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = server_thread.join().unwrap();
+    announcer.join().unwrap();
+    let ops = result["ops"].as_u64().unwrap_or(0);
+    eprintln!("a Node client made {ops} requests to the Rust peer; it answered {answered}");
+    assert!(ops > 0, "the Node client got no answer: {result}");
+    assert!(answered >= ops, "{answered} answered, {ops} completed");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(server.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let _ = server.wait();
 }

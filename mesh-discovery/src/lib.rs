@@ -35,6 +35,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "node-compat")]
+pub mod compat;
 mod membership;
 mod memory;
 mod record;
