@@ -78,8 +78,13 @@ pub mod node_original {
     }
 
     /// Checks that `node` and `npm` exist and installs `mesh-link@0.13.6` for the harness if
-    /// it is not there yet; says what is missing otherwise.
+    /// it is not there yet; says what is missing otherwise. One install at a time in this
+    /// process (tests run in parallel, and two `npm install`s in one directory collide).
     pub fn install() -> Result<(), String> {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ok = |cmd: &str| {
             Command::new(cmd)
                 .arg("--version")
