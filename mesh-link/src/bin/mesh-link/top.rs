@@ -51,6 +51,22 @@ pub(crate) struct Line {
     pub(crate) objects: u64,
 }
 
+impl Line {
+    /// The line of a node that did not answer.
+    pub(crate) fn unanswered(addr: String, node_type: String) -> Self {
+        Self {
+            addr,
+            node_type,
+            rtt: None,
+            msgs_in: 0.0,
+            msgs_out: 0.0,
+            resent: 0.0,
+            errors: 0,
+            objects: 0,
+        }
+    }
+}
+
 /// Rates from successive reports of each node.
 #[derive(Default)]
 struct Rates {
@@ -155,16 +171,7 @@ async fn refresh(
         .zip(answers)
         .map(|(r, (_, report, rtt))| match report {
             Ok(report) => rates.line(&report, rtt, now),
-            Err(_) => Line {
-                addr: r.key.to_string(),
-                node_type: r.node_type.clone(),
-                rtt: None,
-                msgs_in: 0.0,
-                msgs_out: 0.0,
-                resent: 0.0,
-                errors: 0,
-                objects: 0,
-            },
+            Err(_) => Line::unanswered(r.key.to_string(), r.node_type.clone()),
         })
         .collect())
 }
@@ -287,16 +294,7 @@ mod tests {
                 errors: 2,
                 objects: 7,
             },
-            Line {
-                addr: "10.0.0.2:8100".into(),
-                node_type: "chat".into(),
-                rtt: None,
-                msgs_in: 0.0,
-                msgs_out: 0.0,
-                resent: 0.0,
-                errors: 0,
-                objects: 0,
-            },
+            Line::unanswered("10.0.0.2:8100".into(), "chat".into()),
         ];
         let mut t = Terminal::new(TestBackend::new(100, 6)).unwrap();
         t.draw(|f| render(f, " mesh demo ", &lines)).unwrap();

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use mesh_link::{HandlerError, MeshNode, NodeKey, Registry, SendOptions};
+
+use crate::scenarios::oneway::mesh_oneway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -162,20 +164,27 @@ fn server(rt: &tokio::runtime::Runtime, args: &ChildArgs) {
 
 type Counts = Arc<(AtomicU64, AtomicU64)>;
 
-async fn mesh_server(args: &ChildArgs, count: Counts) -> SocketAddr {
-    let node = MeshNode::builder()
+/// A mesh-link node as both sides of the bench run it: in-memory registry, bound to
+/// `--bind`, large messages, and `--mtu`/`--as-network` applied.
+fn mesh_builder(args: &ChildArgs) -> mesh_link::Builder {
+    let (mtu, as_network) = (args.mtu, args.as_network);
+    MeshNode::builder()
         .registry(Registry::memory())
         .bind(&SocketAddr::new(args.bind, 0).to_string())
-        .config(|c| {
+        .config(move |c| {
             c.max_message_size = 32 << 20;
-            if let Some(m) = args.mtu {
+            if let Some(m) = mtu {
                 c.mtu = m;
             }
-            if args.as_network {
+            if as_network {
                 c.loopback_mtu = None;
                 c.loopback_checksum = true;
             }
         })
+}
+
+async fn mesh_server(args: &ChildArgs, count: Counts) -> SocketAddr {
+    let node = mesh_builder(args)
         .on_raw(
             ECHO,
             |b: Bytes, _| async move { Ok::<_, HandlerError>(Some(b)) },
@@ -266,24 +275,7 @@ fn client(rt: &tokio::runtime::Runtime, args: &ChildArgs) {
     }
     let mesh = rt.block_on(async {
         (args.contender == Contender::Mesh).then_some(())?;
-        Some(
-            MeshNode::builder()
-                .registry(Registry::memory())
-                .bind(&SocketAddr::new(args.bind, 0).to_string())
-                .config(|c| {
-                    c.max_message_size = 32 << 20;
-                    if let Some(m) = args.mtu {
-                        c.mtu = m;
-                    }
-                    if args.as_network {
-                        c.loopback_mtu = None;
-                        c.loopback_checksum = true;
-                    }
-                })
-                .start()
-                .await
-                .expect("mesh node"),
-        )
+        Some(mesh_builder(args).start().await.expect("mesh node"))
     });
     let mut rtt: Option<Box<dyn Client>> = None;
     let mut tcp_stream: Option<TcpStream> = None;
@@ -459,33 +451,6 @@ fn std_udp_client(args: &ChildArgs, to: SocketAddr) {
         }
         say(&lat_line(&l));
     }
-}
-
-/// 64-byte reliable one-way messages for `slice`, up to 4096 unacknowledged.
-async fn mesh_oneway(client: &MeshNode, to: NodeKey, slice: Duration) -> (u64, Duration) {
-    let t = Instant::now();
-    let mut sent = 0u64;
-    let mut inflight = FuturesUnordered::new();
-    loop {
-        while inflight.len() < 4096 && t.elapsed() < slice {
-            let c = client.clone();
-            inflight.push(async move {
-                c.send_bytes(
-                    SINK,
-                    [to],
-                    Bytes::from_static(&PAYLOAD),
-                    SendOptions::default(),
-                )
-                .await
-                .is_ok_and(|r| r.is_ok())
-            });
-            sent += 1;
-        }
-        if inflight.next().await.is_none() {
-            break;
-        }
-    }
-    (sent, t.elapsed())
 }
 
 /// 64-byte datagrams as fast as the socket takes them (no acknowledgement: some are lost).

@@ -21,35 +21,17 @@ pub(crate) async fn rtt(args: &Args, concurrency: usize) -> Vec<Row> {
     let quic_conn = quic_client(quic, cc).await;
     let to = server.local_key();
     let (typed_client, numeric_client) = (client.clone(), client.clone());
-    let mesh_clients: Factory = Box::pin(async move {
-        (0..concurrency)
-            .map(|_| {
-                Box::new(MeshClient {
-                    node: client.clone(),
-                    to,
-                }) as Box<dyn Client>
-            })
-            .collect()
+    let mesh_clients = mesh_factory(concurrency, move || MeshClient {
+        node: client.clone(),
+        to,
     });
-    let typed_clients: Factory = Box::pin(async move {
-        (0..concurrency)
-            .map(|_| {
-                Box::new(MeshTypedClient {
-                    node: typed_client.clone(),
-                    to,
-                }) as Box<dyn Client>
-            })
-            .collect()
+    let typed_clients = mesh_factory(concurrency, move || MeshTypedClient {
+        node: typed_client.clone(),
+        to,
     });
-    let numeric_clients: Factory = Box::pin(async move {
-        (0..concurrency)
-            .map(|_| {
-                Box::new(MeshNumericClient {
-                    node: numeric_client.clone(),
-                    to,
-                }) as Box<dyn Client>
-            })
-            .collect()
+    let numeric_clients = mesh_factory(concurrency, move || MeshNumericClient {
+        node: numeric_client.clone(),
+        to,
     });
     let udp_clients: Factory = Box::pin(async move {
         let mut v: Vec<Box<dyn Client>> = Vec::new();
@@ -125,4 +107,16 @@ pub(crate) async fn rtt(args: &Args, concurrency: usize) -> Vec<Row> {
     ratios(&mut rows);
     let _ = server.stop().await;
     rows
+}
+
+/// `concurrency` mesh-link clients made by `make`, as a factory.
+fn mesh_factory<C: Client + 'static>(
+    concurrency: usize,
+    make: impl Fn() -> C + Send + 'static,
+) -> Factory {
+    Box::pin(async move {
+        (0..concurrency)
+            .map(|_| Box::new(make()) as Box<dyn Client>)
+            .collect()
+    })
 }
