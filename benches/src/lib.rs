@@ -116,10 +116,15 @@ pub mod node_original {
         Ok(())
     }
 
+    /// The path of a script in `benches/node-original` (run it with `node`).
+    pub fn node_script(name: &str) -> PathBuf {
+        dir().join(name)
+    }
+
     /// Runs `harness.js` with `args` (stdout piped: it answers in JSON lines).
     pub fn node_harness(args: &[String]) -> Child {
         Command::new("node")
-            .arg(dir().join("harness.js"))
+            .arg(node_script("harness.js"))
             .args(args)
             .current_dir(dir())
             .stdout(Stdio::piped())

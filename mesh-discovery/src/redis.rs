@@ -408,6 +408,57 @@ fn parse_notice(s: &str) -> Option<Notice> {
     }
 }
 
+/// Plain key commands for the original Node.js schema ([`crate::compat::CompatRegistry`]),
+/// whose keys are not this registry's.
+#[cfg(feature = "node-compat")]
+impl RedisRegistry {
+    /// `SET name "" EX secs`.
+    pub(crate) async fn set_empty(&self, name: &str, secs: u64) -> Result<(), RegistryError> {
+        let secs = i64::try_from(secs.max(1)).unwrap_or(i64::MAX);
+        self.client
+            .set::<(), _, _>(name, "", Some(Expiration::EX(secs)), None, false)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// `DEL name`.
+    pub(crate) async fn delete(&self, name: &str) -> Result<(), RegistryError> {
+        self.client
+            .del::<i64, _>(name)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    /// Key names matching `pattern` (`SCAN ... MATCH pattern COUNT 1000`), at most `max`:
+    /// past that the read fails rather than grow without bound.
+    pub(crate) async fn scan_names(
+        &self,
+        pattern: &str,
+        max: usize,
+    ) -> Result<Vec<String>, RegistryError> {
+        use futures_util::TryStreamExt as _;
+        let mut keys = std::pin::pin!(self.client.scan_buffered(pattern, Some(1000), None));
+        let mut out = Vec::new();
+        while let Some(k) = keys.try_next().await.map_err(unavailable)? {
+            if out.len() >= max {
+                return Err(RegistryError::Unavailable(format!(
+                    "more than {max} keys match {pattern:?}"
+                )));
+            }
+            if let Some(name) = k.into_string() {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Milliseconds `name` has left to live (negative: none, or no such key).
+    pub(crate) async fn pttl(&self, name: &str) -> Result<i64, RegistryError> {
+        self.client.pttl(name).await.map_err(unavailable)
+    }
+}
+
 impl Backend for RedisRegistry {
     async fn publish(
         &self,

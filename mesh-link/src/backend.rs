@@ -13,6 +13,9 @@ pub(crate) enum AnyBackend {
     Memory(MemoryRegistry),
     #[cfg(feature = "redis")]
     Redis(RedisRegistry),
+    /// Redis in both schemas, ours and the original Node.js package's (node-compat mode).
+    #[cfg(feature = "node-compat")]
+    Compat(mesh_discovery::compat::CompatRegistry),
 }
 
 impl Backend for AnyBackend {
@@ -26,6 +29,8 @@ impl Backend for AnyBackend {
             Self::Memory(r) => r.publish(key, record, ttl).await,
             #[cfg(feature = "redis")]
             Self::Redis(r) => r.publish(key, record, ttl).await,
+            #[cfg(feature = "node-compat")]
+            Self::Compat(r) => r.publish(key, record, ttl).await,
         }
     }
 
@@ -34,6 +39,8 @@ impl Backend for AnyBackend {
             Self::Memory(r) => r.refresh(key, ttl).await,
             #[cfg(feature = "redis")]
             Self::Redis(r) => r.refresh(key, ttl).await,
+            #[cfg(feature = "node-compat")]
+            Self::Compat(r) => r.refresh(key, ttl).await,
         }
     }
 
@@ -42,6 +49,8 @@ impl Backend for AnyBackend {
             Self::Memory(r) => r.remove(key).await,
             #[cfg(feature = "redis")]
             Self::Redis(r) => r.remove(key).await,
+            #[cfg(feature = "node-compat")]
+            Self::Compat(r) => r.remove(key).await,
         }
     }
 
@@ -50,6 +59,8 @@ impl Backend for AnyBackend {
             Self::Memory(r) => r.get(key).await,
             #[cfg(feature = "redis")]
             Self::Redis(r) => r.get(key).await,
+            #[cfg(feature = "node-compat")]
+            Self::Compat(r) => r.get(key).await,
         }
     }
 
@@ -58,6 +69,8 @@ impl Backend for AnyBackend {
             Self::Memory(r) => r.snapshot().await,
             #[cfg(feature = "redis")]
             Self::Redis(r) => r.snapshot().await,
+            #[cfg(feature = "node-compat")]
+            Self::Compat(r) => r.snapshot().await,
         }
     }
 
@@ -66,6 +79,8 @@ impl Backend for AnyBackend {
             Self::Memory(r) => r.subscribe(),
             #[cfg(feature = "redis")]
             Self::Redis(r) => r.subscribe(),
+            #[cfg(feature = "node-compat")]
+            Self::Compat(r) => r.subscribe(),
         }
     }
 }

@@ -140,6 +140,12 @@ pub struct Config {
     pub cluster_key: Option<Secret>,
     /// During a key rollover: the previous secret, still accepted but never used to send.
     pub previous_cluster_key: Option<Secret>,
+    /// Node-compat mode (feature `node-compat`): also announce in, and read, the original
+    /// Node.js mesh-link 0.13.6's Redis schema, and speak its wire to its nodes on this
+    /// node's port, so that Node and Rust nodes sharing a Redis and a `prefix` see and call
+    /// each other (see [`crate::compat`]). Needs Redis; not with a `cluster_key` (the
+    /// original's wire has no authentication). Default false.
+    pub node_compat: bool,
     /// Seed of the node's random choices (request ids, its incarnation, session ids, object
     /// ids), to replay a test. Default `None`: drawn from the OS. Two nodes must never share
     /// one.
@@ -216,6 +222,7 @@ impl Default for Config {
             metrics_interval: None,
             cluster_key: None,
             previous_cluster_key: None,
+            node_compat: false,
             seed: None,
         }
     }
@@ -254,6 +261,17 @@ impl Config {
         }
         if self.previous_cluster_key.is_some() && self.cluster_key.is_none() {
             return bad("previous_cluster_key needs a cluster_key");
+        }
+        if self.node_compat {
+            if !cfg!(feature = "node-compat") {
+                return bad("node_compat needs mesh-link built with the feature `node-compat`");
+            }
+            if self.cluster_key.is_some() {
+                return bad(
+                    "node_compat and cluster_key cannot be used together: the original's wire \
+                     has no authentication, so its datagrams would bypass the key",
+                );
+            }
         }
         if let Some(a) = self.address {
             if a.is_unspecified() {

@@ -70,6 +70,20 @@ impl Entry {
         }
     }
 
+    /// The handler for a message from a Node node (node-compat mode), which carries no
+    /// fingerprint: the untyped one, or the newest version of the typed ones.
+    #[cfg(feature = "node-compat")]
+    pub(crate) fn pick_any(&self) -> HandlerFn {
+        match self {
+            Entry::Untyped(h) => h.clone(),
+            Entry::Typed(served) => served
+                .iter()
+                .max_by_key(|t| t.version)
+                .map(|t| t.run.clone())
+                .unwrap_or_else(|| Arc::new(|_, _| async { Ok(None) }.boxed())),
+        }
+    }
+
     /// What this entry serves, as a mismatch names it.
     fn served(&self) -> String {
         match self {
@@ -92,6 +106,9 @@ pub struct Context {
     pub(crate) local: bool,
     pub(crate) reliable: bool,
     pub(crate) handler: u16,
+    /// The message came from a Node node (node-compat mode): its data is JSON, and so must
+    /// the answer be.
+    pub(crate) json: bool,
 }
 
 impl Context {
@@ -164,7 +181,7 @@ where
     Arc::new(move |data: Bytes, ctx: Context| {
         let f = f.clone();
         async move {
-            let msg = decode::<M>(&data)?;
+            let msg = decode::<M>(&data, ctx.json)?;
             f(msg, ctx).await;
             Ok(None)
         }
@@ -184,11 +201,17 @@ where
     Arc::new(move |data: Bytes, ctx: Context| {
         let f = f.clone();
         async move {
-            let msg = decode::<M>(&data)?;
+            let json = ctx.json;
+            let msg = decode::<M>(&data, json)?;
             let reply = f(msg, ctx)
                 .await
                 .map_err(|e| Failure::new(ErrorCode::HANDLER_FAILED, e.message()))?;
-            let bytes = mesh_wire::codec::encode(&reply).map_err(|e| {
+            let encoded = if json {
+                serde_json::to_vec(&reply).map_err(|e| e.to_string())
+            } else {
+                mesh_wire::codec::encode(&reply).map_err(|e| e.to_string())
+            };
+            let bytes = encoded.map_err(|e| {
                 Failure::new(
                     ErrorCode::HANDLER_FAILED,
                     format!("answer not encodable: {e}"),
@@ -229,9 +252,13 @@ where
     let run: HandlerFn = Arc::new(move |data: Bytes, ctx: Context| {
         let f = f.clone();
         async move {
-            let msg: M = M::CODEC
-                .decode(&data)
-                .map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))?;
+            let msg: M = if ctx.json {
+                decode(&data, true)?
+            } else {
+                M::CODEC
+                    .decode(&data)
+                    .map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))?
+            };
             f(msg, ctx).await;
             Ok(None)
         }
@@ -256,13 +283,25 @@ where
     let run: HandlerFn = Arc::new(move |data: Bytes, ctx: Context| {
         let f = f.clone();
         async move {
-            let msg: R = R::CODEC
-                .decode(&data)
-                .map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))?;
+            let json = ctx.json;
+            let msg: R = if json {
+                decode(&data, true)?
+            } else {
+                R::CODEC
+                    .decode(&data)
+                    .map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))?
+            };
             let answer = f(msg, ctx)
                 .await
                 .map_err(|e| Failure::new(ErrorCode::HANDLER_FAILED, e.message()))?;
-            let bytes = crate::typed::encode(R::CODEC, &answer).map_err(|e| {
+            let encoded = if json {
+                serde_json::to_vec(&answer)
+                    .map(Bytes::from)
+                    .map_err(|e| e.to_string())
+            } else {
+                crate::typed::encode(R::CODEC, &answer)
+            };
+            let bytes = encoded.map_err(|e| {
                 Failure::new(
                     ErrorCode::HANDLER_FAILED,
                     format!("answer not encodable: {e}"),
@@ -280,8 +319,14 @@ where
     }
 }
 
-fn decode<M: DeserializeOwned>(data: &[u8]) -> Result<M, Failure> {
-    mesh_wire::codec::decode(data).map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e.to_string()))
+/// Decodes a message: bincode from our nodes, JSON from Node nodes (node-compat mode).
+fn decode<M: DeserializeOwned>(data: &[u8], json: bool) -> Result<M, Failure> {
+    let r = if json {
+        serde_json::from_slice(data).map_err(|e| e.to_string())
+    } else {
+        mesh_wire::codec::decode(data).map_err(|e| e.to_string())
+    };
+    r.map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))
 }
 
 /// Runs a handler, turning a panic into a failure: the node keeps serving.

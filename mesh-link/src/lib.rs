@@ -60,6 +60,8 @@
 #![warn(missing_docs)]
 
 mod backend;
+#[cfg(feature = "node-compat")]
+pub mod compat;
 mod config;
 mod core;
 mod envelope;

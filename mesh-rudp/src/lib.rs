@@ -85,7 +85,7 @@ pub use config::{EndpointConfig, DEFAULT_LOOPBACK_MTU};
 pub use endpoint::{Endpoint, StartTime, Transmit};
 #[cfg(feature = "tokio")]
 pub use transport::{
-    CloseReport, Driver, Intercept, Outcome, QueueOptions, Received, Transport, TransportConfig,
+    CloseReport, Driver, Foreign, Intercept, Outcome, QueueOptions, Received, Transport, TransportConfig,
     TransportError,
 };
 pub use types::{

@@ -165,6 +165,7 @@ impl MeshNode {
             local: sender == self.inner.local(),
             reliable,
             handler,
+            json: false,
         }
     }
 }

@@ -95,6 +95,9 @@ pub(crate) struct Inner {
     pub(crate) shared: Arc<SharedService>,
     /// The user handles' guard, for tasks that need a full handle now and then.
     guard: OnceLock<Weak<Guard>>,
+    /// The original Node.js wire, in node-compat mode.
+    #[cfg(feature = "node-compat")]
+    pub(crate) node_wire: OnceLock<Arc<crate::compat::NodeWire>>,
 }
 
 impl Inner {
@@ -260,6 +263,14 @@ impl MeshNode {
             #[cfg(feature = "redis")]
             Registry::Redis(t) => {
                 match mesh_discovery::RedisRegistry::connect_to(&t, &config.prefix).await {
+                    #[cfg(feature = "node-compat")]
+                    Ok(r) if config.node_compat => {
+                        AnyBackend::Compat(mesh_discovery::compat::CompatRegistry::new(
+                            r,
+                            &config.prefix,
+                            config.update_interval,
+                        ))
+                    }
                     Ok(r) => AnyBackend::Redis(r),
                     Err(e) => {
                         core.transport.close().await;
@@ -268,6 +279,19 @@ impl MeshNode {
                 }
             }
         };
+        if config.node_compat && !cfg!(feature = "node-compat") || {
+            #[cfg(feature = "node-compat")]
+            let not_redis = config.node_compat && !matches!(backend, AnyBackend::Compat(_));
+            #[cfg(not(feature = "node-compat"))]
+            let not_redis = false;
+            not_redis
+        } {
+            core.transport.close().await;
+            return Err(Error::Config(
+                "node_compat needs Redis as the registry: the original's nodes are found there"
+                    .to_owned(),
+            ));
+        }
         let started_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -299,6 +323,8 @@ impl MeshNode {
             started: std::time::Instant::now(),
             shared,
             guard: OnceLock::new(),
+            #[cfg(feature = "node-compat")]
+            node_wire: OnceLock::new(),
         });
         let node = Self {
             _guard: Arc::new(Guard(inner.clone())),
@@ -308,6 +334,15 @@ impl MeshNode {
         let core = &node.inner.core;
         core.transport
             .set_intercept(Some(crate::core::intercept_answers(Arc::downgrade(core))));
+        #[cfg(feature = "node-compat")]
+        if node.inner.config.node_compat {
+            let wire = crate::compat::NodeWire::start(
+                core.clone(),
+                Arc::downgrade(&node.inner),
+                node.inner.rng.lock().next_u64(),
+            );
+            let _ = node.inner.node_wire.set(wire);
+        }
         node.inner
             .membership
             .set_liveness_check(Some(ping_before_departure(Arc::downgrade(&node.inner))));
@@ -411,6 +446,15 @@ impl MeshNode {
         for (_, s) in inner.services() {
             s.shutdown();
         }
+        #[cfg(feature = "node-compat")]
+        if let Some(w) = inner.node_wire.get() {
+            // Answers and messages to Node nodes still unacknowledged: a while to finish.
+            let until = Instant::now() + inner.config.stop_timeout;
+            while w.in_flight() > 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            w.close();
+        }
         let close = core.transport.close().await;
         let abandoned_requests = core.pending.drain(|| RequestError::Stopped);
         for t in inner.tasks.lock().drain(..) {
@@ -468,6 +512,11 @@ fn ping_before_departure(inner: Weak<Inner>) -> mesh_discovery::LivenessCheck {
                 return true;
             };
             let timeout = node.inner.config.peer_timeout.saturating_mul(2);
+            #[cfg(feature = "node-compat")]
+            if let Some(wire) = node.node_wire_to(key) {
+                // The original answers its raw ping, not ours.
+                return wire.raw_ping(key, timeout).await;
+            }
             match node.ping(key, timeout).await {
                 Ok(_) => true,
                 Err(RequestError::NotDelivered { .. } | RequestError::Timeout { .. }) => false,

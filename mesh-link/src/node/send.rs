@@ -77,8 +77,13 @@ impl MeshNode {
         let data = typed::encode(M::CODEC, msg).map_err(Error::Encode)?;
         self.check_size(data.len())?;
         let fingerprint = const { typed::one_way_fingerprint::<M>() };
-        self.send_inner(M::ID, Some(fingerprint), nodes, data, options)
-            .await
+        let (nodes, node_peers) = self.split_targets(nodes);
+        let mut report = self
+            .send_inner(M::ID, Some(fingerprint), nodes, data, options)
+            .await?;
+        self.send_to_node_peers(M::ID, node_peers, || json_value(msg), &mut report)
+            .await?;
+        Ok(report)
     }
 
     /// Asks `node` with the typed request `req` (at `R::ID`) and waits for its answer, up to
@@ -103,6 +108,12 @@ impl MeshNode {
         timeout: Duration,
     ) -> Result<R::Answer, RequestError> {
         let node = node.node_key();
+        #[cfg(feature = "node-compat")]
+        if let Some(w) = self.node_wire_to(node) {
+            return self
+                .request_node(&w, R::ID, node, req, timeout, true)
+                .await;
+        }
         let data = typed::encode(R::CODEC, req).map_err(RequestError::Encode)?;
         self.check_size(data.len())
             .map_err(|e| RequestError::Encode(e.to_string()))?;
@@ -153,7 +164,11 @@ impl MeshNode {
         options: SendOptions,
     ) -> Result<SendReport, Error> {
         let data = self.encode(msg)?;
-        self.send_bytes(id, nodes, data, options).await
+        let (nodes, node_peers) = self.split_targets(nodes);
+        let mut report = self.send_bytes(id, nodes, data, options).await?;
+        self.send_to_node_peers(id, node_peers, || json_value(msg), &mut report)
+            .await?;
+        Ok(report)
     }
 
     /// [`send_each`](Self::send_each) of bytes already encoded.
@@ -165,7 +180,12 @@ impl MeshNode {
         options: SendOptions,
     ) -> Result<SendReport, Error> {
         self.check_size(data.len())?;
-        self.send_inner(id, None, nodes, data, options).await
+        let (nodes, node_peers) = self.split_targets(nodes);
+        let mut report = self.send_inner(id, None, nodes, data.clone(), options).await?;
+        // Bytes go to a Node node as a buffer.
+        self.send_to_node_peers(id, node_peers, || Ok(buffer_value(&data)), &mut report)
+            .await?;
+        Ok(report)
     }
 
     async fn send_inner(
@@ -314,6 +334,15 @@ impl MeshNode {
         let mut sent = 0;
         for n in nodes {
             let k = n.node_key();
+            #[cfg(feature = "node-compat")]
+            if let Some(w) = self.node_wire_to(k) {
+                let value = serde_json::to_value(msg).map_err(|e| Error::Encode(e.to_string()))?;
+                match w.usend(k, id, value) {
+                    Ok(()) => sent += 1,
+                    Err(e) => debug!(node = %k, error = %e, "usend refused"),
+                }
+                continue;
+            }
             let r = if k == self.inner.local() {
                 self.deliver_local(id, None, data.clone(), false, None, k)
                     .map_err(|e| e.to_string())
@@ -376,6 +405,12 @@ impl MeshNode {
         M: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        #[cfg(feature = "node-compat")]
+        if let Some(w) = self.node_wire_to(node) {
+            return self
+                .request_node(&w, id, node, msg, timeout, reliable)
+                .await;
+        }
         let data = self.encode_request(msg)?;
         let answer = self
             .request_bytes(id, node, data, timeout, reliable)
@@ -403,6 +438,10 @@ impl MeshNode {
         let asks = keys.iter().map(|&k| {
             let data = data.clone();
             async move {
+                #[cfg(feature = "node-compat")]
+                if let Some(w) = self.node_wire_to(k) {
+                    return (k, self.request_node(&w, id, k, msg, timeout, true).await);
+                }
                 let r = self.request_bytes(id, k, data, timeout, true).await;
                 (k, r.and_then(|b| decode_answer(k, &b)))
             }
@@ -430,6 +469,10 @@ impl MeshNode {
                 let k = n.node_key();
                 let data = data.clone();
                 async move {
+                    #[cfg(feature = "node-compat")]
+                    if let Some(w) = self.node_wire_to(k) {
+                        return (k, self.request_node(&w, id, k, msg, timeout, true).await);
+                    }
                     let r = self.request_bytes(id, k, data, timeout, true).await;
                     (k, r.and_then(|b| decode_answer::<R>(k, &b)))
                 }
@@ -470,7 +513,20 @@ impl MeshNode {
         timeout: Duration,
     ) -> Result<Duration, RequestError> {
         let start = Instant::now();
-        self.request_bytes(system::PING, node.node_key(), Bytes::new(), timeout, true)
+        let node = node.node_key();
+        #[cfg(feature = "node-compat")]
+        if let Some(w) = self.node_wire_to(node) {
+            // A Node node answers the original's raw ping.
+            return match w.raw_ping(node, timeout).await {
+                true => Ok(start.elapsed()),
+                false => Err(RequestError::Timeout {
+                    handler: system::PING,
+                    node,
+                    after: timeout,
+                }),
+            };
+        }
+        self.request_bytes(system::PING, node, Bytes::new(), timeout, true)
             .await?;
         Ok(start.elapsed())
     }
@@ -496,6 +552,22 @@ impl MeshNode {
         timeout: Duration,
         reliable: bool,
     ) -> Result<Bytes, RequestError> {
+        #[cfg(feature = "node-compat")]
+        if let Some(w) = self.node_wire_to(node) {
+            // Bytes go to a Node node as a buffer; its answer comes back as its bytes, or
+            // as JSON text.
+            let data = mesh_wire::compat::buffer_value(&data);
+            return match w.request(node, id, data, timeout, reliable).await? {
+                mesh_wire::compat::Unpacked::Empty => Ok(Bytes::new()),
+                mesh_wire::compat::Unpacked::Bytes(b) => Ok(Bytes::from(b)),
+                mesh_wire::compat::Unpacked::Json(v) => {
+                    Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
+                }
+                e @ mesh_wire::compat::Unpacked::Error(_) => {
+                    crate::compat::decode_answer::<()>(node, id, e).map(|()| Bytes::new())
+                }
+            };
+        }
         self.request_inner(id, None, node, data, timeout, reliable)
             .await
             .map_err(|e| e.sent_as(|| "untyped".to_owned()))
@@ -537,6 +609,36 @@ impl MeshNode {
             .await
     }
 
+    /// The targets that take our wire, and (node-compat mode) the Node nodes among them.
+    fn split_targets(
+        &self,
+        nodes: impl IntoIterator<Item = impl ToNodeKey>,
+    ) -> (Vec<NodeKey>, Vec<NodeKey>) {
+        let nodes: Vec<NodeKey> = nodes.into_iter().map(|n| n.node_key()).collect();
+        #[cfg(feature = "node-compat")]
+        return self.split_node_peers(nodes);
+        #[cfg(not(feature = "node-compat"))]
+        (nodes, Vec::new())
+    }
+
+    /// Sends `data` (JSON) to Node nodes (node-compat mode), adding to `report`.
+    async fn send_to_node_peers(
+        &self,
+        id: u16,
+        node_peers: Vec<NodeKey>,
+        data: impl FnOnce() -> Result<serde_json::Value, Error>,
+        report: &mut SendReport,
+    ) -> Result<(), Error> {
+        if node_peers.is_empty() {
+            return Ok(());
+        }
+        #[cfg(feature = "node-compat")]
+        self.send_node_peers(id, node_peers, data()?, report).await;
+        #[cfg(not(feature = "node-compat"))]
+        let _ = (id, data, report);
+        Ok(())
+    }
+
     fn encode<M: Serialize + ?Sized>(&self, msg: &M) -> Result<Bytes, Error> {
         let v = mesh_wire::codec::encode(msg)?;
         self.check_size(v.len())?;
@@ -554,6 +656,22 @@ impl MeshNode {
             return Err(Error::TooLarge { size, limit });
         }
         Ok(())
+    }
+}
+
+/// A message as JSON, for a Node node.
+fn json_value<M: Serialize + ?Sized>(msg: &M) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(msg).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Bytes as the original's buffer, for a Node node.
+fn buffer_value(data: &[u8]) -> serde_json::Value {
+    #[cfg(feature = "node-compat")]
+    return mesh_wire::compat::buffer_value(data);
+    #[cfg(not(feature = "node-compat"))]
+    {
+        let _ = data;
+        serde_json::Value::Null
     }
 }
 

@@ -284,5 +284,11 @@ fn on_datagram(
         let _ = shared.socket.try_send_to(b"PONG\n", from);
         return;
     }
+    if !bytes.starts_with(&mesh_wire::MAGIC) {
+        if let Some(hook) = &*shared.foreign.read() {
+            hook(from, bytes);
+            return;
+        }
+    }
     st.endpoint.handle_datagram(now, from, bytes);
 }

@@ -84,9 +84,16 @@ struct State {
 /// [`Transport::set_intercept`].
 pub type Intercept = Arc<dyn Fn(Received) -> Option<Received> + Send + Sync>;
 
+/// A hook for datagrams of another protocol that shares the socket (they do not start with
+/// this protocol's magic): it gets the sender and the bytes, on the driver's task with the
+/// transport's state locked, so it must only hand them on (a bounded queue). See
+/// [`Transport::set_foreign`].
+pub type Foreign = Arc<dyn Fn(SocketAddr, &[u8]) + Send + Sync>;
+
 struct Shared {
     state: Mutex<State>,
     intercept: parking_lot::RwLock<Option<Intercept>>,
+    foreign: parking_lot::RwLock<Option<Foreign>>,
     socket: UdpSocket,
     /// Batched I/O (GSO for sends, GRO and `recvmmsg` for receives) where the OS has it.
     udp: quinn_udp::UdpSocketState,
@@ -202,6 +209,7 @@ impl Transport {
                 flush_wanted: false,
             }),
             intercept: parking_lot::RwLock::new(None),
+            foreign: parking_lot::RwLock::new(None),
             socket,
             udp,
             progress: Notify::new(),
@@ -239,6 +247,28 @@ impl Transport {
     /// plain tokio UDP ping-pong). It must be quick.
     pub fn set_intercept(&self, hook: Option<Intercept>) {
         *self.shared.intercept.write() = hook;
+    }
+
+    /// Installs a hook for datagrams that are not this protocol's (they lack its magic
+    /// bytes), so that another protocol can share the port: a node that also speaks the
+    /// original Node.js mesh-link's wire uses it. Without a hook such datagrams are counted
+    /// as malformed and dropped, as before. Answer them with
+    /// [`send_foreign`](Self::send_foreign).
+    pub fn set_foreign(&self, hook: Option<Foreign>) {
+        *self.shared.foreign.write() = hook;
+    }
+
+    /// Sends one datagram of another protocol from this transport's socket, as it is, without
+    /// waiting: fails with [`std::io::ErrorKind::WouldBlock`] when the socket's buffer is full
+    /// (the other protocol's retransmission is then what recovers, as for a lost datagram).
+    pub fn send_foreign(&self, to: SocketAddr, datagram: &[u8]) -> std::io::Result<()> {
+        if self.shared.state.lock().shutdown {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "transport closed",
+            ));
+        }
+        self.shared.socket.try_send_to(datagram, to).map(|_| ())
     }
 
     /// The bound address.

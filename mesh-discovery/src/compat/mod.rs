@@ -26,6 +26,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+#[cfg(feature = "redis")]
+mod registry;
+#[cfg(feature = "redis")]
+pub use registry::{CompatRegistry, MAX_NODE_KEYS};
+
+/// The [`protocol`](crate::NodeRecord::protocol) of a record read from the original's schema:
+/// a node that speaks the original's wire (mesh-link 0.13), not ours.
+pub const NODE_PROTOCOL: u8 = 13;
+
 /// The first field of every announce key.
 pub const MAGIC: &str = "@mlink";
 
