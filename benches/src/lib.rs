@@ -77,8 +77,13 @@ pub mod node_original {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node-original")
     }
 
-    /// Checks that `node` and `npm` exist and installs `mesh-link@0.13.6` for the harness if
-    /// it is not there yet; says what is missing otherwise. One install at a time in this
+    /// What the `compat-test-server` stand-in answers where the original's suite asks for its
+    /// shared objects.
+    pub const NO_SHARED_OBJECTS: &str =
+        "the original's shared objects are not part of mesh-link's node-compat mode";
+
+    /// Checks that `node` and `npm` exist and installs `mesh-link@0.13.6` (and mocha 5.2.0,
+    /// which runs its own test suite) for the harness if they are not there yet; says what is missing otherwise. One install at a time in this
     /// process (tests run in parallel, and two `npm install`s in one directory collide).
     pub fn install() -> Result<(), String> {
         static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -98,7 +103,10 @@ pub mod node_original {
                 ));
             }
         }
-        if dir().join("node_modules/mesh-link").exists() {
+        if ["mesh-link", "mocha"]
+            .iter()
+            .all(|m| dir().join("node_modules").join(m).exists())
+        {
             return Ok(());
         }
         let out = Command::new("npm")

@@ -78,12 +78,9 @@ impl MeshNode {
         self.check_size(data.len())?;
         let fingerprint = const { typed::one_way_fingerprint::<M>() };
         let (nodes, node_peers) = self.split_targets(nodes);
-        let mut report = self
-            .send_inner(M::ID, Some(fingerprint), nodes, data, options)
-            .await?;
-        self.send_to_node_peers(M::ID, node_peers, || json_value(msg), &mut report)
-            .await?;
-        Ok(report)
+        let ours = self.send_inner(M::ID, Some(fingerprint), nodes, data, options);
+        self.alongside_node_peers(M::ID, node_peers, || json_value(msg), ours)
+            .await
     }
 
     /// Asks `node` with the typed request `req` (at `R::ID`) and waits for its answer, up to
@@ -165,10 +162,9 @@ impl MeshNode {
     ) -> Result<SendReport, Error> {
         let data = self.encode(msg)?;
         let (nodes, node_peers) = self.split_targets(nodes);
-        let mut report = self.send_bytes(id, nodes, data, options).await?;
-        self.send_to_node_peers(id, node_peers, || json_value(msg), &mut report)
-            .await?;
-        Ok(report)
+        let ours = self.send_bytes(id, nodes, data, options);
+        self.alongside_node_peers(id, node_peers, || json_value(msg), ours)
+            .await
     }
 
     /// [`send_each`](Self::send_each) of bytes already encoded.
@@ -181,11 +177,10 @@ impl MeshNode {
     ) -> Result<SendReport, Error> {
         self.check_size(data.len())?;
         let (nodes, node_peers) = self.split_targets(nodes);
-        let mut report = self.send_inner(id, None, nodes, data.clone(), options).await?;
         // Bytes go to a Node node as a buffer.
-        self.send_to_node_peers(id, node_peers, || Ok(buffer_value(&data)), &mut report)
-            .await?;
-        Ok(report)
+        let value = || Ok(buffer_value(&data));
+        let ours = self.send_inner(id, None, nodes, data.clone(), options);
+        self.alongside_node_peers(id, node_peers, value, ours).await
     }
 
     async fn send_inner(
@@ -621,22 +616,34 @@ impl MeshNode {
         (nodes, Vec::new())
     }
 
-    /// Sends `data` (JSON) to Node nodes (node-compat mode), adding to `report`.
-    async fn send_to_node_peers(
+    /// Runs `ours` (the send to our nodes) and, at the same time, sends `data` (JSON) to the
+    /// Node nodes (node-compat mode); one report of both.
+    async fn alongside_node_peers(
         &self,
         id: u16,
         node_peers: Vec<NodeKey>,
         data: impl FnOnce() -> Result<serde_json::Value, Error>,
-        report: &mut SendReport,
-    ) -> Result<(), Error> {
+        ours: impl std::future::Future<Output = Result<SendReport, Error>>,
+    ) -> Result<SendReport, Error> {
         if node_peers.is_empty() {
-            return Ok(());
+            return ours.await;
         }
         #[cfg(feature = "node-compat")]
-        self.send_node_peers(id, node_peers, data()?, report).await;
+        {
+            let value = data()?;
+            let mut theirs = SendReport::default();
+            let theirs_sent = self.send_node_peers(id, node_peers, value, &mut theirs);
+            let (ours, ()) = futures_util::future::join(ours, theirs_sent).await;
+            let mut report = ours?;
+            report.delivered.extend(theirs.delivered);
+            report.failed.extend(theirs.failed);
+            Ok(report)
+        }
         #[cfg(not(feature = "node-compat"))]
-        let _ = (id, data, report);
-        Ok(())
+        {
+            let _ = (id, data);
+            ours.await
+        }
     }
 
     fn encode<M: Serialize + ?Sized>(&self, msg: &M) -> Result<Bytes, Error> {
