@@ -182,7 +182,12 @@ fn two_node_and_two_rust_processes_form_one_mesh() {
     }
     for i in 2..4 {
         let listed = peers[i].listed();
-        assert_eq!(listed.len(), 4, "{}: one entry per node: {listed:?}", peers[i].name);
+        assert_eq!(
+            listed.len(),
+            4,
+            "{}: one entry per node: {listed:?}",
+            peers[i].name
+        );
         for n in &listed {
             let node_js = n["node_js"].as_bool().unwrap();
             let name = n["name"].as_str().unwrap();
@@ -194,7 +199,11 @@ fn two_node_and_two_rust_processes_form_one_mesh() {
     for i in 0..2 {
         for n in peers[i].listed() {
             let name = n["name"].as_str().unwrap_or_default().to_owned();
-            let expected_type = if name.starts_with('r') { "rust" } else { "nodejs" };
+            let expected_type = if name.starts_with('r') {
+                "rust"
+            } else {
+                "nodejs"
+            };
             assert_eq!(n["type"], expected_type, "{}: {n}", peers[i].name);
         }
     }
@@ -209,7 +218,8 @@ fn two_node_and_two_rust_processes_form_one_mesh() {
             for blob in [0, 100 * 1024] {
                 let to = peers[b].to();
                 let data = msg(peers[a].name, blob);
-                let r = peers[a].ask(json!({"op": "request", "to": to, "handler": 1, "data": data}));
+                let r =
+                    peers[a].ask(json!({"op": "request", "to": to, "handler": 1, "data": data}));
                 assert_eq!(
                     r["ok"], true,
                     "{} asked {} ({blob} bytes): {r}",
@@ -235,7 +245,11 @@ fn two_node_and_two_rust_processes_form_one_mesh() {
                 let data = msg(peers[a].name, blob);
                 expected_bytes[b] += serde_json::to_vec(&data).unwrap().len() as u64;
                 let r = peers[a].ask(json!({"op": "send", "to": to, "handler": 2, "data": data}));
-                assert_eq!(r["ok"], true, "{} sent to {}: {r}", peers[a].name, peers[b].name);
+                assert_eq!(
+                    r["ok"], true,
+                    "{} sent to {}: {r}",
+                    peers[a].name, peers[b].name
+                );
             }
         }
     }

@@ -42,9 +42,15 @@ fn suite_dir(redis_port: u16) -> PathBuf {
     std::fs::copy(package.join("test/index.js"), dir.join("index.js")).unwrap();
     let server = std::fs::read_to_string(package.join("test/server/index.js")).unwrap();
     let patched = server
-        .replace("require('../../')", &format!("require({:?})", package.display().to_string()))
+        .replace(
+            "require('../../')",
+            &format!("require({:?})", package.display().to_string()),
+        )
         .replace("port: 6379", &format!("port: {redis_port}"));
-    assert_ne!(server, patched, "the original server's text changed: cannot patch it");
+    assert_ne!(
+        server, patched,
+        "the original server's text changed: cannot patch it"
+    );
     std::fs::write(dir.join("server/original.js"), patched).unwrap();
     std::fs::copy(node_script("suite-server.js"), dir.join("server/index.js")).unwrap();
     dir
@@ -69,8 +75,8 @@ fn run_suite(dir: &Path, redis_url: &str, rust_server: Option<&str>, grep: &[&st
         None => cmd.env_remove("MESH_RUST_SERVER"),
     };
     let out = cmd.output().expect("node runs mocha");
-    let output = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let output =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let passed = output
         .lines()
         .filter_map(|l| l.trim_start().strip_prefix("✓ "))
@@ -128,7 +134,9 @@ fn the_originals_suite_passes_with_a_rust_server_but_for_shared_objects() {
         whole.exit
     );
     assert!(
-        whole.output.contains(mesh_benches::node_original::NO_SHARED_OBJECTS),
+        whole
+            .output
+            .contains(mesh_benches::node_original::NO_SHARED_OBJECTS),
         "the whole suite stops where three is asked for a shared object:\n{}",
         whole.output
     );

@@ -445,7 +445,9 @@ impl NodeWire {
             waiting.push(tx);
         }
         self.transmit(addr, wire::RAW_PING);
-        let alive = tokio::time::timeout(timeout, rx).await.is_ok_and(|r| r.is_ok());
+        let alive = tokio::time::timeout(timeout, rx)
+            .await
+            .is_ok_and(|r| r.is_ok());
         let mut st = self.state.lock();
         if let Some(w) = st.pongs.get_mut(&addr) {
             w.retain(|s| !s.is_closed());
@@ -669,7 +671,10 @@ fn on_datagram(w: &Arc<NodeWire>, node: &MeshNode, from: SocketAddr, bytes: &[u8
             let whole = {
                 let mut st = w.state.lock();
                 st.rng.fill_bytes(&mut ack_id);
-                if !st.seen.insert(Instant::now(), from, id, &w.counters.forgotten) {
+                if !st
+                    .seen
+                    .insert(Instant::now(), from, id, &w.counters.forgotten)
+                {
                     w.counters.duplicates.fetch_add(1, Relaxed);
                     None
                 } else {
@@ -699,14 +704,7 @@ fn on_datagram(w: &Arc<NodeWire>, node: &MeshNode, from: SocketAddr, bytes: &[u8
                     }
                 }
             };
-            w.transmit(
-                from,
-                &Datagram::Ack {
-                    ack_id,
-                    acked: id,
-                }
-                .encode(),
-            );
+            w.transmit(from, &Datagram::Ack { ack_id, acked: id }.encode());
             if let Some(whole) = whole {
                 on_packet(w, node, from, &whole);
             }
@@ -753,7 +751,12 @@ fn on_request(
         relay(w, &n, handler_id, data.clone());
     }
     let answer_to = (rid != NO_RESPONSE).then_some(rid);
-    let handler = node.inner.handlers.read().get(&handler_id).map(|e| e.pick_any());
+    let handler = node
+        .inner
+        .handlers
+        .read()
+        .get(&handler_id)
+        .map(|e| e.pick_any());
     let Some(h) = handler else {
         debug!(%from, handler = handler_id, "no handler for a Node node's message");
         if let Some(rid) = answer_to {
@@ -770,7 +773,9 @@ fn on_request(
         None => Bytes::from(serde_json::to_vec(&data).unwrap_or_default()),
     };
     let inner = node.inner.clone();
-    inner.inflight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    inner
+        .inflight
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let w = w.clone();
     tokio::spawn(async move {
         let r = handler::run(h, input, ctx).await;
@@ -828,11 +833,13 @@ pub(crate) fn decode_answer<R: serde::de::DeserializeOwned>(
         Unpacked::Json(v) => v,
         Unpacked::Bytes(b) => wire::buffer_value(&b),
         Unpacked::Error(message) => {
-            return Err(if message.starts_with(&format!("no handler {handler} on ")) {
-                RequestError::NoHandler { handler, node }
-            } else {
-                RequestError::Handler { node, message }
-            })
+            return Err(
+                if message.starts_with(&format!("no handler {handler} on ")) {
+                    RequestError::NoHandler { handler, node }
+                } else {
+                    RequestError::Handler { node, message }
+                },
+            )
         }
     };
     serde_json::from_value(value.clone())
@@ -864,7 +871,10 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
         assert!(s.insert(t, a, [1; 16], &forgot));
         assert!(!s.insert(t, a, [1; 16], &forgot));
-        assert!(s.insert(t, b, [1; 16], &forgot), "another sender's id is its own");
+        assert!(
+            s.insert(t, b, [1; 16], &forgot),
+            "another sender's id is its own"
+        );
         // Past the window the pair is forgotten (not counted: that is its time).
         assert!(s.insert(t + SEEN_FOR, a, [1; 16], &forgot));
         assert_eq!(forgot.load(Relaxed), 0);

@@ -85,8 +85,8 @@ pub use config::{EndpointConfig, DEFAULT_LOOPBACK_MTU};
 pub use endpoint::{Endpoint, StartTime, Transmit};
 #[cfg(feature = "tokio")]
 pub use transport::{
-    CloseReport, Driver, Foreign, Intercept, Outcome, QueueOptions, Received, Transport, TransportConfig,
-    TransportError,
+    CloseReport, Driver, Foreign, Intercept, Outcome, QueueOptions, Received, Transport,
+    TransportConfig, TransportError,
 };
 pub use types::{
     ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, Payload, PeerStats,

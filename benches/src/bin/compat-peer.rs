@@ -80,8 +80,11 @@ async fn main() {
         }
     };
     let counts = Arc::new(Counts::default());
-    node.on_request(1, |m: Msg, _| async move { Ok::<_, mesh_link::HandlerError>(m) })
-        .expect("handler 1");
+    node.on_request(
+        1,
+        |m: Msg, _| async move { Ok::<_, mesh_link::HandlerError>(m) },
+    )
+    .expect("handler 1");
     let c = counts.clone();
     node.on(2, move |m: Msg, _| {
         let c = c.clone();
@@ -141,7 +144,10 @@ async fn main() {
                 Err(e) => say(&json!({"ok": false, "error": e.to_string()})),
             },
             ("send", Some(to)) => {
-                match node.send_with(handler, [to], &data, SendOptions::default()).await {
+                match node
+                    .send_with(handler, [to], &data, SendOptions::default())
+                    .await
+                {
                     Ok(_) => say(&json!({"ok": true})),
                     Err(e) => say(&json!({"ok": false, "error": e.to_string()})),
                 }

@@ -63,9 +63,11 @@ impl Server {
         if let Some(k) = self.by_name.lock().get(name) {
             return Some(*k);
         }
-        let found = self.node.nodes().into_iter().find(|r| {
-            r.values.get("name").and_then(Value::as_str) == Some(name)
-        })?;
+        let found = self
+            .node
+            .nodes()
+            .into_iter()
+            .find(|r| r.values.get("name").and_then(Value::as_str) == Some(name))?;
         self.by_name.lock().insert(name.to_owned(), found.key);
         Some(found.key)
     }
@@ -87,9 +89,17 @@ impl Server {
     }
 
     /// `ask`, and the answer (or the error's text) to the client.
-    async fn ask_and_reply(&self, client: SocketAddr, handler: u16, to: Option<NodeKey>, who: &str) {
+    async fn ask_and_reply(
+        &self,
+        client: SocketAddr,
+        handler: u16,
+        to: Option<NodeKey>,
+        who: &str,
+    ) {
         let Some(to) = to else {
-            return self.reply(client, &format!("node \"{who}\" not found")).await;
+            return self
+                .reply(client, &format!("node \"{who}\" not found"))
+                .await;
         };
         let data = json!({"message": "hello", "from": self.name});
         match self.ask(handler, to, data).await {
@@ -101,10 +111,12 @@ impl Server {
     async fn command(self: Arc<Self>, cmd: String, client: SocketAddr) {
         match cmd.as_str() {
             "hello2two" | "Uhello2two" => {
-                self.ask_and_reply(client, 1, self.node_named("two"), "two").await;
+                self.ask_and_reply(client, 1, self.node_named("two"), "two")
+                    .await;
             }
             "responseTimeout" => {
-                self.ask_and_reply(client, 3, self.node_named("three"), "three").await;
+                self.ask_and_reply(client, 3, self.node_named("three"), "three")
+                    .await;
             }
             "foo2all" | "Ufoo2all" => {
                 let nodes: Vec<NodeKey> = self.node.nodes().iter().map(|r| r.key).collect();
@@ -131,7 +143,9 @@ impl Server {
                 let mut nums = Vec::new();
                 for name in ["one", "two", "three"] {
                     let Some(k) = self.node_named(name) else {
-                        return self.reply(client, &format!("node \"{name}\" not found")).await;
+                        return self
+                            .reply(client, &format!("node \"{name}\" not found"))
+                            .await;
                     };
                     match self.ask(6, k, json!({})).await {
                         Ok(v) => nums.push(v["num"].clone()),
@@ -151,7 +165,9 @@ impl Server {
                     let data = Said {
                         message: "GOOD".into(),
                     };
-                    let report = node.send_each(7, targets, &data, SendOptions::default()).await;
+                    let report = node
+                        .send_each(7, targets, &data, SendOptions::default())
+                        .await;
                     eprintln!("{me}: handler 7 sent: {report:?}");
                 });
                 tokio::time::sleep(Duration::from_secs(3)).await;
@@ -286,7 +302,8 @@ async fn main() {
         eprintln!("usage: MESH_TEST_REDIS=URL compat-test-server <name> <control port>");
         std::process::exit(2);
     };
-    let redis = std::env::var("MESH_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis =
+        std::env::var("MESH_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let control = match UdpSocket::bind(("127.0.0.1", port.parse::<u16>().unwrap_or(0))).await {
         Ok(s) => Arc::new(s),
         Err(e) => {

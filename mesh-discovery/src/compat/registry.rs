@@ -196,7 +196,12 @@ impl Shared {
             }
         }
         if scan.saw_ours {
-            gone.extend(peers.keys().filter(|k| !scan.nodes.contains_key(k)).copied());
+            gone.extend(
+                peers
+                    .keys()
+                    .filter(|k| !scan.nodes.contains_key(k))
+                    .copied(),
+            );
             *peers = scan.nodes;
         } else {
             peers.extend(scan.nodes);
@@ -244,8 +249,9 @@ fn announce_key(prefix: &str, record: &NodeRecord) -> Result<String, RegistryErr
         values,
         objects: 0,
     };
-    key.encode()
-        .map_err(|e| RegistryError::Config(format!("not announceable in the original's schema: {e}")))
+    key.encode().map_err(|e| {
+        RegistryError::Config(format!("not announceable in the original's schema: {e}"))
+    })
 }
 
 /// A Node node as a record of ours.

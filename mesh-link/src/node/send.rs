@@ -107,9 +107,7 @@ impl MeshNode {
         let node = node.node_key();
         #[cfg(feature = "node-compat")]
         if let Some(w) = self.node_wire_to(node) {
-            return self
-                .request_node(&w, R::ID, node, req, timeout, true)
-                .await;
+            return self.request_node(&w, R::ID, node, req, timeout, true).await;
         }
         let data = typed::encode(R::CODEC, req).map_err(RequestError::Encode)?;
         self.check_size(data.len())

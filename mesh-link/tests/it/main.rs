@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod liveness;
 mod messaging;
+mod node_compat;
 mod operators;
 mod outage;
 mod relay;

@@ -41,6 +41,10 @@ pub(crate) struct Args {
     /// Serve Prometheus metrics on this address (GET /metrics), published every second.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Node-compat mode: also join a mesh of the original Node.js mesh-link 0.13.6 on the
+    /// same Redis and prefix (its schema and its wire, on this node's port).
+    #[arg(long)]
+    node_compat: bool,
 }
 
 fn parse_value(s: &str) -> Result<(String, serde_json::Value), String> {
@@ -91,6 +95,12 @@ fn config(args: &Args) -> Result<Config, Failure> {
     }
     if args.metrics.is_some() {
         config.metrics_interval = Some(std::time::Duration::from_secs(1));
+    }
+    config.node_compat |= args.node_compat;
+    if config.node_compat && config.redis.is_none() {
+        return Err(Failure::Usage(
+            "--node-compat needs --redis: the original's nodes are found in its Redis".into(),
+        ));
     }
     // Bad values are usage errors, before anything starts.
     config
