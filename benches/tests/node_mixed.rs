@@ -180,31 +180,31 @@ fn two_node_and_two_rust_processes_form_one_mesh() {
     for p in &mut peers {
         p.wait_for_ports(&ports, "membership");
     }
-    for i in 2..4 {
-        let listed = peers[i].listed();
+    for p in peers.iter_mut().skip(2) {
+        let listed = p.listed();
         assert_eq!(
             listed.len(),
             4,
             "{}: one entry per node: {listed:?}",
-            peers[i].name
+            p.name
         );
         for n in &listed {
             let node_js = n["node_js"].as_bool().unwrap();
             let name = n["name"].as_str().unwrap();
             let expected_type = if node_js { "nodejs" } else { "rust" };
-            assert_eq!(n["type"], expected_type, "{}: {n}", peers[i].name);
-            assert_eq!(node_js, name.starts_with('n'), "{}: {n}", peers[i].name);
+            assert_eq!(n["type"], expected_type, "{}: {n}", p.name);
+            assert_eq!(node_js, name.starts_with('n'), "{}: {n}", p.name);
         }
     }
-    for i in 0..2 {
-        for n in peers[i].listed() {
+    for p in peers.iter_mut().take(2) {
+        for n in p.listed() {
             let name = n["name"].as_str().unwrap_or_default().to_owned();
             let expected_type = if name.starts_with('r') {
                 "rust"
             } else {
                 "nodejs"
             };
-            assert_eq!(n["type"], expected_type, "{}: {n}", peers[i].name);
+            assert_eq!(n["type"], expected_type, "{}: {n}", p.name);
         }
     }
 
