@@ -2,7 +2,7 @@
 //! mesh of the original Node.js mesh-link 0.13.6, for a rolling migration.
 //!
 //! The node keeps one UDP port. Datagrams that start with our magic go to our transport as
-//! always; every other datagram is the original's wire and comes here ([`NodeWire`]). It
+//! always; every other datagram is the original's wire and comes here. It
 //! announces itself in both Redis schemas ([`mesh_discovery::compat::CompatRegistry`]), so Node
 //! nodes list it in `getNodes()` and it lists them in [`MeshNode::nodes`], as records with
 //! [`protocol`](mesh_discovery::NodeRecord::protocol)
