@@ -49,13 +49,19 @@ struct Received {
     big_bad: u64,
 }
 
-/// Min and max of `n` seen on a shared object's handle (events included).
-#[derive(Default, Clone, Copy)]
+/// Min and max of `n` seen on a shared object's handle (events included), and why it was
+/// removed, if it was.
+#[derive(Default, Clone)]
 struct Seen {
     min: f64,
     max: f64,
     any: bool,
+    removed: Option<String>,
 }
+
+/// The nodes this node saw leave, with when (since it started): shown by `so-value`, so that
+/// a replica that went away says what this node believed.
+static DEPARTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 struct Handle {
     object: SharedObject,
@@ -100,6 +106,22 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let mut events = node.membership_events();
+    let started = Instant::now();
+    rt.spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(mesh_link::MembershipEvent::Left(r)) => {
+                    let mut d = DEPARTED.lock().expect("lock");
+                    if d.len() < 100 {
+                        d.push(format!("{} at {:?}", r.key, started.elapsed()));
+                    }
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
     println!("READY {}", node.local_key().socket_addr());
     let _ = std::io::stdout().flush();
     let objects: Arc<Mutex<HashMap<String, Handle>>> = Arc::default();
@@ -382,9 +404,11 @@ async fn command(
             let Some(h) = objects.get(words.get(1).copied().unwrap_or("")) else {
                 return err("no such handle");
             };
-            let seen = *h.seen.lock().expect("lock");
+            let seen = h.seen.lock().expect("lock").clone();
+            let departed = DEPARTED.lock().expect("lock").clone();
             json!({"exists": h.object.exists(), "value": h.object.get("n"),
-                   "version": h.object.version(), "min_seen": seen.min, "max_seen": seen.max})
+                   "version": h.object.version(), "min_seen": seen.min, "max_seen": seen.max,
+                   "removed": seen.removed, "departed": departed})
         }
         other => err(format!("unknown command {other:?}")),
     }
@@ -395,6 +419,7 @@ fn watch(object: SharedObject) -> Handle {
     let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
     let mut events = object.updates();
     let s = seen.clone();
+    let s2 = seen.clone();
     let note = move |v: f64| {
         let mut s = s.lock().expect("lock");
         if !s.any || v < s.min {
@@ -410,10 +435,16 @@ fn watch(object: SharedObject) -> Handle {
     }
     tokio::spawn(async move {
         while let Ok(e) = events.recv().await {
-            if let Event::Update { value, .. } = e {
-                if let Some(v) = value.as_f64() {
-                    note(v);
+            match e {
+                Event::Update { value, .. } => {
+                    if let Some(v) = value.as_f64() {
+                        note(v);
+                    }
                 }
+                Event::Removed(reason) => {
+                    s2.lock().expect("lock").removed = Some(format!("{reason:?}"));
+                }
+                _ => {}
             }
         }
     });
