@@ -10,7 +10,8 @@
 //! | `{ml:P}:ev` | pub/sub channel | `C <addr:port>` (written), `R <addr:port>` (removed by its node) and `E <addr:port>` (expired) |
 //!
 //! Cost per node per update interval: `PEXPIRE` + `ZADD XX` (refresh) + `ZRANGEBYSCORE`
-//! (finds expired members) = 3 commands, so the mesh's total grows linearly with its size. A
+//! (finds expired members) = 3 commands in one pipelined round trip, so the mesh's total grows
+//! linearly with its size. A
 //! change costs `SET` + `ZADD` + `PUBLISH`; every other node then does one `GET`. A full
 //! reconciliation (`ZRANGEBYSCORE` + `MGET`) runs every 30 intervals per node.
 
@@ -349,18 +350,9 @@ impl RedisRegistry {
     }
 
     /// Removes index members whose records expired in Redis, and tells everyone.
-    async fn sweep_expired(&self) -> Result<(), RegistryError> {
-        let due: Vec<String> = self
-            .client
-            .zrangebyscore(
-                self.index(),
-                "-inf",
-                now_ms() as f64,
-                false,
-                Some((0, EXPIRED_BATCH)),
-            )
-            .await
-            .map_err(unavailable)?;
+    /// Announces the expiry of the index members in `due` (read as past their expiry) whose
+    /// records Redis no longer has, and drops them from the index.
+    async fn expire_members(&self, due: Vec<String>) -> Result<(), RegistryError> {
         for member in due {
             let Some(key) = parse_key(&member) else {
                 let _: i64 = self
@@ -488,19 +480,41 @@ impl Backend for RedisRegistry {
     }
 
     async fn refresh(&self, key: NodeKey, ttl: Duration) -> Result<(), RegistryError> {
+        // One round trip, not three (an idle node wakes for each answer): extend the record,
+        // its index entry (`XX`: only if listed), and read the index's expired members. Every
+        // live node refreshes once per interval, so expired members are found within an
+        // interval of their expiry.
         let ms = ttl.as_millis() as i64;
-        let extended: i64 = self
-            .client
-            .pexpire(self.node_key(key), ms, None)
-            .await
-            .map_err(unavailable)?;
+        let pipeline = self.client.pipeline();
+        let queued = async {
+            let _: () = pipeline.pexpire(self.node_key(key), ms, None).await?;
+            let _: () = pipeline
+                .zadd(
+                    self.index(),
+                    Some(SetOptions::XX),
+                    None,
+                    false,
+                    false,
+                    ((now_ms() + ms as u64) as f64, key.to_string()),
+                )
+                .await?;
+            pipeline
+                .zrangebyscore::<(), _, _, _>(
+                    self.index(),
+                    "-inf",
+                    now_ms() as f64,
+                    false,
+                    Some((0, EXPIRED_BATCH)),
+                )
+                .await
+        };
+        queued.await.map_err(unavailable)?;
+        let (extended, _, due): (i64, i64, Vec<String>) =
+            pipeline.all().await.map_err(unavailable)?;
         if extended == 0 {
             return Err(RegistryError::Missing);
         }
-        self.index_expiry(key, ms, Some(SetOptions::XX)).await?;
-        // Every live node refreshes once per interval, so expired members are found within an
-        // interval of their expiry.
-        self.sweep_expired().await
+        self.expire_members(due).await
     }
 
     async fn remove(&self, key: NodeKey) -> Result<(), RegistryError> {

@@ -187,11 +187,11 @@ impl EndpointConfig {
     /// probed four times before it could time out. Set explicitly, it must be at most a third
     /// of `peer_timeout` ([`validate`](Self::validate) refuses the pair otherwise).
     ///
-    /// Probes go out on a grid of a quarter of this interval, anchored on wall-clock time, so
-    /// that an endpoint probes all its quiet peers in a few wake-ups per interval (and peers
-    /// with agreeing clocks probe it together): a probe leaves up to a quarter interval
-    /// early. Of the two ends of a session, one waits a quarter interval longer, and hears
-    /// the other's probe first: one probe and one answer per quiet pair per interval.
+    /// Probes go out on a grid of half this interval, anchored on wall-clock time, so that an
+    /// endpoint probes all its quiet peers in a few wake-ups per interval (and peers with
+    /// agreeing clocks probe it together): a probe leaves up to half an interval early. Of
+    /// the two ends of a session, one waits half an interval longer, and hears the other's
+    /// probe first: one probe and one answer per quiet pair per interval.
     pub fn keepalive_interval(&mut self, value: Duration) -> &mut Self {
         self.keepalive_interval = Some(value);
         self
