@@ -665,50 +665,46 @@ fn on_datagram(w: &Arc<NodeWire>, node: &MeshNode, from: SocketAddr, bytes: &[u8
         },
         Datagram::Ack { acked, .. } => w.on_ack(acked),
         Datagram::Send { id, chunk } => {
-            // Acknowledged first and always (a lost acknowledgement brings the datagram
-            // again), delivered once.
-            let mut ack_id = [0u8; 16];
-            let whole = {
-                let mut st = w.state.lock();
-                st.rng.fill_bytes(&mut ack_id);
-                if !st
-                    .seen
-                    .insert(Instant::now(), from, id, &w.counters.forgotten)
-                {
-                    w.counters.duplicates.fetch_add(1, Relaxed);
-                    None
-                } else {
-                    match Chunk::decode(chunk) {
-                        Err(e) => {
-                            drop(st);
-                            malformed(w, from, "a chunk", e);
-                            None
-                        }
-                        Ok(c) => {
-                            let now = Instant::now();
-                            if now.duration_since(st.last_expiry) >= Duration::from_secs(1) {
-                                st.last_expiry = now;
-                                if let Some(before) = now.checked_sub(PARTIAL_FOR) {
-                                    st.parts.expire(before);
-                                }
-                            }
-                            match st.parts.push(from, c, now) {
-                                Ok(whole) => whole,
-                                Err(e) => {
-                                    drop(st);
-                                    malformed(w, from, "a chunk", e);
-                                    None
-                                }
-                            }
-                        }
-                    }
-                }
-            };
+            // Acknowledged always (a lost acknowledgement brings the datagram again),
+            // delivered once.
+            let (ack_id, taken) = w.take_chunk(from, id, chunk);
             w.transmit(from, &Datagram::Ack { ack_id, acked: id }.encode());
-            if let Some(whole) = whole {
-                on_packet(w, node, from, &whole);
+            match taken {
+                Ok(Some(whole)) => on_packet(w, node, from, &whole),
+                Ok(None) => {}
+                Err(e) => malformed(w, from, "a chunk", e),
             }
         }
+    }
+}
+
+impl NodeWire {
+    /// A fresh acknowledgement id for reliable datagram `id` from `from`, and its chunk: the
+    /// whole packet if it completed one, nothing if it did not or was seen before.
+    fn take_chunk(
+        &self,
+        from: SocketAddr,
+        id: Id,
+        chunk: &[u8],
+    ) -> (Id, Result<Option<Vec<u8>>, wire::CompatError>) {
+        let mut st = self.state.lock();
+        let ack_id = fresh(&mut st.rng);
+        let now = Instant::now();
+        if !st.seen.insert(now, from, id, &self.counters.forgotten) {
+            self.counters.duplicates.fetch_add(1, Relaxed);
+            return (ack_id, Ok(None));
+        }
+        let chunk = match Chunk::decode(chunk) {
+            Ok(c) => c,
+            Err(e) => return (ack_id, Err(e)),
+        };
+        if now.duration_since(st.last_expiry) >= Duration::from_secs(1) {
+            st.last_expiry = now;
+            if let Some(before) = now.checked_sub(PARTIAL_FOR) {
+                st.parts.expire(before);
+            }
+        }
+        (ack_id, st.parts.push(from, chunk, now))
     }
 }
 

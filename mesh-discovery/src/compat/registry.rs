@@ -157,8 +157,12 @@ impl Shared {
         let mut native = HashSet::new();
         let known_native = self.native.lock().clone();
         for (key, mut keys) in by_node {
-            // A node of ours in this mode: listed by its own record.
-            if known_native.contains(&key) || self.redis.get(key).await?.is_some() {
+            // A node of ours in this mode: listed by its own record. Asked once per node
+            // found (a `GET`), not every interval: a Node node known from the last scan stays
+            // one, a node of ours stays ours.
+            let known_node = self.peers.lock().contains_key(&key);
+            if known_native.contains(&key) || (!known_node && self.redis.get(key).await?.is_some())
+            {
                 native.insert(key);
                 continue;
             }
@@ -211,7 +215,6 @@ impl Shared {
             let _ = self.notices.send(Notice::Changed(k));
         }
         for k in gone {
-            self.peers.lock().remove(&k);
             let _ = self.notices.send(Notice::Expired(k));
         }
     }

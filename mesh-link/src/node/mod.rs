@@ -279,13 +279,12 @@ impl MeshNode {
                 }
             }
         };
-        if config.node_compat && !cfg!(feature = "node-compat") || {
-            #[cfg(feature = "node-compat")]
-            let not_redis = config.node_compat && !matches!(backend, AnyBackend::Compat(_));
-            #[cfg(not(feature = "node-compat"))]
-            let not_redis = false;
-            not_redis
-        } {
+        // (`validate` refused `node_compat` in a build without the feature.)
+        #[cfg(feature = "node-compat")]
+        let both_schemas = matches!(backend, AnyBackend::Compat(_));
+        #[cfg(not(feature = "node-compat"))]
+        let both_schemas = false;
+        if config.node_compat && !both_schemas {
             core.transport.close().await;
             return Err(Error::Config(
                 "node_compat needs Redis as the registry: the original's nodes are found there"

@@ -13,6 +13,7 @@ use mesh_wire::{Envelope, EnvelopeKind};
 use rand_core::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -325,11 +326,17 @@ impl MeshNode {
             });
         }
         let mut sent = 0;
+        // The message as JSON, made once, for the Node nodes among `nodes` (node-compat mode).
+        #[cfg(feature = "node-compat")]
+        let mut as_json = None;
         for n in nodes {
             let k = n.node_key();
             #[cfg(feature = "node-compat")]
             if let Some(w) = self.node_wire_to(k) {
-                let value = serde_json::to_value(msg).map_err(|e| Error::Encode(e.to_string()))?;
+                let value = match &as_json {
+                    Some(v) => Value::clone(v),
+                    None => as_json.insert(json_value(msg)?).clone(),
+                };
                 match w.usend(k, id, value) {
                     Ok(()) => sent += 1,
                     Err(e) => debug!(node = %k, error = %e, "usend refused"),
@@ -620,7 +627,7 @@ impl MeshNode {
         &self,
         id: u16,
         node_peers: Vec<NodeKey>,
-        data: impl FnOnce() -> Result<serde_json::Value, Error>,
+        data: impl FnOnce() -> Result<Value, Error>,
         ours: impl std::future::Future<Output = Result<SendReport, Error>>,
     ) -> Result<SendReport, Error> {
         if node_peers.is_empty() {
@@ -665,18 +672,18 @@ impl MeshNode {
 }
 
 /// A message as JSON, for a Node node.
-fn json_value<M: Serialize + ?Sized>(msg: &M) -> Result<serde_json::Value, Error> {
+fn json_value<M: Serialize + ?Sized>(msg: &M) -> Result<Value, Error> {
     serde_json::to_value(msg).map_err(|e| Error::Encode(e.to_string()))
 }
 
 /// Bytes as the original's buffer, for a Node node.
-fn buffer_value(data: &[u8]) -> serde_json::Value {
+fn buffer_value(data: &[u8]) -> Value {
     #[cfg(feature = "node-compat")]
     return mesh_wire::compat::buffer_value(data);
     #[cfg(not(feature = "node-compat"))]
     {
         let _ = data;
-        serde_json::Value::Null
+        Value::Null
     }
 }
 
