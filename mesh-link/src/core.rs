@@ -157,20 +157,32 @@ impl Core {
             // No waiter for the request's acknowledgement: the answer implies it, and the
             // transport gives up on a message only when its peer's session ends, which the
             // node's peer watcher turns into a failure of every request to that peer.
-            let queue = self.transport.queue(
-                node.socket_addr(),
-                envelope,
-                QueueOptions::new().track(false),
-            );
-            let queued = match now.checked_add(timeout) {
-                Some(deadline) => tokio::time::timeout_at(deadline, queue)
-                    .await
-                    .map_err(|_| RequestError::Timeout {
+            let options = QueueOptions::new().track(false);
+            let mut data = Some(envelope);
+            let queued = match self
+                .transport
+                .queue_now(node.socket_addr(), &mut data, options)
+            {
+                Some(queued) => queued,
+                // The peer's queue is full: wait for room within the timeout. Boxed, so that
+                // every request's future does not carry the wait's state.
+                None => {
+                    let Some(data) = data.take() else {
+                        unreachable!("queue_now keeps the data when it queues nothing")
+                    };
+                    let queue = self.transport.queue(node.socket_addr(), data, options);
+                    let within = async move {
+                        match now.checked_add(timeout) {
+                            Some(deadline) => tokio::time::timeout_at(deadline, queue).await.ok(),
+                            None => Some(queue.await),
+                        }
+                    };
+                    Box::pin(within).await.ok_or(RequestError::Timeout {
                         handler: id,
                         node,
                         after: timeout,
-                    })?,
-                None => queue.await,
+                    })?
+                }
             };
             match queued {
                 Ok(_) => {}

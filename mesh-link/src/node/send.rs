@@ -27,6 +27,15 @@ use crate::{
     SendReport,
 };
 
+/// Removes repeated nodes from `targets`, keeping the first of each in place.
+fn dedupe(targets: &mut Vec<NodeKey>) {
+    if targets.len() < 2 {
+        return;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(targets.len());
+    targets.retain(|k| seen.insert(*k));
+}
+
 /// Per-call settings of [`MeshNode::send_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -78,10 +87,10 @@ impl MeshNode {
         let data = typed::encode(M::CODEC, msg).map_err(Error::Encode)?;
         self.check_size(data.len())?;
         let fingerprint = const { typed::one_way_fingerprint::<M>() };
-        let (nodes, node_peers) = self.split_targets(nodes);
-        let ours = self.send_inner(M::ID, Some(fingerprint), nodes, data, options);
-        self.alongside_node_peers(M::ID, node_peers, || json_value(msg), ours)
-            .await
+        self.send_split(M::ID, Some(fingerprint), nodes, data, options, |_| {
+            json_value(msg)
+        })
+        .await
     }
 
     /// Asks `node` with the typed request `req` (at `R::ID`) and waits for its answer, up to
@@ -108,7 +117,7 @@ impl MeshNode {
         let node = node.node_key();
         #[cfg(feature = "node-compat")]
         if let Some(w) = self.node_wire_to(node) {
-            return self.request_node(&w, R::ID, node, req, timeout, true).await;
+            return Box::pin(self.request_node(&w, R::ID, node, req, timeout, true)).await;
         }
         let data = typed::encode(R::CODEC, req).map_err(RequestError::Encode)?;
         self.check_size(data.len())
@@ -160,9 +169,7 @@ impl MeshNode {
         options: SendOptions,
     ) -> Result<SendReport, Error> {
         let data = self.encode(msg)?;
-        let (nodes, node_peers) = self.split_targets(nodes);
-        let ours = self.send_bytes(id, nodes, data, options);
-        self.alongside_node_peers(id, node_peers, || json_value(msg), ours)
+        self.send_split(id, None, nodes, data, options, |_| json_value(msg))
             .await
     }
 
@@ -175,31 +182,109 @@ impl MeshNode {
         options: SendOptions,
     ) -> Result<SendReport, Error> {
         self.check_size(data.len())?;
-        let (nodes, node_peers) = self.split_targets(nodes);
         // Bytes go to a Node node as a buffer.
-        let value = || Ok(buffer_value(&data));
-        let ours = self.send_inner(id, None, nodes, data.clone(), options);
-        self.alongside_node_peers(id, node_peers, value, ours).await
+        let value = |data: &Bytes| Ok(buffer_value(data));
+        self.send_split(id, None, nodes, data, options, value).await
     }
 
-    async fn send_inner(
+    /// Sends to our nodes among `nodes` and, in node-compat mode, to the Node nodes among them
+    /// (`value` makes the message's JSON from its bytes, only if there are any).
+    ///
+    /// The common case awaits [`send_inner`](Self::send_inner) alone: the future of every
+    /// send stays small (it is what a caller with thousands of sends in flight holds per
+    /// message), and the rare one boxes its larger future.
+    async fn send_split(
         &self,
         id: u16,
         fingerprint: Option<u64>,
         nodes: impl IntoIterator<Item = impl ToNodeKey>,
         data: Bytes,
         options: SendOptions,
+        value: impl FnOnce(&Bytes) -> Result<Value, Error>,
+    ) -> Result<SendReport, Error> {
+        let (nodes, node_peers) = self.split_targets(nodes);
+        if node_peers.is_empty() {
+            if let [k] = nodes[..] {
+                if let Some(envelope) = self.direct(k, id, fingerprint, &data) {
+                    // The common case: one node, directly; its future holds one send's state.
+                    let mut report = SendReport::default();
+                    match self.send_one(k, envelope, options).await {
+                        Ok(()) => report.delivered.push(k),
+                        Err(e) => report.failed.push((k, e.into())),
+                    }
+                    return Ok(report);
+                }
+            }
+            return Box::pin(self.send_inner(id, fingerprint, nodes, data, options)).await;
+        }
+        let json = value(&data);
+        let ours = self.send_inner(id, fingerprint, nodes, data, options);
+        Box::pin(self.alongside_node_peers(id, node_peers, json, ours)).await
+    }
+
+    /// The envelope of a one-way message to `k` alone, unless it is this node or this node is
+    /// stopping. (One node never takes a relay tree: it has a branch for every node.)
+    fn direct(
+        &self,
+        k: NodeKey,
+        id: u16,
+        fingerprint: Option<u64>,
+        data: &Bytes,
+    ) -> Option<Payload> {
+        if self.stopping() || k == self.inner.local() {
+            return None;
+        }
+        let head = envelope::Head::new(EnvelopeKind::OneWay, id, 0).typed(fingerprint);
+        Some(envelope::payload(head, data))
+    }
+
+    /// Queues `envelope` to `k` and waits for its acknowledgement.
+    async fn send_one(
+        &self,
+        k: NodeKey,
+        envelope: Payload,
+        options: SendOptions,
+    ) -> Result<(), SendError> {
+        let delivery = if options.ordered {
+            Delivery::Ordered { channel: 0 }
+        } else {
+            Delivery::Unordered
+        };
+        let transport = &self.inner.core.transport;
+        let options = QueueOptions::from(delivery);
+        let mut data = Some(envelope);
+        let queued = match transport.queue_now(k.socket_addr(), &mut data, options) {
+            Some(queued) => queued,
+            // The peer's queue is full: wait for room. Boxed, so that the future of every
+            // send does not carry the wait's state.
+            None => {
+                let Some(data) = data.take() else {
+                    unreachable!("queue_now keeps the data when it queues nothing")
+                };
+                Box::pin(transport.queue(k.socket_addr(), data, options)).await
+            }
+        };
+        match queued {
+            // Outside tokio's cooperative budget: see `unbudgeted`.
+            Ok(Some(rx)) => unbudgeted(rx).await.unwrap_or(Err(SendError::Closed)),
+            Ok(None) => unreachable!("a tracked message has an outcome"),
+            Err(TransportError::Send(e)) => Err(e),
+            Err(e) => Err(SendError::Closed).inspect_err(|_| debug!(error = %e, "send")),
+        }
+    }
+
+    async fn send_inner(
+        &self,
+        id: u16,
+        fingerprint: Option<u64>,
+        mut targets: Vec<NodeKey>,
+        data: Bytes,
+        options: SendOptions,
     ) -> Result<SendReport, Error> {
         if self.stopping() {
             return Err(Error::Stopped);
         }
-        let mut targets: Vec<NodeKey> = Vec::new();
-        for n in nodes {
-            let k = n.node_key();
-            if !targets.contains(&k) {
-                targets.push(k);
-            }
-        }
+        dedupe(&mut targets);
         let mut report = SendReport::default();
         let local = self.inner.local();
         if targets.contains(&local) {
@@ -211,40 +296,23 @@ impl MeshNode {
         }
         let limit = options.relay_limit.unwrap_or(self.inner.config.relay_limit);
         if limit == 0 || targets.len() <= limit {
-            let delivery = if options.ordered {
-                Delivery::Ordered { channel: 0 }
-            } else {
-                Delivery::Unordered
-            };
             let head = envelope::Head::new(EnvelopeKind::OneWay, id, 0).typed(fingerprint);
             let envelope = envelope::payload(head, &data);
             let send = |k: NodeKey, envelope: Payload| async move {
-                let queued = self
-                    .inner
-                    .core
-                    .transport
-                    .queue(k.socket_addr(), envelope, QueueOptions::from(delivery))
-                    .await;
-                let r = match queued {
-                    // Outside tokio's cooperative budget: see `unbudgeted`.
-                    Ok(Some(rx)) => unbudgeted(rx).await.unwrap_or(Err(SendError::Closed)),
-                    Ok(None) => unreachable!("a tracked message has an outcome"),
-                    Err(TransportError::Send(e)) => Err(e),
-                    Err(e) => Err(SendError::Closed).inspect_err(|_| debug!(error = %e, "send")),
-                };
-                (k, r)
+                (k, self.send_one(k, envelope, options).await)
             };
-            let outcomes = match targets[..] {
-                [] => Vec::new(),
+            let mut record = |(k, r): (NodeKey, Result<(), SendError>)| match r {
+                Ok(()) => report.delivered.push(k),
+                Err(e) => report.failed.push((k, e.into())),
+            };
+            match targets[..] {
+                [] => {}
                 // The common case, without the machinery of waiting on many.
-                [k] => vec![send(k, envelope).await],
-                _ => join_all(targets.iter().map(|&k| send(k, envelope.clone()))).await,
-            };
-            for (k, r) in outcomes {
-                match r {
-                    Ok(()) => report.delivered.push(k),
-                    Err(e) => report.failed.push((k, e.into())),
-                }
+                [k] => record(send(k, envelope).await),
+                _ => join_all(targets.iter().map(|&k| send(k, envelope.clone())))
+                    .await
+                    .into_iter()
+                    .for_each(record),
             }
         } else {
             let fanout = self.inner.rng.lock().next_u64();
@@ -254,9 +322,9 @@ impl MeshNode {
                 fingerprint,
                 data,
             };
-            let sub = self
-                .fan_out(message, targets, limit, local, fanout, deadline)
-                .await;
+            // Boxed: a relay tree's future is large, and a direct send should not carry it.
+            let sub =
+                Box::pin(self.fan_out(message, targets, limit, local, fanout, deadline)).await;
             report.delivered.extend(sub.delivered);
             report.failed.extend(sub.failed);
         }
@@ -407,9 +475,7 @@ impl MeshNode {
     {
         #[cfg(feature = "node-compat")]
         if let Some(w) = self.node_wire_to(node) {
-            return self
-                .request_node(&w, id, node, msg, timeout, reliable)
-                .await;
+            return Box::pin(self.request_node(&w, id, node, msg, timeout, reliable)).await;
         }
         let data = self.encode_request(msg)?;
         let answer = self
@@ -440,7 +506,10 @@ impl MeshNode {
             async move {
                 #[cfg(feature = "node-compat")]
                 if let Some(w) = self.node_wire_to(k) {
-                    return (k, self.request_node(&w, id, k, msg, timeout, true).await);
+                    return (
+                        k,
+                        Box::pin(self.request_node(&w, id, k, msg, timeout, true)).await,
+                    );
                 }
                 let r = self.request_bytes(id, k, data, timeout, true).await;
                 (k, r.and_then(|b| decode_answer(k, &b)))
@@ -471,7 +540,10 @@ impl MeshNode {
                 async move {
                     #[cfg(feature = "node-compat")]
                     if let Some(w) = self.node_wire_to(k) {
-                        return (k, self.request_node(&w, id, k, msg, timeout, true).await);
+                        return (
+                            k,
+                            Box::pin(self.request_node(&w, id, k, msg, timeout, true)).await,
+                        );
                     }
                     let r = self.request_bytes(id, k, data, timeout, true).await;
                     (k, r.and_then(|b| decode_answer::<R>(k, &b)))
@@ -517,7 +589,7 @@ impl MeshNode {
         #[cfg(feature = "node-compat")]
         if let Some(w) = self.node_wire_to(node) {
             // A Node node answers the original's raw ping.
-            return match w.raw_ping(node, timeout).await {
+            return match Box::pin(w.raw_ping(node, timeout)).await {
                 true => Ok(start.elapsed()),
                 false => Err(RequestError::Timeout {
                     handler: system::PING,
@@ -557,7 +629,7 @@ impl MeshNode {
             // Bytes go to a Node node as a buffer; its answer comes back as its bytes, or
             // as JSON text.
             let data = mesh_wire::compat::buffer_value(&data);
-            return match w.request(node, id, data, timeout, reliable).await? {
+            return match Box::pin(w.request(node, id, data, timeout, reliable)).await? {
                 mesh_wire::compat::Unpacked::Empty => Ok(Bytes::new()),
                 mesh_wire::compat::Unpacked::Bytes(b) => Ok(Bytes::from(b)),
                 mesh_wire::compat::Unpacked::Json(v) => {
@@ -586,27 +658,42 @@ impl MeshNode {
             return Err(RequestError::Stopped);
         }
         if node == self.inner.local() && !mesh_wire::is_system_handler(id) {
-            let h = match self.handler(id, fingerprint) {
-                Ok(Some(h)) => h,
-                Ok(None) => return Err(RequestError::NoHandler { handler: id, node }),
-                Err(f) => return Err(RequestError::from_remote(node, id, f.code, &f.message)),
-            };
-            let ctx = self.context(node, reliable, id);
-            let run = handler::run(h, data, ctx);
-            return match tokio::time::timeout(timeout, run).await {
-                Ok(Ok(answer)) => Ok(answer.unwrap_or_default()),
-                Ok(Err(f)) => Err(RequestError::from_remote(node, id, f.code, &f.message)),
-                Err(_) => Err(RequestError::Timeout {
-                    handler: id,
-                    node,
-                    after: timeout,
-                }),
-            };
+            // Boxed: a handler's run is large, and a request over the network should not
+            // carry it.
+            return Box::pin(self.request_local(id, fingerprint, data, timeout, reliable)).await;
         }
         self.inner
             .core
             .request(id, fingerprint, node, data, timeout, reliable)
             .await
+    }
+
+    /// A request to this node's own handler, without the network.
+    async fn request_local(
+        &self,
+        id: u16,
+        fingerprint: Option<u64>,
+        data: Bytes,
+        timeout: Duration,
+        reliable: bool,
+    ) -> Result<Bytes, RequestError> {
+        let node = self.inner.local();
+        let h = match self.handler(id, fingerprint) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Err(RequestError::NoHandler { handler: id, node }),
+            Err(f) => return Err(RequestError::from_remote(node, id, f.code, &f.message)),
+        };
+        let ctx = self.context(node, reliable, id);
+        let run = handler::run(h, data, ctx);
+        match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(answer)) => Ok(answer.unwrap_or_default()),
+            Ok(Err(f)) => Err(RequestError::from_remote(node, id, f.code, &f.message)),
+            Err(_) => Err(RequestError::Timeout {
+                handler: id,
+                node,
+                after: timeout,
+            }),
+        }
     }
 
     /// The targets that take our wire, and (node-compat mode) the Node nodes among them.
@@ -621,21 +708,18 @@ impl MeshNode {
         (nodes, Vec::new())
     }
 
-    /// Runs `ours` (the send to our nodes) and, at the same time, sends `data` (JSON) to the
-    /// Node nodes (node-compat mode); one report of both.
+    /// Runs `ours` (the send to our nodes) and, at the same time, sends `json` to the Node
+    /// nodes (node-compat mode); one report of both. Nothing is sent if `json` is an error.
     async fn alongside_node_peers(
         &self,
         id: u16,
         node_peers: Vec<NodeKey>,
-        data: impl FnOnce() -> Result<Value, Error>,
+        json: Result<Value, Error>,
         ours: impl std::future::Future<Output = Result<SendReport, Error>>,
     ) -> Result<SendReport, Error> {
-        if node_peers.is_empty() {
-            return ours.await;
-        }
+        let value = json?;
         #[cfg(feature = "node-compat")]
         {
-            let value = data()?;
             let mut theirs = SendReport::default();
             let theirs_sent = self.send_node_peers(id, node_peers, value, &mut theirs);
             let (ours, ()) = futures_util::future::join(ours, theirs_sent).await;
@@ -646,7 +730,8 @@ impl MeshNode {
         }
         #[cfg(not(feature = "node-compat"))]
         {
-            let _ = (id, data);
+            // Without node-compat there are no Node nodes to send to.
+            let _ = (id, node_peers, value);
             ours.await
         }
     }

@@ -601,3 +601,41 @@ async fn a_short_timeout_fires_while_a_longer_request_waits() {
     let _ = a.stop().await;
     let _ = b.stop().await;
 }
+
+/// What a caller holds per message in flight: a send's or a request's future stays under a
+/// kilobyte (a user may hold thousands; above 1 KB glibc's allocator also takes a slower path
+/// for each). The rare paths (a relay tree, Node nodes, a full queue, this node's own
+/// handler) box their state instead of making every future larger.
+#[tokio::test]
+async fn futures_of_sends_and_requests_stay_small() {
+    fn size<F: std::future::Future>(_: &F) -> usize {
+        size_of::<F>()
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Note(u32);
+    mesh_link::request!(Note = 30 => u32);
+    let (_r, a, _am, b, _bm) = pair().await;
+    let to = b.local_key();
+    let sizes = [
+        ("tell", size(&a.tell([to], &Note(7)))),
+        ("ask", size(&a.ask(to, &Note(7)))),
+        (
+            "send_bytes",
+            size(&a.send_bytes(1, [to], Bytes::new(), SendOptions::default())),
+        ),
+        ("send", size(&a.send(1, [to], &7u32))),
+        (
+            "send_each to a Vec",
+            size(&a.send_each(1, vec![to], &7u32, SendOptions::default())),
+        ),
+        (
+            "request_bytes",
+            size(&a.request_bytes(1, to, Bytes::new(), Duration::from_secs(1), true)),
+        ),
+        ("request", size(&a.request::<_, u32>(1, to, &7u32))),
+        ("ping", size(&a.ping(to, Duration::from_secs(1)))),
+    ];
+    for (what, bytes) in sizes {
+        assert!(bytes <= 1024, "{what}'s future is {bytes} bytes");
+    }
+}

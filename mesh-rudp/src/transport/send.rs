@@ -73,6 +73,19 @@ impl Transport {
         if let Some(r) = self.try_queue_inner(peer, &mut data, options) {
             return r;
         }
+        // The peer's queue is full. Boxed: the wait is rare, and its state inline would make
+        // every send's future larger (a caller may hold thousands of them).
+        Box::pin(self.wait_for_room(peer, data, options)).await
+    }
+
+    /// [`queue`](Self::queue) once the peer's queue was found full: waits for the driver's
+    /// progress until `data` fits.
+    async fn wait_for_room(
+        &self,
+        peer: SocketAddr,
+        mut data: Option<Payload>,
+        options: QueueOptions,
+    ) -> Result<Option<Outcome>, TransportError> {
         let _waiting = ProgressWait::new(&self.shared);
         loop {
             let progressed = self.shared.progress.notified();
@@ -100,6 +113,38 @@ impl Transport {
             Some(r) => r,
             None => Err(SendError::QueueFull.into()),
         }
+    }
+
+    /// One attempt of [`queue`](Self::queue) that never waits: `None` while the peer's queue
+    /// is full, `data` left in place for the caller to wait with `queue`; otherwise `queue`'s
+    /// result, `data` taken. For a caller that keeps the future of every send small: the
+    /// wait's state is needed only when the queue is full.
+    ///
+    /// ```
+    /// # use mesh_rudp::{Payload, QueueOptions, Transport, TransportConfig};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let a = Transport::bind("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+    /// # let b = Transport::bind("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+    /// let to = b.local_addr();
+    /// let mut data = Some(Payload::from(&b"hello"[..]));
+    /// let outcome = match a.queue_now(to, &mut data, QueueOptions::new()) {
+    ///     Some(queued) => queued?,
+    ///     // Full: wait for room, in a box of its own.
+    ///     None => Box::pin(a.queue(to, data.take().expect("kept"), QueueOptions::new())).await?,
+    /// };
+    /// outcome.expect("tracked").await??;
+    /// assert_eq!(&b.recv().await.unwrap().data[..], b"hello");
+    /// # a.close().await; b.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn queue_now(
+        &self,
+        peer: SocketAddr,
+        data: &mut Option<Payload>,
+        options: QueueOptions,
+    ) -> Option<Result<Option<Outcome>, TransportError>> {
+        self.try_queue_inner(peer, data, options)
     }
 
     /// One attempt of [`queue`](Self::queue): `None` while the peer's queue is full. Takes
