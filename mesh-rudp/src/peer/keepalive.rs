@@ -45,10 +45,12 @@ impl KeepaliveGrid {
         let Some(since) = latest.checked_duration_since(self.origin) else {
             return latest;
         };
-        let step = self.step.as_nanos();
-        let back = since.as_nanos() % step;
+        // In u64 nanoseconds (584 years of uptime): a u128 remainder costs a library call, and
+        // this runs for every datagram.
+        let step = u64::try_from(self.step.as_nanos()).unwrap_or(u64::MAX);
+        let since = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
         // Floor to the grid, but never before `heard` (a keep-alive shorter than a step).
-        (latest - Duration::from_nanos(back as u64)).max(heard)
+        (latest - Duration::from_nanos(since % step)).max(heard)
     }
 }
 

@@ -19,6 +19,7 @@ mod recovery;
 mod replay;
 mod send;
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -139,6 +140,10 @@ pub(crate) struct Peer<C: Controller = NewReno> {
     /// When an acknowledgement last covered something new (or the queue went from empty).
     last_progress: Instant,
     last_ping: Option<Instant>,
+    /// The last keep-alive instant computed, and what it was computed from (when last heard
+    /// or pinged, and whether this end waits a step longer): the deadline is read several
+    /// times per datagram, and what it depends on changes at most once per datagram.
+    keepalive_memo: Cell<Option<(Instant, bool, Instant)>>,
     ping_token: u64,
     pub(crate) ping_now: bool,
     pongs: VecDeque<u64>,
@@ -181,6 +186,7 @@ impl Peer<NewReno> {
             last_recv: now,
             last_progress: now,
             last_ping: None,
+            keepalive_memo: Cell::new(None),
             ping_token: local_id,
             ping_now: false,
             pongs: VecDeque::new(),
@@ -587,8 +593,15 @@ impl<C: Controller> Peer<C> {
     fn keepalive_due(&self, config: &EndpointConfig, grid: &KeepaliveGrid) -> Instant {
         let heard = self.last_recv.max(self.last_ping.unwrap_or(self.last_recv));
         let passive = self.remote_id != 0 && self.local_id > self.remote_id;
+        if let Some((h, p, due)) = self.keepalive_memo.get() {
+            if h == heard && p == passive {
+                return due;
+            }
+        }
         let wait = config.keepalive() + if passive { grid.step() } else { Duration::ZERO };
-        grid.due(heard, wait)
+        let due = grid.due(heard, wait);
+        self.keepalive_memo.set(Some((heard, passive, due)));
+        due
     }
 
     pub(crate) fn snapshot_stats(&self, config: &EndpointConfig) -> PeerStats {
