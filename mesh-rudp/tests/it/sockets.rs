@@ -499,3 +499,52 @@ async fn a_small_socket_buffer_caps_what_is_in_flight() {
         "congestion window {largest_cwnd} above the receive window {window}"
     );
 }
+
+/// One message to each of many peers at once, in one send batch of the driver: every one
+/// arrives with its own content, and when some destinations in the batch are ports nobody
+/// listens on, the live ones still get theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_to_each_of_many_peers_at_once() {
+    let a = transport().await;
+    let mut peers = Vec::new();
+    for _ in 0..24 {
+        peers.push(transport().await);
+    }
+    // Ports nobody listens on any more, between the live ones.
+    let mut closed = Vec::new();
+    for _ in 0..4 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        closed.push(s.local_addr().unwrap());
+    }
+    for round in 0..4u64 {
+        let mut outcomes = Vec::new();
+        for (i, p) in peers.iter().enumerate() {
+            if round >= 2 && i % 6 == 0 {
+                let dead = closed[i / 6];
+                let _ = a.try_queue(dead, payload(round, 40), Default::default());
+            }
+            let tag = round * 100 + i as u64;
+            let rx = a
+                .try_queue(p.local_addr(), payload(tag, 40), Default::default())
+                .expect("room in an empty queue")
+                .expect("tracked");
+            outcomes.push(rx);
+        }
+        for (i, (p, rx)) in peers.iter().zip(outcomes).enumerate() {
+            let got = tokio::time::timeout(Duration::from_secs(20), p.recv())
+                .await
+                .expect("arrived within 20 s")
+                .expect("open");
+            assert_eq!(tag_of(&got.data), round * 100 + i as u64, "round {round}");
+            tokio::time::timeout(Duration::from_secs(20), rx)
+                .await
+                .expect("acknowledged within 20 s")
+                .expect("an outcome")
+                .expect("delivered");
+        }
+    }
+    a.close().await;
+    for p in peers {
+        p.close().await;
+    }
+}
