@@ -202,11 +202,14 @@ impl MeshNode {
         options: SendOptions,
         value: impl FnOnce(&Bytes) -> Result<Value, Error>,
     ) -> Result<SendReport, Error> {
-        let (nodes, node_peers) = self.split_targets(nodes);
-        if node_peers.is_empty() {
-            if let [k] = nodes[..] {
+        let mut nodes = nodes.into_iter().map(|n| n.node_key());
+        let first = nodes.next();
+        let second = nodes.next();
+        if let (Some(k), None) = (first, second) {
+            if !self.takes_node_wire(k) {
                 if let Some(envelope) = self.direct(k, id, fingerprint, &data) {
-                    // The common case: one node, directly; its future holds one send's state.
+                    // The common case: one node, directly; its future holds one send's
+                    // state, and nothing is collected.
                     let mut report = SendReport::default();
                     match self.send_one(k, envelope, options).await {
                         Ok(()) => report.delivered.push(k),
@@ -215,6 +218,9 @@ impl MeshNode {
                     return Ok(report);
                 }
             }
+        }
+        let (nodes, node_peers) = self.split_targets(first.into_iter().chain(second).chain(nodes));
+        if node_peers.is_empty() {
             return Box::pin(self.send_inner(id, fingerprint, nodes, data, options)).await;
         }
         let json = value(&data);
@@ -693,6 +699,17 @@ impl MeshNode {
                 node,
                 after: timeout,
             }),
+        }
+    }
+
+    /// Whether `k` is a Node node (node-compat mode), reached over the original's wire.
+    fn takes_node_wire(&self, k: NodeKey) -> bool {
+        #[cfg(feature = "node-compat")]
+        return self.inner.node_wire.get().is_some() && self.is_node_peer(k);
+        #[cfg(not(feature = "node-compat"))]
+        {
+            let _ = k;
+            false
         }
     }
 
