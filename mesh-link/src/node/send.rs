@@ -190,9 +190,9 @@ impl MeshNode {
     /// Sends to our nodes among `nodes` and, in node-compat mode, to the Node nodes among them
     /// (`value` makes the message's JSON from its bytes, only if there are any).
     ///
-    /// The common case awaits [`send_inner`](Self::send_inner) alone: the future of every
-    /// send stays small (it is what a caller with thousands of sends in flight holds per
-    /// message), and the rare one boxes its larger future.
+    /// The common case, one node reached directly, awaits [`send_one`](Self::send_one) alone:
+    /// the future of every send stays small (a caller with thousands of sends in flight holds
+    /// one per message). Many nodes, this node itself and Node nodes take boxed paths.
     async fn send_split(
         &self,
         id: u16,

@@ -118,7 +118,8 @@ impl Transport {
     /// One attempt of [`queue`](Self::queue) that never waits: `None` while the peer's queue
     /// is full, `data` left in place for the caller to wait with `queue`; otherwise `queue`'s
     /// result, `data` taken. For a caller that keeps the future of every send small: the
-    /// wait's state is needed only when the queue is full.
+    /// wait's state is needed only when the queue is full. `data` holds the payload on entry
+    /// (an empty `data` queues nothing and reads as a full queue).
     ///
     /// ```
     /// # use mesh_rudp::{Payload, QueueOptions, Transport, TransportConfig};
