@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mesh_discovery::NodeKey;
-use mesh_rudp::{Delivery, QueueOptions, Received, SendError, Transport, TransportError};
+use mesh_rudp::{
+    Delivery, Outcome, Payload, QueueOptions, Received, SendError, Transport, TransportError,
+};
 use mesh_wire::{Envelope, EnvelopeKind, ErrorBody};
 use tokio::time::Instant;
 use tracing::debug;
@@ -23,6 +25,13 @@ pub(crate) const RUNNING: u8 = 0;
 pub(crate) const STOPPING: u8 = 1;
 /// The node has left.
 pub(crate) const STOPPED: u8 = 2;
+
+/// What queueing a message gives: its outcome to wait for (if tracked), or why it failed.
+pub(crate) type Queued = Result<Option<Outcome>, TransportError>;
+
+/// The wait for room in a full queue ([`Core::queue`]): `None` if its deadline passed first.
+pub(crate) type WaitForRoom<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Queued>> + Send + 'a>>;
 
 /// What the node and its services share below them.
 pub(crate) struct Core {
@@ -158,31 +167,17 @@ impl Core {
             // transport gives up on a message only when its peer's session ends, which the
             // node's peer watcher turns into a failure of every request to that peer.
             let options = QueueOptions::new().track(false);
-            let mut data = Some(envelope);
-            let queued = match self
-                .transport
-                .queue_now(node.socket_addr(), &mut data, options)
-            {
-                Some(queued) => queued,
-                // The peer's queue is full: wait for room within the timeout. Boxed, so that
-                // every request's future does not carry the wait's state.
-                None => {
-                    let Some(data) = data.take() else {
-                        unreachable!("queue_now keeps the data when it queues nothing")
-                    };
-                    let queue = self.transport.queue(node.socket_addr(), data, options);
-                    let within = async move {
-                        match now.checked_add(timeout) {
-                            Some(deadline) => tokio::time::timeout_at(deadline, queue).await.ok(),
-                            None => Some(queue.await),
-                        }
-                    };
-                    Box::pin(within).await.ok_or(RequestError::Timeout {
-                        handler: id,
-                        node,
-                        after: timeout,
-                    })?
-                }
+            let deadline = now.checked_add(timeout);
+            let queued = match self.queue(node.socket_addr(), envelope, options, deadline) {
+                Ok(queued) => Some(queued),
+                Err(wait) => wait.await,
+            };
+            let Some(queued) = queued else {
+                return Err(RequestError::Timeout {
+                    handler: id,
+                    node,
+                    after: timeout,
+                });
             };
             match queued {
                 Ok(_) => {}
@@ -208,6 +203,33 @@ impl Core {
         // Whoever completed or dropped the answer's sender removed the entry.
         cleanup.2 = false;
         answer.unwrap_or(Err(RequestError::Stopped))
+    }
+
+    /// Queues `data` to `peer` now (`Ok`), or, when its queue is full, hands back the wait
+    /// for room (until `deadline`, if any: it yields `None` when that passed first). The wait
+    /// comes boxed and this is no `async fn`, so that the future of every send and request,
+    /// which a caller may hold thousands of, carries neither.
+    pub(crate) fn queue(
+        &self,
+        peer: SocketAddr,
+        data: Payload,
+        options: QueueOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Queued, WaitForRoom<'_>> {
+        let mut data = Some(data);
+        if let Some(queued) = self.transport.queue_now(peer, &mut data, options) {
+            return Ok(queued);
+        }
+        let Some(data) = data.take() else {
+            unreachable!("queue_now keeps the data when it queues nothing")
+        };
+        let queue = self.transport.queue(peer, data, options);
+        Err(Box::pin(async move {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, queue).await.ok(),
+                None => Some(queue.await),
+            }
+        }))
     }
 
     /// Queues a one-way message for a system handler on another node without waiting, so that

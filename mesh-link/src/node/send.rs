@@ -256,19 +256,17 @@ impl MeshNode {
         } else {
             Delivery::Unordered
         };
-        let transport = &self.inner.core.transport;
         let options = QueueOptions::from(delivery);
-        let mut data = Some(envelope);
-        let queued = match transport.queue_now(k.socket_addr(), &mut data, options) {
-            Some(queued) => queued,
-            // The peer's queue is full: wait for room. Boxed, so that the future of every
-            // send does not carry the wait's state.
-            None => {
-                let Some(data) = data.take() else {
-                    unreachable!("queue_now keeps the data when it queues nothing")
-                };
-                Box::pin(transport.queue(k.socket_addr(), data, options)).await
-            }
+        let queued = match self
+            .inner
+            .core
+            .queue(k.socket_addr(), envelope, options, None)
+        {
+            Ok(queued) => queued,
+            Err(wait) => match wait.await {
+                Some(queued) => queued,
+                None => unreachable!("no deadline to pass"),
+            },
         };
         match queued {
             // Outside tokio's cooperative budget: see `unbudgeted`.
