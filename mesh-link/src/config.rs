@@ -84,12 +84,18 @@ pub struct Config {
     /// queued together are packed anyway.
     #[serde(with = "humantime_serde")]
     pub send_interval: Option<Duration>,
-    /// Largest datagram, header included (the original's split size). Default 1200.
+    /// The base datagram size, header included (the original's split size): assumed to pass
+    /// every path; sessions start at it and fall back to it. Default 1200.
     pub mtu: usize,
-    /// Largest datagram to a node on a loopback address (another process on this host), in
-    /// place of `mtu`; `None` treats those nodes like any other. Default 32 000 on Linux,
-    /// whose loopback carries 64 KiB datagrams (bulk transfers between co-located nodes run
-    /// about 3× faster than at 1200), `None` elsewhere.
+    /// The largest datagram probed for (path-MTU discovery): each session finds the largest
+    /// size between `mtu` and this that reaches the other node, and sends bulk data in
+    /// datagrams of that size (see `mesh_rudp::EndpointConfig::max_mtu`). Default 8972 (a
+    /// jumbo frame); equal to `mtu` turns probing off.
+    pub max_mtu: usize,
+    /// `max_mtu` for a node on a loopback address (another process on this host); `None`
+    /// treats those nodes like any other. Default 32 000 on Linux, whose loopback carries
+    /// 64 KiB datagrams (bulk transfers between co-located nodes run about 3× faster than at
+    /// 1200), `None` elsewhere.
     pub loopback_mtu: Option<usize>,
     /// Whether datagrams to nodes on a loopback address carry a CRC-32. Default true: leaving
     /// it out bought nothing measurable (see `mesh_rudp::EndpointConfig::loopback_checksum`).
@@ -208,6 +214,7 @@ impl Default for Config {
             relay_timeout: Duration::from_secs(10),
             send_interval: None,
             mtu: 1200,
+            max_mtu: mesh_rudp::DEFAULT_MAX_MTU,
             loopback_mtu: mesh_rudp::DEFAULT_LOOPBACK_MTU,
             loopback_checksum: true,
             max_message_size: 16 << 20,

@@ -9,6 +9,7 @@ use crate::ConfigError;
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub(crate) mtu: usize,
+    pub(crate) max_mtu: usize,
     pub(crate) loopback_mtu: Option<usize>,
     pub(crate) loopback_checksum: bool,
     pub(crate) max_message_size: usize,
@@ -36,6 +37,11 @@ pub struct EndpointConfig {
     pub(crate) max_clock_skew: Duration,
 }
 
+/// The default [`EndpointConfig::max_mtu`]: a 9000-byte jumbo frame less the IPv4 and UDP
+/// headers (28 bytes). Paths with a smaller MTU are found by probing; a local interface's is
+/// known at once (the socket refuses larger datagrams).
+pub const DEFAULT_MAX_MTU: usize = 8972;
+
 /// The default [`EndpointConfig::loopback_mtu`]. Linux's loopback interface carries datagrams
 /// up to 64 KiB; elsewhere (macOS caps UDP datagrams at 9 KiB by default) loopback peers get the
 /// ordinary MTU.
@@ -49,6 +55,7 @@ impl Default for EndpointConfig {
     fn default() -> Self {
         Self {
             mtu: 1200,
+            max_mtu: DEFAULT_MAX_MTU,
             loopback_mtu: DEFAULT_LOOPBACK_MTU,
             loopback_checksum: true,
             max_message_size: 16 << 20,
@@ -90,16 +97,31 @@ macro_rules! setter {
 
 impl EndpointConfig {
     setter!(
-        /// Largest UDP payload this endpoint sends, header included. Default 1200 bytes: safe
-        /// on common networks (IPv6 minimum MTU less headers). Range 256..=65507.
+        /// The base datagram size: the largest UDP payload (header included) assumed to pass
+        /// every path. Every session starts at it, probes upward from it (see
+        /// [`max_mtu`](Self::max_mtu)), and falls back to it when larger datagrams stop
+        /// passing; unreliable messages must fit it. Default 1200 bytes: safe on common
+        /// networks (IPv6's minimum MTU less headers). Range 256..=65507.
         mtu: usize
     );
     setter!(
-        /// Largest UDP payload to a peer on a loopback address (another process on this host),
-        /// in place of `mtu`; `None` treats loopback peers like any other. Loopback never
-        /// fragments below 64 KiB on Linux, and fewer, larger datagrams move bulk data between
-        /// co-located processes at several times the speed. Default `Some(32_000)` on Linux
-        /// (measured best between 24 and 48 KB), `None` elsewhere. Range 256..=65507.
+        /// The largest datagram probed for (path-MTU discovery, RFC 8899's DPLPMTUD): each
+        /// session sends pings padded to candidate sizes between [`mtu`](Self::mtu) and this,
+        /// and uses the largest answered, so bulk data goes in fewer, larger datagrams where
+        /// the network allows. Probes are sent alone, answered by a small pong, not counted
+        /// as congestion when lost, and given up after three tries per size; a search ends
+        /// within 16 bytes of the path's MTU and is repeated every 10 minutes while below
+        /// this. Default [`DEFAULT_MAX_MTU`] (8972: a jumbo frame). Equal to `mtu`: no
+        /// probing. Range `mtu..=65507`.
+        max_mtu: usize
+    );
+    setter!(
+        /// [`max_mtu`](Self::max_mtu) for a peer on a loopback address (another process on
+        /// this host); `None` treats loopback peers like any other. Loopback never fragments
+        /// below 64 KiB on Linux, and fewer, larger datagrams move bulk data between
+        /// co-located processes at several times the speed. Probed like any path (the first
+        /// probe, of this size, passes). Default `Some(32_000)` on Linux (measured best between
+        /// 24 and 48 KB), `None` elsewhere. Range `mtu..=65507`.
         loopback_mtu: Option<usize>
     );
     setter!(
@@ -261,12 +283,20 @@ impl EndpointConfig {
         self.max_rto.min(self.peer_timeout / 4).max(self.min_rto)
     }
 
-    /// The largest datagram to send to `peer`: `loopback_mtu` for a loopback address.
-    pub(crate) fn mtu_for(&self, peer: std::net::SocketAddr) -> usize {
+    /// The largest datagram probed for toward `peer`: `loopback_mtu` for a loopback address,
+    /// else `max_mtu`.
+    pub(crate) fn ceiling_for(&self, peer: std::net::SocketAddr) -> usize {
         match self.loopback_mtu {
             Some(m) if is_loopback(peer) => m,
-            _ => self.mtu,
+            _ => self.max_mtu,
         }
+    }
+
+    /// The largest datagram this endpoint may send to any peer.
+    pub(crate) fn largest_mtu(&self) -> usize {
+        self.mtu
+            .max(self.max_mtu)
+            .max(self.loopback_mtu.unwrap_or(0))
     }
 }
 
@@ -285,11 +315,23 @@ impl EndpointConfig {
     /// Checks the values against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(256..=mesh_wire::MAX_DATAGRAM_LEN).contains(&self.mtu)
+            || self.max_mtu > mesh_wire::MAX_DATAGRAM_LEN
             || self
                 .loopback_mtu
-                .is_some_and(|m| !(256..=mesh_wire::MAX_DATAGRAM_LEN).contains(&m))
+                .is_some_and(|m| m > mesh_wire::MAX_DATAGRAM_LEN)
         {
             return Err(ConfigError::Invalid("mtu must be within 256..=65507"));
+        }
+        for (name, value) in [
+            ("max_mtu", Some(self.max_mtu)),
+            ("loopback_mtu", self.loopback_mtu),
+        ] {
+            if let Some(v) = value.filter(|&v| v < self.mtu) {
+                return Err(ConfigError::Conflict(format!(
+                    "{name} ({v}) must be at least mtu ({}), the base size probed up from",
+                    self.mtu
+                )));
+            }
         }
         if self.max_message_size == 0 {
             return Err(ConfigError::Invalid("max_message_size must be positive"));
@@ -327,7 +369,7 @@ impl EndpointConfig {
         if self.max_peers == 0 || self.max_incoming_messages == 0 || self.unreliable_queue == 0 {
             return Err(ConfigError::Invalid("caps must be positive"));
         }
-        let largest = self.mtu.max(self.loopback_mtu.unwrap_or(0));
+        let largest = self.largest_mtu();
         if self.initial_cwnd_datagrams < 2 || self.max_cwnd_bytes < 2 * largest {
             return Err(ConfigError::Invalid("congestion window too small"));
         }

@@ -30,8 +30,16 @@
 //! - **Exactly-once delivery** of reliable messages, [`Delivery::Unordered`] (no head-of-line
 //!   blocking) or [`Delivery::Ordered`] per channel. Small messages never wait behind the
 //!   fragments of a large one.
-//! - **Packing**: frames for one peer share datagrams up to the MTU (1200 bytes by default),
-//!   optionally held for `flush_interval` to pack more. [`Transport`] also corks sends that
+//! - **Packing**: frames for one peer share datagrams up to the path's MTU, optionally held
+//!   for `flush_interval` to pack more.
+//! - **Path-MTU discovery** (DPLPMTUD, RFC 8899): a session starts at the base size (`mtu`,
+//!   1200 bytes) and probes upward to `max_mtu` (8972) or, to a peer on this host,
+//!   `loopback_mtu` (32 000 on Linux) with pings padded to each candidate size, each sent alone
+//!   and never counted as congestion; messages are cut to the largest size answered
+//!   ([`PeerStats::mtu`]). A path that shrinks under a session (large datagrams lost while a
+//!   base-size ping is answered) falls back to the base size; frames already cut larger cannot
+//!   be resent smaller, so then the session ends with [`DownReason::PathMtu`] and what was in
+//!   flight fails with it. [`Transport`] also corks sends that
 //!   follow one another within a few microseconds and lets its driver pack them
 //!   ([`TransportConfig::cork`]); a lone send goes out at once from the sender's task.
 //! - **Liveness**: idle peers are pinged every `keepalive_interval` (by default a quarter of
@@ -81,7 +89,7 @@ pub mod sim;
 mod transport;
 mod types;
 
-pub use config::{EndpointConfig, DEFAULT_LOOPBACK_MTU};
+pub use config::{EndpointConfig, DEFAULT_LOOPBACK_MTU, DEFAULT_MAX_MTU};
 pub use endpoint::{Endpoint, StartTime, Transmit};
 #[cfg(feature = "tokio")]
 pub use transport::{

@@ -175,6 +175,10 @@ pub enum DownReason {
     ProtocolError,
     /// We closed the session ourselves.
     LocalClose,
+    /// Datagrams as large as some in flight stopped reaching the peer while small ones still
+    /// did (a path-MTU black hole: the path shrank). What was sent at the larger size cannot
+    /// be sent again smaller, so the session ended; the next one starts at the base size.
+    PathMtu,
 }
 
 /// Why a send was refused or a message failed.
@@ -303,4 +307,7 @@ pub struct PeerStats {
     pub in_flight_frames: usize,
     /// Messages queued or in flight (not yet acknowledged).
     pub pending_messages: usize,
+    /// The largest datagram sent to this peer now, header included: the base size
+    /// ([`crate::EndpointConfig::mtu`]) until probes find the path carries more.
+    pub mtu: usize,
 }

@@ -109,6 +109,10 @@ pub struct DatagramWriter<'b> {
     /// Length of a data frame's payload left out of `out` by
     /// [`push_detached`](Self::push_detached); 0 when none.
     detached: usize,
+    /// A padding frame ends the datagram: nothing can follow it.
+    padded: bool,
+    /// Bytes [`finish_authenticated`](Self::finish_authenticated) will add after the frames.
+    trailer: usize,
 }
 
 impl<'b> DatagramWriter<'b> {
@@ -136,13 +140,15 @@ impl<'b> DatagramWriter<'b> {
             max_len: max_len.clamp(HEADER_LEN, MAX_DATAGRAM_LEN),
             frames: 0,
             detached: 0,
+            padded: false,
+            trailer: 0,
         }
     }
 
     /// Bytes still free under the size limit (none after a detached payload, which must be
     /// last).
     pub fn remaining(&self) -> usize {
-        if self.detached > 0 {
+        if self.detached > 0 || self.padded {
             return 0;
         }
         self.max_len - (self.out.len() - self.start)
@@ -169,7 +175,36 @@ impl<'b> DatagramWriter<'b> {
         }
         frame.encode(self.out)?;
         self.frames += 1;
+        self.padded = matches!(frame, Frame::Padding { .. });
         Ok(())
+    }
+
+    /// Fills the datagram to `len` bytes (header and any authentication trailer included,
+    /// capped at its size limit) with a [`Frame::Padding`], after which nothing can be pushed.
+    /// Does nothing when the datagram is already that long or longer.
+    ///
+    /// ```
+    /// use mesh_wire::{Datagram, DatagramWriter, Frame, Header};
+    /// let mut buf = Vec::new();
+    /// let mut w = DatagramWriter::new(&mut buf, Header::new(1, 2), 1500);
+    /// w.push(&Frame::Ping { token: 7 }).unwrap();
+    /// w.pad_to(1400);
+    /// assert_eq!(w.remaining(), 0);
+    /// let bytes = w.finish();
+    /// assert_eq!(bytes.len(), 1400);
+    /// let d = Datagram::decode(bytes).unwrap();
+    /// assert_eq!(d.frames().nth(1), Some(Frame::Padding { len: 1400 - 24 - 9 }));
+    /// ```
+    pub fn pad_to(&mut self, len: usize) {
+        let written = self.out.len() - self.start;
+        let trailer = self.trailer;
+        let target = len.saturating_sub(trailer).min(self.max_len);
+        if target > written && self.remaining() > 0 {
+            // Fits by construction: `target - written` is at most `remaining()`.
+            let _ = self.push(&Frame::Padding {
+                len: target - written,
+            });
+        }
     }
 
     /// Appends a data frame as the datagram's last frame, but leaves its payload out of the
@@ -241,6 +276,7 @@ impl<'b> DatagramWriter<'b> {
         let max_len = max_len.clamp(HEADER_LEN + AUTH_TRAILER_LEN, MAX_DATAGRAM_LEN);
         let mut w = Self::append(out, header, max_len);
         w.max_len = max_len - AUTH_TRAILER_LEN;
+        w.trailer = AUTH_TRAILER_LEN;
         w
     }
 

@@ -17,6 +17,8 @@ pub const FRAME_PING: u8 = 0x04;
 pub const FRAME_PONG: u8 = 0x05;
 /// Frame type byte of [`CloseFrame`].
 pub const FRAME_CLOSE: u8 = 0x06;
+/// Frame type byte of [`Frame::Padding`].
+pub const FRAME_PADDING: u8 = 0x07;
 
 /// [`DataFrame`] flag: the message is delivered in order within its channel; `order` is present.
 const DATA_ORDERED: u8 = 0b0000_0001;
@@ -53,6 +55,12 @@ pub enum Frame<'a> {
     },
     /// The sender is closing its session with the receiver.
     Close(CloseFrame),
+    /// Filler to the end of the datagram's frames: the type byte and `len - 1` zero bytes.
+    /// Always the last frame. A path-MTU probe is a ping padded to the size being probed.
+    Padding {
+        /// Bytes of the frame, its type byte included (at least 1).
+        len: usize,
+    },
 }
 
 /// Where a fragment sits in its message.
@@ -194,6 +202,7 @@ impl<'a> Frame<'a> {
             Frame::Unreliable(u) => 1 + 2 + u.payload.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 1 + 8,
             Frame::Close(_) => 1 + 1,
+            Frame::Padding { len } => *len,
         }
     }
 
@@ -216,7 +225,10 @@ impl<'a> Frame<'a> {
             Frame::Unreliable(u) => {
                 payload_len(u.payload)?;
             }
-            Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close(_) => {}
+            Frame::Padding { len: 0 } => {
+                return Err(EncodeError::TooLarge("padding shorter than its type byte"))
+            }
+            Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close(_) | Frame::Padding { .. } => {}
         }
         Ok(())
     }
@@ -256,6 +268,10 @@ impl<'a> Frame<'a> {
             Frame::Close(c) => {
                 put_u8(out, FRAME_CLOSE);
                 put_u8(out, c.reason);
+            }
+            Frame::Padding { len } => {
+                put_u8(out, FRAME_PADDING);
+                out.resize(out.len() + len - 1, 0);
             }
         }
         Ok(())
@@ -331,6 +347,16 @@ impl<'a> Frame<'a> {
             FRAME_PING => Frame::Ping { token: r.u64()? },
             FRAME_PONG => Frame::Pong { token: r.u64()? },
             FRAME_CLOSE => Frame::Close(CloseFrame { reason: r.u8()? }),
+            // Runs to the end, in zero bytes (so that a datagram has one encoding).
+            FRAME_PADDING => {
+                let rest = r.take(r.remaining())?;
+                if rest.iter().any(|&b| b != 0) {
+                    return Err(DecodeError::Invalid("padding not zero"));
+                }
+                Frame::Padding {
+                    len: 1 + rest.len(),
+                }
+            }
             other => return Err(DecodeError::UnknownFrame(other)),
         })
     }

@@ -74,7 +74,8 @@ pub use error::{DecodeError, EncodeError};
 pub use frame::{
     AckFrame, AckRanges, CloseFrame, DataFrame, Fragment, Frame, SeqRange, UnreliableFrame,
     CLOSE_NORMAL, CLOSE_NO_RESOURCES, CLOSE_PROTOCOL_ERROR, CLOSE_UNKNOWN_SESSION, FRAME_ACK,
-    FRAME_CLOSE, FRAME_DATA, FRAME_PING, FRAME_PONG, FRAME_UNRELIABLE, MAX_ACK_RANGES,
+    FRAME_CLOSE, FRAME_DATA, FRAME_PADDING, FRAME_PING, FRAME_PONG, FRAME_UNRELIABLE,
+    MAX_ACK_RANGES,
 };
 
 /// The README's examples, compiled and run as doctests.

@@ -165,6 +165,7 @@ pub(crate) fn transport_config(config: &Config, seed: u64) -> TransportConfig {
     }
     tc.endpoint
         .mtu(config.mtu)
+        .max_mtu(config.max_mtu)
         .loopback_mtu(config.loopback_mtu)
         .loopback_checksum(config.loopback_checksum)
         .max_message_size(largest)
@@ -255,6 +256,7 @@ mod tests {
         let mut want = mesh_rudp::EndpointConfig::default();
         let largest = (16 << 20) + HEADROOM;
         want.mtu(1200)
+            .max_mtu(mesh_rudp::DEFAULT_MAX_MTU)
             .loopback_mtu(mesh_rudp::DEFAULT_LOOPBACK_MTU)
             .loopback_checksum(true)
             // 17 MiB exceeds the transport's 16 MiB defaults: the caps hold two messages.

@@ -33,6 +33,11 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// Its length: the datagram is `buf[..size]`.
     pub size: usize,
+    /// A path-MTU probe, larger than what is known to pass to `destination`: send it on its
+    /// own (not in one segmentation-offload batch with others, which the socket would refuse
+    /// with it), and if the socket refuses it as too large for the link (`EMSGSIZE`), say so
+    /// with [`Endpoint::path_refused`].
+    pub probe: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +155,8 @@ pub struct Endpoint {
     closing: bool,
     stats: EndpointStats,
     ack_scratch: Vec<SeqRange>,
+    /// Sequence numbers an incoming acknowledgement covers (kept here, not per peer).
+    acked_scratch: Vec<u64>,
     delivered_scratch: Vec<MessageId>,
     /// Kept between datagrams so that delivering a message does not allocate a list for it.
     recv_scratch: RecvOutcome,
@@ -232,6 +239,7 @@ impl Endpoint {
             closing: false,
             stats: EndpointStats::default(),
             ack_scratch: Vec::new(),
+            acked_scratch: Vec::new(),
             delivered_scratch: Vec::new(),
             recv_scratch: RecvOutcome::default(),
             last_pn: 0,
@@ -383,7 +391,7 @@ impl Endpoint {
             Box::new(Peer::new(
                 id,
                 0,
-                self.config.mtu_for(peer),
+                self.config.ceiling_for(peer),
                 now,
                 &self.config,
             )),
@@ -435,10 +443,18 @@ impl Endpoint {
                 continue;
             };
             p.timer = None;
-            if p.on_timeout(now, &self.config, &self.sched.grid) {
-                debug!(peer = %addr, "peer timed out");
-                self.peer_down(addr, DownReason::Timeout);
-                continue;
+            match p.on_timeout(now, &self.config, &self.sched.grid) {
+                None => {}
+                Some(DownReason::Timeout) => {
+                    debug!(peer = %addr, "peer timed out");
+                    self.peer_down(addr, DownReason::Timeout);
+                    continue;
+                }
+                Some(reason) => {
+                    debug!(peer = %addr, ?reason, "session ended");
+                    self.close_peer_with(addr, CLOSE_NORMAL, reason);
+                    continue;
+                }
             }
             self.sched.touch(&self.config, p, addr, now);
         }
@@ -483,6 +499,16 @@ impl Endpoint {
                 reason: code,
             });
             self.peer_down(addr, reason);
+        }
+    }
+
+    /// The socket refused a datagram of `size` bytes to `peer` as larger than the link
+    /// carries (`EMSGSIZE`): for a [`Transmit::probe`], the path-MTU search moves on at once
+    /// instead of waiting for the probe to be lost.
+    pub fn path_refused(&mut self, now: Instant, peer: SocketAddr, size: usize) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.on_refused(size, now);
+            self.sched.touch(&self.config, p, peer, now);
         }
     }
 

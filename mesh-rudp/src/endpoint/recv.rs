@@ -143,7 +143,7 @@ impl Endpoint {
             Box::new(Peer::new(
                 id,
                 remote,
-                self.config.mtu_for(from),
+                self.config.ceiling_for(from),
                 now,
                 &self.config,
             )),
@@ -205,10 +205,13 @@ impl Endpoint {
                             });
                         }
                     }
-                    Frame::Ack(ack) => match p.on_ack(now, &ack, &self.config, &mut delivered) {
-                        Ok(()) => {}
-                        Err(()) => self.stats.dropped_out_of_window += 1,
-                    },
+                    Frame::Ack(ack) => {
+                        let scratch = &mut self.acked_scratch;
+                        match p.on_ack(now, &ack, &self.config, &mut delivered, scratch) {
+                            Ok(()) => {}
+                            Err(()) => self.stats.dropped_out_of_window += 1,
+                        }
+                    }
                     Frame::Unreliable(u) => {
                         if self.incoming + self.backlog >= self.config.max_incoming_messages {
                             self.stats.dropped_unreliable += 1;
@@ -222,7 +225,7 @@ impl Endpoint {
                         }
                     }
                     Frame::Ping { token } => p.queue_pong(token),
-                    Frame::Pong { token } if p.pong_matches(token) => p.ping_now = false,
+                    Frame::Pong { token } => p.on_pong(token, now),
                     Frame::Close(_) => {
                         closed = true;
                         break;

@@ -73,6 +73,7 @@ impl Endpoint {
             return Some(Transmit {
                 destination: s.to,
                 size,
+                probe: false,
             });
         }
         while let Some(addr) = self.sched.ready.pop_front() {
@@ -90,20 +91,27 @@ impl Endpoint {
             if !self.config.loopback_checksum && is_loopback(addr) {
                 header.flags |= FLAG_NO_CHECKSUM;
             }
+            // A path-MTU probe goes when nothing else is waiting, alone, at its own size.
+            let probe = p.probe_due(now);
+            let limit = probe.unwrap_or(p.mtu());
             let mut w = if self.config.cluster_key.is_some() {
-                DatagramWriter::append_authenticated(buf, header, p.mtu)
+                DatagramWriter::append_authenticated(buf, header, limit)
             } else {
-                DatagramWriter::append(buf, header, p.mtu)
+                DatagramWriter::append(buf, header, limit)
             };
             let mut retransmitted = 0;
-            p.write_datagram(
-                now,
-                &mut w,
-                &self.config,
-                &mut self.ack_scratch,
-                &mut retransmitted,
-                tail.as_deref_mut(),
-            );
+            if probe.is_some() {
+                p.write_probe(now, &mut w);
+            } else {
+                p.write_datagram(
+                    now,
+                    &mut w,
+                    &self.config,
+                    &mut self.ack_scratch,
+                    &mut retransmitted,
+                    tail.as_deref_mut(),
+                );
+            }
             self.stats.retransmitted += retransmitted;
             if w.is_empty() {
                 // Nothing fitted after all (the window closed): wait for an ack or a timer,
@@ -126,6 +134,7 @@ impl Endpoint {
             return Some(Transmit {
                 destination: addr,
                 size,
+                probe: probe.is_some(),
             });
         }
         None

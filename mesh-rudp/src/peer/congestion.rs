@@ -20,6 +20,10 @@ pub(crate) trait Controller: fmt::Debug + Send + Sync {
 
     /// The retransmission timer fired: everything in flight is presumed lost.
     fn on_rto(&mut self, next_seq: u64);
+
+    /// The largest datagram changed (path-MTU discovery): growth and the minimum window
+    /// count in datagrams of this size from now on.
+    fn on_mtu(&mut self, mtu: usize);
 }
 
 /// NewReno (RFC 6582 in spirit, counted in bytes): slow start to `ssthresh`, then one datagram
@@ -82,6 +86,18 @@ impl Controller for NewReno {
     fn on_rto(&mut self, next_seq: u64) {
         self.cut(true, next_seq);
     }
+
+    /// The window keeps its bytes (frames already queued keep the size they were cut to, so
+    /// more datagrams' worth would let a burst out), but never below the minimum of two
+    /// datagrams of the new size.
+    fn on_mtu(&mut self, mtu: usize) {
+        self.mtu = mtu;
+        let min = MIN_WINDOW_DATAGRAMS * mtu;
+        self.cwnd = self.cwnd.max(min);
+        if self.ssthresh != usize::MAX {
+            self.ssthresh = self.ssthresh.max(min);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +153,21 @@ mod tests {
         assert_eq!(c.window(), MIN_WINDOW_DATAGRAMS * MTU);
         c.on_ack(7, MTU);
         assert_eq!(c.window(), 3 * MTU, "below ssthresh: slow start");
+    }
+
+    #[test]
+    fn a_new_mtu_keeps_the_window_bytes_but_not_below_two_datagrams() {
+        let mut c = reno();
+        c.on_mtu(4 * MTU);
+        assert_eq!(c.window(), 10 * MTU);
+        c.on_rto(1);
+        assert_eq!(c.window(), 8 * MTU, "two datagrams of the new size");
+        // At ssthresh (also two large datagrams): growth in the new size's datagrams, a
+        // datagram per window acknowledged.
+        c.on_ack(2, 4 * MTU);
+        assert_eq!(c.window(), 10 * MTU);
+        c.on_mtu(MTU);
+        assert_eq!(c.window(), 10 * MTU);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`ack`]: what arrived and when to acknowledge it;
 //! - [`reassembly`]: fragmented messages, within the caps;
 //! - [`ordering`]: ordered channels on the receiving side;
+//! - [`pmtu`]: the path MTU, probed upward from the base size, and black-hole fall-back;
 //! - [`replay`]: the replay window of an authenticated session.
 //!
 //! [`Peer`] here ties them together: it writes datagrams, takes frames, and keeps the session
@@ -14,6 +15,7 @@ mod ack;
 mod congestion;
 mod keepalive;
 mod ordering;
+mod pmtu;
 mod reassembly;
 mod recovery;
 mod replay;
@@ -31,13 +33,14 @@ use mesh_wire::{
 use self::ack::AckState;
 use self::congestion::{Controller, NewReno};
 use self::ordering::Ordering;
+use self::pmtu::PathMtu;
 use self::reassembly::Reassembly;
 use self::recovery::{Recovery, Sent};
 use self::send::SendQueue;
 use crate::config::EndpointConfig;
 use crate::pool::BufferPool;
 use crate::rtt::Rtt;
-use crate::types::{Delivery, MessageId, Payload, PeerStats};
+use crate::types::{Delivery, DownReason, MessageId, Payload, PeerStats};
 
 pub(crate) use self::keepalive::KeepaliveGrid;
 pub(crate) use self::replay::ReplayWindow;
@@ -131,8 +134,9 @@ pub(crate) struct Peer<C: Controller = NewReno> {
     pub(crate) replay: ReplayWindow,
     pub(crate) local_id: u64,
     pub(crate) remote_id: u64,
-    /// Largest datagram to this peer (see `EndpointConfig::loopback_mtu`).
-    pub(crate) mtu: usize,
+    /// Largest datagram to this peer: the base size, raised as probes find the path carries
+    /// more (see `EndpointConfig::max_mtu`).
+    pmtu: PathMtu,
     pub(crate) retired_remote: u64,
     pub(crate) timer: Option<Instant>,
     pub(crate) in_ready: bool,
@@ -163,20 +167,24 @@ pub(crate) struct Peer<C: Controller = NewReno> {
 }
 
 impl Peer<NewReno> {
+    /// A session with a peer whose path may carry datagrams up to `ceiling` bytes (probed from
+    /// `config.mtu` up).
     pub(crate) fn new(
         local_id: u64,
         remote_id: u64,
-        mtu: usize,
+        ceiling: usize,
         now: Instant,
         config: &EndpointConfig,
     ) -> Self {
+        let mtu = config.mtu;
         let cc = NewReno::new(
             config.initial_cwnd_datagrams * mtu,
             mtu,
             config.max_cwnd_bytes,
         );
         Self {
-            mtu,
+            // Keep-alive tokens count up from `local_id`; probe tokens from its complement.
+            pmtu: PathMtu::new(mtu, ceiling, !local_id),
             replay: ReplayWindow::default(),
             local_id,
             remote_id,
@@ -206,7 +214,7 @@ impl Peer<NewReno> {
 impl<C: Controller> Peer<C> {
     /// Bytes of one unfragmented message's payload that fit a datagram, and of one fragment.
     fn payload_sizes(mtu: usize, ordered: bool) -> (usize, usize) {
-        let room = mtu - HEADER_LEN - ACK_RESERVE;
+        let room = Self::frame_room(mtu);
         (
             room - DataFrame::overhead(ordered, false),
             room - DataFrame::overhead(ordered, true),
@@ -243,7 +251,7 @@ impl<C: Controller> Peer<C> {
             // Progress is measured from the moment there is something to acknowledge.
             self.last_progress = now;
         }
-        let mtu = self.mtu;
+        let mtu = self.pmtu.current();
         self.send
             .queue_reliable(id, data, delivery, lazy, |ordered| {
                 Self::payload_sizes(mtu, ordered)
@@ -272,12 +280,17 @@ impl<C: Controller> Peer<C> {
     fn flush_allows(&self, now: Instant) -> bool {
         match self.flush_at {
             None => true,
-            Some(at) => at <= now || self.send.unsent_bytes >= self.mtu,
+            Some(at) => at <= now || self.send.unsent_bytes >= self.pmtu.current(),
         }
     }
 
-    /// Whether a datagram would carry anything right now.
+    /// Whether a datagram would carry anything right now, a path-MTU probe included.
     pub(crate) fn wants_transmit(&self, now: Instant) -> bool {
+        self.pmtu.due().is_some() || self.wants_datagram(now)
+    }
+
+    /// Whether a datagram other than a probe would carry anything right now.
+    fn wants_datagram(&self, now: Instant) -> bool {
         if self.acks.now || self.ping_now || !self.pongs.is_empty() {
             return true;
         }
@@ -293,6 +306,45 @@ impl<C: Controller> Peer<C> {
                     .next_frame_len(DataFrame::overhead)
                     .is_some_and(|len| window_allows(&self.recovery, cc, len))
                     || !self.send.unreliable.is_empty()))
+    }
+
+    /// The largest datagram to this peer now.
+    pub(crate) fn mtu(&self) -> usize {
+        self.pmtu.current()
+    }
+
+    /// The size of the path-MTU probe (or base-size check) to send now, if one is due and
+    /// nothing else is (a probe waits behind data, acknowledgements and pings, and goes
+    /// alone: [`write_probe`](Self::write_probe)).
+    pub(crate) fn probe_due(&self, now: Instant) -> Option<usize> {
+        self.pmtu.due().filter(|_| !self.wants_datagram(now))
+    }
+
+    /// Writes the probe [`probe_due`](Self::probe_due) announced into `w` (sized for it): a
+    /// ping padded to the probed size. Not counted in flight, never retransmitted.
+    pub(crate) fn write_probe(&mut self, now: Instant, w: &mut DatagramWriter<'_>) {
+        if let Some(p) = self.pmtu.on_sent(now) {
+            if w.push(&Frame::Ping { token: p.token }).is_ok() {
+                w.pad_to(p.size);
+            }
+        }
+    }
+
+    /// The socket refused a datagram of `size` bytes to this peer as larger than its link.
+    pub(crate) fn on_refused(&mut self, size: usize, now: Instant) {
+        self.pmtu.on_refused(size, now);
+    }
+
+    /// A pong: a probe's answer, or a keep-alive's.
+    pub(crate) fn on_pong(&mut self, token: u64, now: Instant) {
+        let before = self.pmtu.current();
+        if self.pmtu.on_pong(token, now) {
+            if self.pmtu.current() != before {
+                self.cc.on_mtu(self.pmtu.current());
+            }
+        } else if token == self.ping_token {
+            self.ping_now = false;
+        }
     }
 
     /// Writes one datagram's worth of frames into `w`. With `tail` given, a large data frame's
@@ -439,19 +491,23 @@ impl<C: Controller> Peer<C> {
     }
 
     /// Processes an acknowledgement: the messages it completes go to `delivered`. `Err` for an
-    /// ack of data never sent.
+    /// ack of data never sent. `scratch`: the endpoint's, for the sequence numbers covered.
     pub(crate) fn on_ack(
         &mut self,
         now: Instant,
         ack: &mesh_wire::AckFrame<'_>,
         config: &EndpointConfig,
         delivered: &mut Vec<MessageId>,
+        scratch: &mut Vec<u64>,
     ) -> Result<(), ()> {
         let Self { send, recovery, .. } = self;
-        let Some(acked) = recovery.on_ack(now, ack, |s| send.on_frame_acked(s, delivered))? else {
+        let Some(acked) =
+            recovery.on_ack(now, ack, scratch, |s| send.on_frame_acked(s, delivered))?
+        else {
             return Ok(());
         };
         self.last_progress = now;
+        self.pmtu.on_progress(now);
         // Congestion control: slow start, then additive increase, outside recovery.
         self.cc.on_ack(acked.largest, acked.bytes);
         if config.fixed_rto.is_none() {
@@ -464,10 +520,45 @@ impl<C: Controller> Peer<C> {
         Ok(())
     }
 
-    /// The retransmission timer fired: everything in flight is presumed lost.
-    pub(crate) fn on_rto(&mut self, now: Instant, config: &EndpointConfig) {
+    /// The retransmission timer fired: everything in flight is presumed lost. Returns true
+    /// when this shows a path-MTU black hole whose fall-back strands frames in flight (see
+    /// [`fall_back`](Self::fall_back)).
+    fn on_rto(&mut self, now: Instant, config: &EndpointConfig) -> bool {
         self.recovery.on_rto(now, config);
         self.cc.on_rto(self.recovery.next_seq);
+        let base_room = Self::frame_room(self.pmtu.base());
+        let suspicious = self
+            .recovery
+            .first_lost()
+            .is_some_and(|(_, s)| s.wire_len() > base_room);
+        suspicious && self.pmtu.on_rto() && self.fall_back(now)
+    }
+
+    /// Bytes of frames that fit a data datagram of `mtu` bytes.
+    fn frame_room(mtu: usize) -> usize {
+        mtu - HEADER_LEN - ACK_RESERVE
+    }
+
+    /// Datagrams of the current size stopped passing while small ones still do: the path
+    /// MTU falls back to the base size, and messages not yet started are split for it. Frames
+    /// already sent (or a message partly sent) larger than the base size allows cannot be
+    /// split again (a fragment is numbered among its message's pieces), so then the session
+    /// must end: returns true.
+    fn fall_back(&mut self, now: Instant) -> bool {
+        tracing::debug!(
+            from = self.pmtu.current(),
+            to = self.pmtu.base(),
+            "path MTU black hole"
+        );
+        self.pmtu.fall_back(now);
+        let base = self.pmtu.base();
+        self.cc.on_mtu(base);
+        let room = Self::frame_room(base);
+        let stranded = self.recovery.any_longer_than(room)
+            || self.send.started_longer_than(room, DataFrame::overhead);
+        self.send
+            .resplit(|ordered| Self::payload_sizes(base, ordered));
+        stranded
     }
 
     /// Takes a data frame. `room` says what the endpoint can still hold.
@@ -549,6 +640,7 @@ impl<C: Controller> Peer<C> {
             self.acks.deadline,
             self.recovery.rto_deadline,
             self.flush_at,
+            self.pmtu.deadline(self.recovery.rto(config)),
         ]
         .into_iter()
         .flatten()
@@ -558,31 +650,34 @@ impl<C: Controller> Peer<C> {
         d
     }
 
-    /// Timer work. Returns true when the peer must be reported down (timeout).
+    /// Timer work. Returns why the session must end, if it must.
     pub(crate) fn on_timeout(
         &mut self,
         now: Instant,
         config: &EndpointConfig,
         grid: &KeepaliveGrid,
-    ) -> bool {
+    ) -> Option<DownReason> {
         if now >= self.last_recv + config.peer_timeout
             || (self.has_outstanding() && now >= self.last_progress + config.peer_timeout)
         {
-            return true;
+            return Some(DownReason::Timeout);
         }
         self.acks.on_timeout(now);
         if self.recovery.rto_deadline.is_some_and(|t| t <= now) {
             if self.recovery.has_unacked() {
-                self.on_rto(now, config);
+                if self.on_rto(now, config) {
+                    return Some(DownReason::PathMtu);
+                }
             } else {
                 self.recovery.rto_deadline = None;
             }
         }
+        self.pmtu.on_timeout(now, self.recovery.rto(config));
         if now >= self.keepalive_due(config, grid) {
             self.ping_now = true;
             self.ping_token = self.ping_token.wrapping_add(1);
         }
-        false
+        None
     }
 
     /// When this peer is next probed, if nothing is heard from it before: on the endpoint's
@@ -622,11 +717,7 @@ impl<C: Controller> Peer<C> {
             in_flight_bytes: self.recovery.in_flight_bytes,
             in_flight_frames: self.recovery.in_flight_frames,
             pending_messages: self.send.pending_len(),
+            mtu: self.pmtu.current(),
         }
-    }
-
-    /// Whether `token` answers our last ping.
-    pub(crate) fn pong_matches(&self, token: u64) -> bool {
-        token == self.ping_token
     }
 }

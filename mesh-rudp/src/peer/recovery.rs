@@ -87,7 +87,6 @@ pub(crate) struct Recovery {
     pub(crate) rtt: Rtt,
     /// Lazy-ack frames sent and not yet acknowledged: the peer may hold their acks.
     lazy_unacked: usize,
-    scratch: Vec<u64>,
 }
 
 impl Recovery {
@@ -103,7 +102,6 @@ impl Recovery {
             rto_deadline: None,
             rtt,
             lazy_unacked: 0,
-            scratch: Vec::new(),
         }
     }
 
@@ -164,11 +162,13 @@ impl Recovery {
 
     /// Takes an acknowledgement: every frame it newly covers leaves the flight and is passed
     /// to `acked`; the RTT is sampled from the largest (if it was sent once: Karn's rule).
-    /// `Err` for an ack of data never sent; `Ok(None)` if it covered nothing new.
+    /// `Err` for an ack of data never sent; `Ok(None)` if it covered nothing new. `newly` is
+    /// scratch space (the endpoint's, shared by its peers: an idle peer's size is budgeted).
     pub(crate) fn on_ack(
         &mut self,
         now: Instant,
         ack: &AckFrame<'_>,
+        newly: &mut Vec<u64>,
         mut acked: impl FnMut(&Sent),
     ) -> Result<Option<Acked>, ()> {
         let cum = unwrap_seq(ack.cumulative, self.next_seq);
@@ -177,7 +177,6 @@ impl Recovery {
         }
         let mut largest_new: Option<(u64, bool, Instant)> = None;
         let mut acked_bytes = 0usize;
-        let mut newly = std::mem::take(&mut self.scratch);
         newly.clear();
         newly.extend(self.sent.range(..cum).map(|(&k, _)| k));
         for r in ack.ranges.iter() {
@@ -188,7 +187,7 @@ impl Recovery {
             }
             newly.extend(self.sent.range(start..end).map(|(&k, _)| k));
         }
-        for &seq in &newly {
+        for &seq in newly.iter() {
             let Some(s) = self.sent.remove(&seq) else {
                 continue;
             };
@@ -210,7 +209,6 @@ impl Recovery {
             }
             acked(&s);
         }
-        self.scratch = newly;
         let Some((largest, retransmitted, sent_at)) = largest_new else {
             return Ok(None);
         };
@@ -270,6 +268,12 @@ impl Recovery {
         self.rto_deadline = Some(now + self.rto(config));
     }
 
+    /// Whether a frame in flight (or lost) takes more than `len` wire bytes. A walk over
+    /// every frame: for the rare path-MTU fall-back only.
+    pub(crate) fn any_longer_than(&self, len: usize) -> bool {
+        self.sent.values().any(|s| s.wire_len() > len)
+    }
+
     /// Whether anything sent is still unacknowledged.
     pub(crate) fn has_unacked(&self) -> bool {
         !self.sent.is_empty()
@@ -316,13 +320,17 @@ mod tests {
         }
         // 0 is acked; 1 missing; 2 and 3 acked: only two frames above 1.
         let two = [SeqRange { start: 2, end: 4 }];
-        assert!(r.on_ack(t0, &ack(1, &two), |_| {}).unwrap().is_some());
+        assert!(r
+            .on_ack(t0, &ack(1, &two), &mut Vec::new(), |_| {})
+            .unwrap()
+            .is_some());
         assert_eq!(r.detect_losses(), None);
         assert!(!r.has_lost());
         // 4 acked too: three frames above 1, which is now lost (and out of flight).
         let three = [SeqRange { start: 2, end: 5 }];
         let before = r.in_flight_frames;
-        r.on_ack(t0, &ack(1, &three), |_| {}).unwrap();
+        r.on_ack(t0, &ack(1, &three), &mut Vec::new(), |_| {})
+            .unwrap();
         assert_eq!(r.detect_losses(), Some(1));
         assert_eq!(r.in_flight_frames, before - 2, "4 acked, 1 lost");
         assert_eq!(r.first_lost().map(|(s, _)| s), Some(1));
@@ -330,8 +338,13 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         assert_eq!(r.retransmitting(later).map(|(s, _)| s), Some(1));
         let srtt = r.rtt.srtt(&EndpointConfig::default());
-        r.on_ack(later + Duration::from_secs(5), &ack(5, &[]), |_| {})
-            .unwrap();
+        r.on_ack(
+            later + Duration::from_secs(5),
+            &ack(5, &[]),
+            &mut Vec::new(),
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(
             r.rtt.srtt(&EndpointConfig::default()),
             srtt,
@@ -344,8 +357,13 @@ mod tests {
     fn an_ack_of_data_never_sent_is_refused() {
         let mut r = recovery();
         r.on_sent(frame(Instant::now()));
-        assert!(r.on_ack(Instant::now(), &ack(2, &[]), |_| {}).is_err());
-        assert_eq!(r.on_ack(Instant::now(), &ack(0, &[]), |_| {}), Ok(None));
+        assert!(r
+            .on_ack(Instant::now(), &ack(2, &[]), &mut Vec::new(), |_| {})
+            .is_err());
+        assert_eq!(
+            r.on_ack(Instant::now(), &ack(0, &[]), &mut Vec::new(), |_| {}),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -354,9 +372,14 @@ mod tests {
         let mut r = recovery();
         r.on_sent(frame(t0));
         let acked = r
-            .on_ack(t0 + Duration::from_millis(40), &ack(1, &[]), |s| {
-                assert_eq!(s.payload.len(), 100);
-            })
+            .on_ack(
+                t0 + Duration::from_millis(40),
+                &ack(1, &[]),
+                &mut Vec::new(),
+                |s| {
+                    assert_eq!(s.payload.len(), 100);
+                },
+            )
             .unwrap()
             .unwrap();
         assert_eq!(acked.largest, 0);
@@ -385,7 +408,7 @@ mod tests {
         assert_eq!(r.rto(&c), first * 4);
         // Progress resets the backoff.
         r.retransmitting(t0);
-        r.on_ack(t0, &ack(1, &[]), |_| {}).unwrap();
+        r.on_ack(t0, &ack(1, &[]), &mut Vec::new(), |_| {}).unwrap();
         assert_eq!(r.rto(&c), first);
     }
 }

@@ -37,7 +37,7 @@ pub(super) struct Run {
 /// is always reading. Peers of one mesh run alike, so our buffer stands for theirs. Never
 /// below four of the largest datagrams, so a tiny buffer slows a transfer rather than stalls it.
 pub(super) fn receive_window(granted: usize, config: &EndpointConfig) -> usize {
-    let largest = config.mtu.max(config.loopback_mtu.unwrap_or(0));
+    let largest = config.largest_mtu();
     (granted / 4 * 3).max(4 * largest)
 }
 
@@ -113,6 +113,11 @@ pub(super) fn transmit(shared: &Shared, st: &mut State, now: Option<std::time::I
             out_meta.push((t.destination, t.size + tail.as_ref().map_or(0, Bytes::len)));
             out_heads.push(t.size);
             out_tails.push(tail);
+            if t.probe {
+                // Last in the batch, so no GSO run starts with it: a probe larger than the
+                // link allows must be refused alone.
+                break;
+            }
         }
         if out_meta.is_empty() {
             return;
@@ -158,6 +163,7 @@ pub(super) fn transmit(shared: &Shared, st: &mut State, now: Option<std::time::I
                         bytes: contiguous(),
                         segment,
                     }),
+                    Err(e) if too_large(&e) => endpoint.path_refused(now, to, segment),
                     // A send error is like a lost datagram: the protocol recovers or reports.
                     Err(e) => debug!(%to, error = %e, "send failed"),
                 }
@@ -266,8 +272,26 @@ pub(super) fn send_blocked(shared: &Shared, st: &mut State) {
                 st.blocked_tx.push_front(run);
                 return;
             }
+            Err(e) if too_large(&e) => {
+                let now = Instant::now().into_std();
+                st.endpoint.path_refused(now, run.to, run.segment);
+            }
             Err(e) => debug!(to = %run.to, error = %e, "send failed"),
         }
+    }
+}
+
+/// Whether a send failed because the datagram is larger than the link carries (`EMSGSIZE`;
+/// sockets here set don't-fragment).
+fn too_large(e: &io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        e.raw_os_error() == Some(nix::errno::Errno::EMSGSIZE as i32)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = e;
+        false
     }
 }
 
@@ -316,7 +340,7 @@ mod tests {
     #[test]
     fn the_window_is_three_quarters_of_the_granted_buffer() {
         let config = EndpointConfig::default();
-        let largest = crate::DEFAULT_LOOPBACK_MTU.unwrap_or(1200);
+        let largest = crate::DEFAULT_LOOPBACK_MTU.unwrap_or(crate::DEFAULT_MAX_MTU);
         // Linux doubles what it grants: 4 MiB of `rmem_max` reads back as 8 MiB.
         assert_eq!(receive_window(8 << 20, &config), 6 << 20);
         // The default `rmem_max` (208 KiB, doubled).

@@ -3,6 +3,7 @@
 mod hostile;
 mod liveness;
 mod models;
+mod pmtu;
 mod scenarios;
 mod sockets;
 mod sweeps;

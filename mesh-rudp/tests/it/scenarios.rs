@@ -253,9 +253,12 @@ fn lazy_acks_are_held_and_eager_ones_are_not() {
 
     let a_addr = "127.0.0.1:4001".parse().unwrap();
     let b_addr = "127.0.0.1:4002".parse().unwrap();
-    // A small minimum, so that the timeout shows the allowance for the held ack.
+    // A small minimum, so that the timeout shows the allowance for the held ack. No path-MTU
+    // probes: this script counts datagrams.
     let mut config = EndpointConfig::default()
         .min_rto(Duration::from_micros(100))
+        .max_mtu(1200)
+        .loopback_mtu(None)
         .clone();
     let mut a = Endpoint::new(config.clone().seed(Some(1)).clone(), StartTime::read()).unwrap();
     let mut b = Endpoint::new(config.seed(Some(2)).clone(), StartTime::read()).unwrap();
@@ -327,50 +330,74 @@ fn lazy_acks_are_held_and_eager_ones_are_not() {
 }
 
 #[test]
-fn loopback_peers_get_large_datagrams_and_others_the_mtu() {
+fn loopback_peers_are_probed_up_to_loopback_mtu_and_others_up_to_max_mtu() {
     use bytes::Bytes;
     use mesh_rudp::Endpoint;
-    use std::collections::HashMap;
     use std::net::SocketAddr;
     use std::time::Instant;
 
-    let local: SocketAddr = "127.0.0.1:4002".parse().unwrap();
-    let remote: SocketAddr = "10.0.0.2:4002".parse().unwrap();
-    let largest = |loopback_mtu: Option<usize>| {
-        let config = EndpointConfig::default()
+    // Two endpoints on loopback addresses, datagrams carried between them by hand (no link
+    // limit): the largest non-probe datagram from a to b once the search is over.
+    let a_addr: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+    let b_addr: SocketAddr = "127.0.0.1:4002".parse().unwrap();
+    let largest = |loopback_mtu: Option<usize>, max_mtu: usize| {
+        let mut config = EndpointConfig::default()
             .loopback_mtu(loopback_mtu)
-            .seed(Some(1))
+            .max_mtu(max_mtu)
             .clone();
-        let mut a = Endpoint::new(config, StartTime::read()).unwrap();
+        let mut a = Endpoint::new(config.clone().seed(Some(1)).clone(), StartTime::read()).unwrap();
+        let mut b = Endpoint::new(config.seed(Some(2)).clone(), StartTime::read()).unwrap();
         let now = Instant::now();
-        for to in [local, remote] {
+        let mut buf = Vec::new();
+        let mut largest = 0;
+        let mut probes = 0;
+        for round in 0..8 {
             a.send_reliable(
                 now,
-                to,
-                Bytes::from(vec![1u8; 100_000]),
+                b_addr,
+                Bytes::from(vec![round as u8; 100_000]),
                 Delivery::Unordered,
             )
             .unwrap();
+            for _ in 0..200 {
+                let mut moved = 0;
+                while let Some(t) = a.poll_transmit(now, &mut buf) {
+                    if t.probe {
+                        probes += 1;
+                    } else if round > 0 {
+                        largest = largest.max(t.size);
+                    }
+                    b.handle_datagram(now, a_addr, &buf[..t.size]);
+                    moved += 1;
+                }
+                while let Some(t) = b.poll_transmit(now, &mut buf) {
+                    a.handle_datagram(now, b_addr, &buf[..t.size]);
+                    moved += 1;
+                }
+                if moved == 0 {
+                    break;
+                }
+            }
+            while a.poll_event().is_some() {}
+            while b.poll_event().is_some() {}
         }
-        let mut buf = Vec::new();
-        let mut largest = HashMap::new();
-        while let Some(t) = a.poll_transmit(now, &mut buf) {
-            let e = largest.entry(t.destination).or_insert(0);
-            *e = t.size.max(*e);
-        }
-        (largest[&local], largest[&remote])
+        let mtu = a.peer_stats(b_addr).unwrap().mtu;
+        assert!(largest <= mtu, "{largest} > {mtu}");
+        (largest, probes, mtu)
     };
-    let (to_local, to_remote) = largest(Some(30_000));
+    let (to_local, probes, mtu) = largest(Some(30_000), 9000);
+    assert_eq!(mtu, 30_000);
     assert!(
-        to_local > 20_000 && to_local <= 30_000,
+        to_local > 29_000,
         "loopback datagrams up to loopback_mtu: {to_local}"
     );
-    assert!(to_remote <= 1200, "others up to mtu: {to_remote}");
-    let (to_local, _) = largest(None);
-    assert!(
-        to_local <= 1200,
-        "loopback like any other when off: {to_local}"
-    );
+    assert_eq!(probes, 1, "the ceiling passed at the first probe");
+    let (to_local, _, mtu) = largest(None, 5000);
+    assert_eq!(mtu, 5000, "loopback like any other when off");
+    assert!(to_local > 4900, "{to_local}");
+    let (to_local, probes, mtu) = largest(None, 1200);
+    assert_eq!((mtu, probes), (1200, 0), "no probing at max_mtu = mtu");
+    assert!(to_local <= 1200);
 }
 
 #[test]
@@ -429,6 +456,13 @@ fn a_message_with_a_head_arrives_whole_when_its_fragments_come_backwards() {
 fn a_large_message_reuses_the_buffer_of_one_the_application_dropped() {
     let run = |config: EndpointConfig| {
         let (mut sim, a, b) = pair(9, config);
+        // A settled session: the path-MTU probe answered, so every message below is cut to
+        // the same size (a buffer is reused only by a message it can hold whole).
+        sim.send(a, b, payload(0, 10), Delivery::Unordered).unwrap();
+        sim.run_until_idle(1_000_000).unwrap();
+        let to = sim.addr(b);
+        assert!(sim.endpoint(a).peer_stats(to).unwrap().mtu > 1200);
+        sim.take_events(b);
         for t in 1..=3u64 {
             sim.send(a, b, payload(t, 1 << 20), Delivery::Unordered)
                 .unwrap();

@@ -115,6 +115,11 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("ping", datagram(&[Frame::Ping { token: 42 }])),
         ("pong", datagram(&[Frame::Pong { token: 42 }])),
+        // A path-MTU probe: a ping padded to 64 bytes.
+        (
+            "ping_padded",
+            datagram(&[Frame::Ping { token: 42 }, Frame::Padding { len: 31 }]),
+        ),
         (
             "close",
             datagram(&[Frame::Close(CloseFrame {
@@ -252,6 +257,45 @@ fn golden_vectors_decode_to_what_they_say() {
     assert_eq!(u64::from_le_bytes(bytes[25..33].try_into().unwrap()), 42);
     let d = Datagram::decode(&bytes).unwrap();
     assert_eq!(d.frames().next(), Some(Frame::Ping { token: 42 }));
+}
+
+#[test]
+fn padding_runs_to_the_end_in_zero_bytes_and_nothing_follows_it() {
+    let bytes = hex::decode(
+        std::fs::read_to_string(vectors_dir().join("ping_padded.hex"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(bytes.len(), 64);
+    assert_eq!(bytes[33], 0x07, "padding frame type");
+    assert!(bytes[34..].iter().all(|&b| b == 0));
+    let d = Datagram::decode(&bytes).unwrap();
+    let frames: Vec<Frame<'_>> = d.frames().collect();
+    assert_eq!(
+        frames,
+        [Frame::Ping { token: 42 }, Frame::Padding { len: 31 }]
+    );
+    // A non-zero byte in the padding is refused (one encoding per datagram).
+    let mut bad = bytes.clone();
+    bad[40] = 1;
+    mesh_wire::reseal(&mut bad);
+    assert!(Datagram::decode(&bad).is_err());
+    // The writer refuses anything after padding.
+    let mut buf = Vec::new();
+    let mut w = DatagramWriter::new(&mut buf, Header::new(1, 2), 1200);
+    w.push(&Frame::Ping { token: 1 }).unwrap();
+    w.pad_to(100);
+    assert!(w.push(&Frame::Pong { token: 1 }).is_err());
+    assert_eq!(w.finish().len(), 100);
+    // Authenticated: the trailer counts toward the padded length.
+    let mut w = DatagramWriter::new_authenticated(&mut buf, Header::new(1, 2), 1200);
+    w.push(&Frame::Ping { token: 1 }).unwrap();
+    w.pad_to(300);
+    let sealed = w.finish_authenticated(9, &golden_key()).to_vec();
+    assert_eq!(sealed.len(), 300);
+    let d = Datagram::decode_with(&sealed, Some(&golden_key())).unwrap();
+    assert_eq!(d.frame_count(), 2);
 }
 
 #[test]

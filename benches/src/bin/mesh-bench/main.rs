@@ -78,6 +78,10 @@ pub(crate) struct Args {
     /// and redis-server (the test bed's; see the `mesh-testbed` crate).
     #[arg(long)]
     pub(crate) hosts: bool,
+    /// The MTU of the two hosts' interfaces with `--hosts` (9000: jumbo frames, as in many
+    /// data centres; mesh-link finds it by path-MTU discovery, TCP by its MSS).
+    #[arg(long, default_value_t = 1500)]
+    pub(crate) host_mtu: u32,
     /// Peers of the idle node (`idle`).
     #[arg(long, default_value_t = 100)]
     pub(crate) peers: usize,
@@ -135,7 +139,7 @@ fn main() {
             .block_on(rt.spawn(async move {
                 let args = &task_args;
                 let net = args.hosts.then(|| {
-                    mesh_testbed::Net::new(2, &[])
+                    mesh_testbed::Net::new(2, &[(0, args.host_mtu), (1, args.host_mtu)])
                         .unwrap_or_else(|e| panic!("--hosts needs the test bed: {e}"))
                 });
                 let placements = match &net {

@@ -62,11 +62,16 @@ pub(crate) struct ChildArgs {
     /// Pin this process to one CPU (before any thread starts).
     #[arg(long)]
     pub(crate) cpu: Option<usize>,
-    /// mesh-link's datagram size to non-loopback peers (the transport's `mtu`).
+    /// mesh-link's base datagram size (the transport's `mtu`; it probes up from it).
     #[arg(long)]
     pub(crate) mtu: Option<usize>,
+    /// mesh-link's path-MTU probing ceiling (the transport's `max_mtu`; `--mtu`'s value turns
+    /// probing off).
+    #[arg(long)]
+    pub(crate) max_mtu: Option<usize>,
     /// mesh-link as on a network, on loopback: datagrams of `--mtu` bytes (1200 if not
-    /// given) with checksums, instead of loopback's large unchecksummed ones.
+    /// given), no larger (no path-MTU probing), with checksums, instead of loopback's large
+    /// ones.
     #[arg(long)]
     pub(crate) as_network: bool,
     /// The QUIC server's certificate (hex DER), for a QUIC client to trust.
@@ -167,7 +172,7 @@ type Counts = Arc<(AtomicU64, AtomicU64)>;
 /// A mesh-link node as both sides of the bench run it: in-memory registry, bound to
 /// `--bind`, large messages, and `--mtu`/`--as-network` applied.
 fn mesh_builder(args: &ChildArgs) -> mesh_link::Builder {
-    let (mtu, as_network) = (args.mtu, args.as_network);
+    let (mtu, max_mtu, as_network) = (args.mtu, args.max_mtu, args.as_network);
     MeshNode::builder()
         .registry(Registry::memory())
         .bind(&SocketAddr::new(args.bind, 0).to_string())
@@ -176,8 +181,12 @@ fn mesh_builder(args: &ChildArgs) -> mesh_link::Builder {
             if let Some(m) = mtu {
                 c.mtu = m;
             }
+            if let Some(m) = max_mtu {
+                c.max_mtu = m;
+            }
             if as_network {
                 c.loopback_mtu = None;
+                c.max_mtu = c.mtu;
                 c.loopback_checksum = true;
             }
         })

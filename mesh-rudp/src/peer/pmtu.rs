@@ -1,0 +1,401 @@
+//! Path-MTU discovery for one peer (DPLPMTUD, RFC 8899, as QUIC does it): the largest datagram
+//! the path to the peer carries, found by sending it pings padded to a candidate size and
+//! seeing which are answered.
+//!
+//! A session starts at the base size (`EndpointConfig::mtu`, assumed to pass every path) and
+//! searches upward to its ceiling (`max_mtu`, or `loopback_mtu` for a peer on this host): the
+//! ceiling first (on a uniform network it passes or the socket refuses it at once), then by
+//! halving the interval between the largest size answered and the smallest one refused or
+//! unanswered after [`MAX_PROBES`] tries, until they are [`GRANULARITY`] bytes apart. A probe
+//! is a datagram of its own, never counted against the congestion window, and its loss is not
+//! taken for congestion. A search that stops below the ceiling is run again after
+//! [`RAISE_INTERVAL`], in case the path grew.
+//!
+//! Black holes: when a retransmission timeout finds the oldest frame in flight larger than the
+//! base size would carry, a lone base-size ping checks the path. If it is answered and the next
+//! timeout still finds no progress, datagrams of the current size no longer pass while small
+//! ones do: the size falls back to the base, and a search follows after [`RAISE_INTERVAL`].
+//! Silence is not taken for a black hole: a peer that answers nothing is down or unreachable,
+//! which the peer timeout handles.
+
+use std::time::{Duration, Instant};
+
+/// Tries of one size before it counts as too large (RFC 8899's `MAX_PROBES`).
+pub(crate) const MAX_PROBES: u32 = 3;
+/// The search stops when the largest size answered and the smallest refused are this close.
+pub(crate) const GRANULARITY: usize = 16;
+/// A search that stopped below the ceiling (or a fall-back) is retried after this long
+/// (RFC 8899's `PMTU_RAISE_TIMER`).
+pub(crate) const RAISE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// What the path-MTU state is doing. Sizes are `u16` (datagrams are at most 65 507 bytes):
+/// every peer carries this, idle or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not searching; the next search starts at `next` (`None`: the ceiling is reached).
+    Idle { next: Option<Instant> },
+    /// Probing `size`: tried `tries` times, the last at `sent` (`None`: a try is due now).
+    Probing {
+        size: u16,
+        tries: u8,
+        sent: Option<Instant>,
+    },
+    /// After a retransmission timeout with large frames in flight: a base-size ping, to tell
+    /// a black hole from silence, sent at `sent` (`None`: due now), and whether it was
+    /// answered. Interrupts a search (which starts again after [`RAISE_INTERVAL`]).
+    Checking {
+        sent: Option<Instant>,
+        answered: bool,
+    },
+}
+
+/// One peer's path MTU and its search.
+#[derive(Debug, Clone)]
+pub(crate) struct PathMtu {
+    phase: Phase,
+    /// Token of the last probe or check sent; its pong is matched against it.
+    token: u64,
+    base: u16,
+    ceiling: u16,
+    /// The largest datagram known to pass.
+    current: u16,
+    /// The smallest size known (or presumed, after [`MAX_PROBES`] unanswered) not to pass;
+    /// `ceiling + 1` before any.
+    too_big: u16,
+}
+
+/// A datagram [`PathMtu::on_sent`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProbeDatagram {
+    /// Its size: the ping is padded to it.
+    pub(crate) size: usize,
+    /// The ping's token.
+    pub(crate) token: u64,
+}
+
+/// A size as stored (every size here is at most `MAX_DATAGRAM_LEN`, below `u16::MAX`).
+fn narrow(size: usize) -> u16 {
+    u16::try_from(size).unwrap_or(u16::MAX - 1)
+}
+
+impl PathMtu {
+    /// A path at `base`, searching upward to `ceiling`. `token_seed` starts the probes'
+    /// tokens (kept apart from keep-alive pings' by the caller).
+    pub(crate) fn new(base: usize, ceiling: usize, token_seed: u64) -> Self {
+        let (base, ceiling) = (narrow(base), narrow(ceiling.max(base)));
+        let mut p = Self {
+            phase: Phase::Idle { next: None },
+            token: token_seed,
+            base,
+            ceiling,
+            current: base,
+            too_big: ceiling + 1,
+        };
+        p.start_search();
+        p
+    }
+
+    /// The largest datagram to send now.
+    pub(crate) fn current(&self) -> usize {
+        self.current.into()
+    }
+
+    /// The size every path is assumed to carry.
+    pub(crate) fn base(&self) -> usize {
+        self.base.into()
+    }
+
+    /// The size of the datagram due now, if any. Timers are advanced by
+    /// [`on_timeout`](Self::on_timeout), not here.
+    pub(crate) fn due(&self) -> Option<usize> {
+        match self.phase {
+            Phase::Checking { sent: None, .. } => Some(self.base.into()),
+            Phase::Probing {
+                size, sent: None, ..
+            } => Some(size.into()),
+            _ => None,
+        }
+    }
+
+    /// Records that the datagram [`due`](Self::due) returned is being sent at `now`; returns
+    /// it with its token.
+    pub(crate) fn on_sent(&mut self, now: Instant) -> Option<ProbeDatagram> {
+        let size = self.due()?;
+        self.token = self.token.wrapping_add(1);
+        match &mut self.phase {
+            Phase::Checking { sent, .. } => *sent = Some(now),
+            Phase::Probing { tries, sent, .. } => {
+                *tries += 1;
+                *sent = Some(now);
+            }
+            Phase::Idle { .. } => {}
+        }
+        Some(ProbeDatagram {
+            size,
+            token: self.token,
+        })
+    }
+
+    /// The next instant [`on_timeout`](Self::on_timeout) has work, given the time a probe is
+    /// waited for (`wait`: the peer's retransmission timeout).
+    pub(crate) fn deadline(&self, wait: Duration) -> Option<Instant> {
+        match self.phase {
+            Phase::Idle { next } => next,
+            Phase::Probing { sent, .. } => sent.map(|t| t + wait),
+            Phase::Checking {
+                sent,
+                answered: false,
+            } => sent.map(|t| t + wait),
+            Phase::Checking { answered: true, .. } => None,
+        }
+    }
+
+    /// Timer work: a probe unanswered for `wait` is tried again or given up; a check is sent
+    /// again (silence proves nothing); a search due starts.
+    pub(crate) fn on_timeout(&mut self, now: Instant, wait: Duration) {
+        match &mut self.phase {
+            Phase::Idle { next: Some(at) } if *at <= now => self.start_search(),
+            Phase::Probing {
+                size,
+                tries,
+                sent: Some(t),
+            } if *t + wait <= now => {
+                if *tries >= MAX_PROBES as u8 {
+                    let size = *size;
+                    self.refused(size, now);
+                } else {
+                    self.phase = Phase::Probing {
+                        size: *size,
+                        tries: *tries,
+                        sent: None,
+                    };
+                }
+            }
+            Phase::Checking {
+                sent: sent @ Some(_),
+                answered: false,
+            } if sent.is_some_and(|t| t + wait <= now) => *sent = None,
+            _ => {}
+        }
+    }
+
+    /// The socket refused a datagram of `size` as larger than the link allows: no need to
+    /// wait for the probe to be lost.
+    pub(crate) fn on_refused(&mut self, size: usize, now: Instant) {
+        let size = narrow(size);
+        if size <= self.current {
+            return;
+        }
+        match self.phase {
+            Phase::Probing { size: probing, .. } if probing == size => self.refused(size, now),
+            _ => self.too_big = self.too_big.min(size),
+        }
+    }
+
+    /// A pong: true if it answered our last probe or check (the caller then ignores it).
+    pub(crate) fn on_pong(&mut self, token: u64, now: Instant) -> bool {
+        if token != self.token {
+            return false;
+        }
+        match &mut self.phase {
+            Phase::Checking {
+                sent: Some(_),
+                answered,
+            } => *answered = true,
+            Phase::Probing {
+                size,
+                sent: Some(_),
+                ..
+            } => {
+                self.current = self.current.max(*size);
+                self.next_step(now);
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// An acknowledgement covered something new: the path works at its current size. A
+    /// check ends; the search it interrupted starts again after [`RAISE_INTERVAL`].
+    pub(crate) fn on_progress(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Checking { .. }) {
+            self.settle(now);
+        }
+    }
+
+    /// The retransmission timer fired with a frame too large for the base size the oldest in
+    /// flight. Returns true when this is a black hole: the last such timeout's check was
+    /// answered, and still nothing was acknowledged since.
+    pub(crate) fn on_rto(&mut self) -> bool {
+        if self.current <= self.base {
+            return false;
+        }
+        match self.phase {
+            Phase::Checking { answered, .. } => answered,
+            _ => {
+                self.phase = Phase::Checking {
+                    sent: None,
+                    answered: false,
+                };
+                false
+            }
+        }
+    }
+
+    /// Falls back to the base size after a black hole; the next search is after
+    /// [`RAISE_INTERVAL`].
+    pub(crate) fn fall_back(&mut self, now: Instant) {
+        self.current = self.base;
+        self.phase = Phase::Idle {
+            next: Some(now + RAISE_INTERVAL),
+        };
+    }
+
+    /// `size` is presumed too large: search below it.
+    fn refused(&mut self, size: u16, now: Instant) {
+        self.too_big = self.too_big.min(size);
+        self.next_step(now);
+    }
+
+    /// A new search, from the current size up to the ceiling (tried first).
+    fn start_search(&mut self) {
+        self.too_big = self.ceiling + 1;
+        self.phase = if self.current >= self.ceiling {
+            Phase::Idle { next: None }
+        } else {
+            Phase::Probing {
+                size: self.ceiling,
+                tries: 0,
+                sent: None,
+            }
+        };
+    }
+
+    /// No search now: none needed at the ceiling, else one after [`RAISE_INTERVAL`].
+    fn settle(&mut self, now: Instant) {
+        self.phase = Phase::Idle {
+            next: (self.current < self.ceiling).then(|| now + RAISE_INTERVAL),
+        };
+    }
+
+    /// The next size to probe, halfway between what passed and what did not, or the end of
+    /// the search.
+    fn next_step(&mut self, now: Instant) {
+        if self.current >= self.ceiling || usize::from(self.too_big - self.current) <= GRANULARITY {
+            self.settle(now);
+        } else {
+            self.phase = Phase::Probing {
+                size: self.current + (self.too_big - self.current) / 2,
+                tries: 0,
+                sent: None,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_millis(100);
+
+    /// Runs a search against a path that carries datagrams up to `path` bytes; `refuses`:
+    /// the socket refuses larger ones at once (the local link), instead of losing them.
+    /// Returns the size found and the probes sent.
+    fn search(pmtu: &mut PathMtu, path: usize, refuses: bool, mut now: Instant) -> (usize, u32) {
+        let mut probes = 0;
+        for _ in 0..1000 {
+            if let Some(p) = pmtu.on_sent(now) {
+                probes += 1;
+                if p.size <= path {
+                    assert!(pmtu.on_pong(p.token, now));
+                } else if refuses {
+                    pmtu.on_refused(p.size, now);
+                }
+                continue;
+            }
+            match pmtu.deadline(WAIT) {
+                Some(at) if at < now + RAISE_INTERVAL / 2 => {
+                    now = at;
+                    pmtu.on_timeout(now, WAIT);
+                }
+                _ => return (pmtu.current(), probes),
+            }
+        }
+        panic!("the search did not end");
+    }
+
+    #[test]
+    fn finds_the_path_within_the_granularity_from_below_and_never_above() {
+        let now = Instant::now();
+        for (path, refuses) in [(1472, true), (1472, false), (8972, false), (1300, false)] {
+            let mut p = PathMtu::new(1200, 8972, 0);
+            let (found, probes) = search(&mut p, path, refuses, now);
+            assert!(
+                found <= path && path - found < GRANULARITY,
+                "{path}: {found}"
+            );
+            // Binary search: about log2(7772 / 16) sizes, each tried at most MAX_PROBES times.
+            assert!(probes <= 10 * MAX_PROBES, "{path}: {probes} probes");
+        }
+        // The ceiling passes: one probe.
+        let mut p = PathMtu::new(1200, 32_000, 0);
+        assert_eq!(search(&mut p, 65_507, false, now), (32_000, 1));
+    }
+
+    #[test]
+    fn a_lost_probe_is_tried_three_times_before_the_size_is_given_up() {
+        let now = Instant::now();
+        let mut p = PathMtu::new(1200, 9000, 0);
+        for i in 0..MAX_PROBES {
+            let at = now + WAIT * (i + 1);
+            assert_eq!(p.on_sent(at).map(|d| d.size), Some(9000));
+            assert_eq!(p.due(), None);
+            p.on_timeout(at + WAIT, WAIT);
+        }
+        // The fourth loss moved the search below 9000.
+        let next = p.due().unwrap();
+        assert!(next < 9000 && next > 1200, "{next}");
+        // A late pong of an old probe does not count.
+        let old = p.token;
+        let d = p.on_sent(now).unwrap();
+        assert_ne!(d.token, old);
+        assert!(!p.on_pong(old, now));
+        assert_eq!(p.current(), 1200);
+    }
+
+    #[test]
+    fn a_black_hole_is_a_timeout_after_an_answered_check_and_silence_is_not() {
+        let now = Instant::now();
+        let mut p = PathMtu::new(1200, 9000, 0);
+        let d = p.on_sent(now).unwrap();
+        assert!(p.on_pong(d.token, now));
+        assert_eq!(p.current(), 9000);
+        // Silence: timeouts with checks unanswered never fall back.
+        for _ in 0..5 {
+            assert!(!p.on_rto());
+            let c = p.on_sent(now).unwrap();
+            assert_eq!(c.size, 1200, "a base-size check");
+            p.on_timeout(now + WAIT, WAIT);
+        }
+        // Progress clears the suspicion.
+        p.on_progress(now);
+        assert!(!p.on_rto());
+        let c = p.on_sent(now).unwrap();
+        assert!(p.on_pong(c.token, now));
+        // Small datagrams pass, and the next timeout still found no progress: a black hole.
+        assert!(p.on_rto());
+        p.fall_back(now);
+        assert_eq!(p.current(), 1200);
+        assert_eq!(p.due(), None);
+        // The next search starts after the raise interval.
+        assert_eq!(p.deadline(WAIT), Some(now + RAISE_INTERVAL));
+        p.on_timeout(now + RAISE_INTERVAL, WAIT);
+        assert_eq!(p.due(), Some(9000));
+        // At the base size, timeouts are not suspicious.
+        let mut q = PathMtu::new(1200, 1200, 0);
+        assert!(!q.on_rto());
+        assert_eq!(q.due(), None);
+        assert_eq!(q.deadline(WAIT), None);
+    }
+}
