@@ -640,7 +640,7 @@ impl<C: Controller> Peer<C> {
             self.acks.deadline,
             self.recovery.rto_deadline,
             self.flush_at,
-            self.pmtu.deadline(self.recovery.rto(config)),
+            self.pmtu.deadline(|| self.recovery.rto(config)),
         ]
         .into_iter()
         .flatten()

@@ -137,15 +137,16 @@ impl PathMtu {
     }
 
     /// The next instant [`on_timeout`](Self::on_timeout) has work, given the time a probe is
-    /// waited for (`wait`: the peer's retransmission timeout).
-    pub(crate) fn deadline(&self, wait: Duration) -> Option<Instant> {
+    /// waited for (`wait`: the peer's retransmission timeout, computed only when a probe is
+    /// out: this runs for every datagram).
+    pub(crate) fn deadline(&self, wait: impl FnOnce() -> Duration) -> Option<Instant> {
         match self.phase {
             Phase::Idle { next } => next,
-            Phase::Probing { sent, .. } => sent.map(|t| t + wait),
+            Phase::Probing { sent, .. } => sent.map(|t| t + wait()),
             Phase::Checking {
                 sent,
                 answered: false,
-            } => sent.map(|t| t + wait),
+            } => sent.map(|t| t + wait()),
             Phase::Checking { answered: true, .. } => None,
         }
     }
@@ -314,7 +315,7 @@ mod tests {
                 }
                 continue;
             }
-            match pmtu.deadline(WAIT) {
+            match pmtu.deadline(|| WAIT) {
                 Some(at) if at < now + RAISE_INTERVAL / 2 => {
                     now = at;
                     pmtu.on_timeout(now, WAIT);
@@ -389,13 +390,13 @@ mod tests {
         assert_eq!(p.current(), 1200);
         assert_eq!(p.due(), None);
         // The next search starts after the raise interval.
-        assert_eq!(p.deadline(WAIT), Some(now + RAISE_INTERVAL));
+        assert_eq!(p.deadline(|| WAIT), Some(now + RAISE_INTERVAL));
         p.on_timeout(now + RAISE_INTERVAL, WAIT);
         assert_eq!(p.due(), Some(9000));
         // At the base size, timeouts are not suspicious.
         let mut q = PathMtu::new(1200, 1200, 0);
         assert!(!q.on_rto());
         assert_eq!(q.due(), None);
-        assert_eq!(q.deadline(WAIT), None);
+        assert_eq!(q.deadline(|| WAIT), None);
     }
 }
