@@ -99,8 +99,8 @@ impl EndpointConfig {
     setter!(
         /// The base datagram size: the largest UDP payload (header included) assumed to pass
         /// every path. Every session starts at it, probes upward from it (see
-        /// [`max_mtu`](Self::max_mtu)), and falls back to it when larger datagrams stop
-        /// passing; unreliable messages must fit it. Default 1200 bytes: safe on common
+        /// [`max_mtu`](Self::max_mtu)), and a session that finds larger datagrams stopped
+        /// passing is followed by one that starts here again; unreliable messages must fit it. Default 1200 bytes: safe on common
         /// networks (IPv6's minimum MTU less headers). Range 256..=65507.
         mtu: usize
     );

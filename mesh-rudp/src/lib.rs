@@ -31,17 +31,18 @@
 //!   blocking) or [`Delivery::Ordered`] per channel. Small messages never wait behind the
 //!   fragments of a large one.
 //! - **Packing**: frames for one peer share datagrams up to the path's MTU, optionally held
-//!   for `flush_interval` to pack more.
+//!   for `flush_interval` to pack more. [`Transport`] also corks sends that follow one another
+//!   within a few microseconds and lets its driver pack them ([`TransportConfig::cork`]); a
+//!   lone send goes out at once from the sender's task.
 //! - **Path-MTU discovery** (DPLPMTUD, RFC 8899): a session starts at the base size (`mtu`,
 //!   1200 bytes) and probes upward to `max_mtu` (8972) or, to a peer on this host,
 //!   `loopback_mtu` (32 000 on Linux) with pings padded to each candidate size, each sent alone
 //!   and never counted as congestion; messages are cut to the largest size answered
-//!   ([`PeerStats::mtu`]). A path that shrinks under a session (large datagrams lost while a
-//!   base-size ping is answered) falls back to the base size; frames already cut larger cannot
-//!   be resent smaller, so then the session ends with [`DownReason::PathMtu`] and what was in
-//!   flight fails with it. [`Transport`] also corks sends that
-//!   follow one another within a few microseconds and lets its driver pack them
-//!   ([`TransportConfig::cork`]); a lone send goes out at once from the sender's task.
+//!   ([`PeerStats::mtu`]). When a path shrinks under a session (large datagrams lost for
+//!   three retransmission timeouts in a row while a base-size ping is answered), frames
+//!   already cut larger cannot be resent smaller, so the session ends with
+//!   [`DownReason::PathMtu`], what was in flight fails with it, and the next session starts at
+//!   the base size and finds the new path. Silence alone is never taken for a smaller path.
 //! - **Liveness**: idle peers are pinged every `keepalive_interval` (by default a quarter of
 //!   `peer_timeout`, at most 1 s: the keepalive follows the timeout it must serve); a peer that
 //!   answers nothing, or acknowledges nothing while data is in flight, for `peer_timeout` is reported

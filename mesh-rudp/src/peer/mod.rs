@@ -521,8 +521,9 @@ impl<C: Controller> Peer<C> {
     }
 
     /// The retransmission timer fired: everything in flight is presumed lost. Returns true
-    /// when this shows a path-MTU black hole whose fall-back strands frames in flight (see
-    /// [`fall_back`](Self::fall_back)).
+    /// when this shows a path-MTU black hole: the oldest frame in flight is larger than the
+    /// base size carries and cannot be cut smaller (a fragment is numbered among its
+    /// message's pieces), so the session must end; the next starts at the base size.
     fn on_rto(&mut self, now: Instant, config: &EndpointConfig) -> bool {
         self.recovery.on_rto(now, config);
         self.cc.on_rto(self.recovery.next_seq);
@@ -531,34 +532,16 @@ impl<C: Controller> Peer<C> {
             .recovery
             .first_lost()
             .is_some_and(|(_, s)| s.wire_len() > base_room);
-        suspicious && self.pmtu.on_rto() && self.fall_back(now)
+        let black_hole = suspicious && self.pmtu.on_rto();
+        if black_hole {
+            tracing::debug!(mtu = self.pmtu.current(), "path MTU black hole");
+        }
+        black_hole
     }
 
     /// Bytes of frames that fit a data datagram of `mtu` bytes.
     fn frame_room(mtu: usize) -> usize {
         mtu - HEADER_LEN - ACK_RESERVE
-    }
-
-    /// Datagrams of the current size stopped passing while small ones still do: the path
-    /// MTU falls back to the base size, and messages not yet started are split for it. Frames
-    /// already sent (or a message partly sent) larger than the base size allows cannot be
-    /// split again (a fragment is numbered among its message's pieces), so then the session
-    /// must end: returns true.
-    fn fall_back(&mut self, now: Instant) -> bool {
-        tracing::debug!(
-            from = self.pmtu.current(),
-            to = self.pmtu.base(),
-            "path MTU black hole"
-        );
-        self.pmtu.fall_back(now);
-        let base = self.pmtu.base();
-        self.cc.on_mtu(base);
-        let room = Self::frame_room(base);
-        let stranded = self.recovery.any_longer_than(room)
-            || self.send.started_longer_than(room, DataFrame::overhead);
-        self.send
-            .resplit(|ordered| Self::payload_sizes(base, ordered));
-        stranded
     }
 
     /// Takes a data frame. `room` says what the endpoint can still hold.

@@ -12,11 +12,12 @@
 //! [`RAISE_INTERVAL`], in case the path grew.
 //!
 //! Black holes: when a retransmission timeout finds the oldest frame in flight larger than the
-//! base size would carry, a lone base-size ping checks the path. If it is answered and the next
-//! timeout still finds no progress, datagrams of the current size no longer pass while small
-//! ones do: the size falls back to the base, and a search follows after [`RAISE_INTERVAL`].
-//! Silence is not taken for a black hole: a peer that answers nothing is down or unreachable,
-//! which the peer timeout handles.
+//! base size would carry, a lone base-size ping checks the path. If it is answered and
+//! [`BLACK_HOLE_TIMEOUTS`] timeouts in a row find no progress, datagrams of the current size no
+//! longer pass while small ones do. Frames already cut to the larger size cannot be cut again
+//! (a fragment is numbered among its message's pieces), so the caller ends the session; the
+//! next one starts at the base size and searches anew. Silence is not taken for a black hole:
+//! a peer that answers nothing is down or unreachable, which the peer timeout handles.
 
 use std::time::{Duration, Instant};
 
@@ -24,9 +25,13 @@ use std::time::{Duration, Instant};
 pub(crate) const MAX_PROBES: u32 = 3;
 /// The search stops when the largest size answered and the smallest refused are this close.
 pub(crate) const GRANULARITY: usize = 16;
-/// A search that stopped below the ceiling (or a fall-back) is retried after this long
-/// (RFC 8899's `PMTU_RAISE_TIMER`).
+/// A search that stopped below the ceiling is retried after this long (RFC 8899's
+/// `PMTU_RAISE_TIMER`).
 pub(crate) const RAISE_INTERVAL: Duration = Duration::from_secs(600);
+/// Retransmission timeouts in a row, without progress and with the base-size check answered,
+/// that make a black hole. More than two: heavy loss of large datagrams alone (congestion) can
+/// cost two timeouts, and what follows a black hole (the session ends) is not undone.
+pub(crate) const BLACK_HOLE_TIMEOUTS: u8 = 3;
 
 /// What the path-MTU state is doing. Sizes are `u16` (datagrams are at most 65 507 bytes):
 /// every peer carries this, idle or not.
@@ -42,10 +47,12 @@ enum Phase {
     },
     /// After a retransmission timeout with large frames in flight: a base-size ping, to tell
     /// a black hole from silence, sent at `sent` (`None`: due now), and whether it was
-    /// answered. Interrupts a search (which starts again after [`RAISE_INTERVAL`]).
+    /// answered, and the timeouts without progress so far. Interrupts a search (which starts
+    /// again after [`RAISE_INTERVAL`]).
     Checking {
         sent: Option<Instant>,
         answered: bool,
+        timeouts: u8,
     },
 }
 
@@ -146,6 +153,7 @@ impl PathMtu {
             Phase::Checking {
                 sent,
                 answered: false,
+                ..
             } => sent.map(|t| t + wait()),
             Phase::Checking { answered: true, .. } => None,
         }
@@ -175,6 +183,7 @@ impl PathMtu {
             Phase::Checking {
                 sent: sent @ Some(_),
                 answered: false,
+                ..
             } if sent.is_some_and(|t| t + wait <= now) => *sent = None,
             _ => {}
         }
@@ -202,6 +211,7 @@ impl PathMtu {
             Phase::Checking {
                 sent: Some(_),
                 answered,
+                ..
             } => *answered = true,
             Phase::Probing {
                 size,
@@ -225,31 +235,28 @@ impl PathMtu {
     }
 
     /// The retransmission timer fired with a frame too large for the base size the oldest in
-    /// flight. Returns true when this is a black hole: the last such timeout's check was
-    /// answered, and still nothing was acknowledged since.
+    /// flight. Returns true when this is a black hole: the check is answered, and this is the
+    /// [`BLACK_HOLE_TIMEOUTS`]th timeout in a row without an acknowledgement of anything new.
     pub(crate) fn on_rto(&mut self) -> bool {
         if self.current <= self.base {
             return false;
         }
-        match self.phase {
-            Phase::Checking { answered, .. } => answered,
+        match &mut self.phase {
+            Phase::Checking {
+                answered, timeouts, ..
+            } => {
+                *timeouts = timeouts.saturating_add(1);
+                *answered && *timeouts >= BLACK_HOLE_TIMEOUTS
+            }
             _ => {
                 self.phase = Phase::Checking {
                     sent: None,
                     answered: false,
+                    timeouts: 1,
                 };
                 false
             }
         }
-    }
-
-    /// Falls back to the base size after a black hole; the next search is after
-    /// [`RAISE_INTERVAL`].
-    pub(crate) fn fall_back(&mut self, now: Instant) {
-        self.current = self.base;
-        self.phase = Phase::Idle {
-            next: Some(now + RAISE_INTERVAL),
-        };
     }
 
     /// `size` is presumed too large: search below it.
@@ -384,15 +391,10 @@ mod tests {
         assert!(!p.on_rto());
         let c = p.on_sent(now).unwrap();
         assert!(p.on_pong(c.token, now));
-        // Small datagrams pass, and the next timeout still found no progress: a black hole.
+        // Small datagrams pass, and timeouts go on finding no progress: a black hole at the
+        // third in a row.
+        assert!(!p.on_rto());
         assert!(p.on_rto());
-        p.fall_back(now);
-        assert_eq!(p.current(), 1200);
-        assert_eq!(p.due(), None);
-        // The next search starts after the raise interval.
-        assert_eq!(p.deadline(|| WAIT), Some(now + RAISE_INTERVAL));
-        p.on_timeout(now + RAISE_INTERVAL, WAIT);
-        assert_eq!(p.due(), Some(9000));
         // At the base size, timeouts are not suspicious.
         let mut q = PathMtu::new(1200, 1200, 0);
         assert!(!q.on_rto());

@@ -268,12 +268,6 @@ impl Recovery {
         self.rto_deadline = Some(now + self.rto(config));
     }
 
-    /// Whether a frame in flight (or lost) takes more than `len` wire bytes. A walk over
-    /// every frame: for the rare path-MTU fall-back only.
-    pub(crate) fn any_longer_than(&self, len: usize) -> bool {
-        self.sent.values().any(|s| s.wire_len() > len)
-    }
-
     /// Whether anything sent is still unacknowledged.
     pub(crate) fn has_unacked(&self) -> bool {
         !self.sent.is_empty()

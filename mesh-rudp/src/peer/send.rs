@@ -203,58 +203,6 @@ impl SendQueue {
         }
     }
 
-    /// Whether a message partly sent has pieces left longer than `len` wire bytes (with
-    /// `overhead` of a frame of its kind): those pieces cannot be made smaller.
-    pub(crate) fn started_longer_than(
-        &self,
-        len: usize,
-        overhead: impl Fn(bool, bool) -> usize,
-    ) -> bool {
-        self.large.iter().chain(&self.small).any(|m| {
-            m.next_frag > 0
-                && m.next_frag < m.count
-                && overhead(m.order.is_some(), true) + m.frag_size > len
-        })
-    }
-
-    /// Splits the messages not yet started anew, for smaller datagrams (`sizes` as for
-    /// [`queue_reliable`](Self::queue_reliable)); a whole message that no longer fits one
-    /// frame becomes a fragmented one, behind those already fragmented.
-    pub(crate) fn resplit(&mut self, sizes: impl Fn(bool) -> (usize, usize)) {
-        let mut moved = Vec::new();
-        for (m, small) in self
-            .small
-            .iter_mut()
-            .map(|m| (m, true))
-            .chain(self.large.iter_mut().map(|m| (m, false)))
-        {
-            if m.next_frag > 0 {
-                continue;
-            }
-            let (whole, frag_size) = sizes(m.order.is_some());
-            let count = if m.data.len() <= whole {
-                1
-            } else {
-                m.data.len().div_ceil(frag_size) as u32
-            };
-            if let Some(p) = self.pending.get_mut(&m.id) {
-                p.left = count;
-            }
-            m.count = count;
-            m.frag_size = frag_size;
-            if small && count > 1 {
-                moved.push(m.id);
-            }
-        }
-        if !moved.is_empty() {
-            let (stay, go): (VecDeque<OutMsg>, VecDeque<OutMsg>) = std::mem::take(&mut self.small)
-                .into_iter()
-                .partition(|m| m.count == 1);
-            self.small = stay;
-            self.large.extend(go);
-        }
-    }
-
     /// Wire length of the next new data frame, if any (`overhead` of a frame of its kind).
     pub(crate) fn next_frame_len(&self, overhead: impl Fn(bool, bool) -> usize) -> Option<usize> {
         let msg = self.small.front().or(self.large.front())?;
