@@ -89,6 +89,10 @@ pub struct PeerReport {
     pub cwnd: u64,
     /// Messages queued and not yet acknowledged.
     pub pending_messages: u64,
+    /// The largest datagram sent to this peer now, bytes: found by path-MTU discovery (0 in
+    /// a report from a build without it).
+    #[serde(default)]
+    pub mtu: u64,
 }
 
 impl PeerReport {
@@ -109,6 +113,7 @@ impl PeerReport {
             in_flight_bytes: s.in_flight_bytes as u64,
             cwnd: s.cwnd as u64,
             pending_messages: s.pending_messages as u64,
+            mtu: s.mtu as u64,
         }
     }
 
@@ -141,6 +146,7 @@ pub(crate) fn publish(report: &NodeReport) {
             metrics::gauge!("mesh_peer_rtt_seconds", &labels).set(p.srtt_us as f64 / 1e6);
         }
         metrics::gauge!("mesh_peer_in_flight_bytes", &labels).set(p.in_flight_bytes as f64);
+        metrics::gauge!("mesh_peer_mtu_bytes", &labels).set(p.mtu as f64);
         metrics::counter!("mesh_peer_retransmitted_total", &labels).absolute(p.retransmitted);
         metrics::counter!("mesh_peer_frames_sent_total", &labels).absolute(p.frames_sent);
     }

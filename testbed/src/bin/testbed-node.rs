@@ -328,9 +328,16 @@ async fn command(
         }
         "stats" => {
             let t = node.transport_stats();
+            // Each session's path MTU, by peer address.
+            let mtu: serde_json::Map<String, Value> = node
+                .report()
+                .peers
+                .iter()
+                .map(|p| (p.addr.to_string(), json!(p.mtu)))
+                .collect();
             json!({"retransmitted": t.retransmitted, "datagrams_sent": t.datagrams_sent,
                    "datagrams_received": t.datagrams_received, "duplicates": t.duplicates,
-                   "messages_failed": t.messages_failed, "peers": t.peers})
+                   "messages_failed": t.messages_failed, "peers": t.peers, "mtu": mtu})
         }
         "fanout" => {
             let size = (num(1) as usize).max(16);

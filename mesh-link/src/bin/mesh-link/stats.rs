@@ -67,20 +67,21 @@ pub(crate) fn render(r: &NodeReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\nSESSIONS\n{:<24} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10}",
-        "PEER", "RTT", "RTTVAR", "SENT", "RESENT", "LOSS", "IN FLIGHT"
+        "\nSESSIONS\n{:<24} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>6}",
+        "PEER", "RTT", "RTTVAR", "SENT", "RESENT", "LOSS", "IN FLIGHT", "MTU"
     );
     for p in &r.peers {
         let _ = writeln!(
             out,
-            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>6.2}% {:>10}",
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>6.2}% {:>10} {:>6}",
             p.addr.to_string(),
             micros(p.srtt_us),
             micros(p.rttvar_us),
             p.frames_sent,
             p.retransmitted,
             p.loss() * 100.0,
-            p.in_flight_frames
+            p.in_flight_frames,
+            p.mtu
         );
     }
     let _ = writeln!(out, "\nCOUNTERS");
