@@ -89,9 +89,9 @@ pub struct Config {
     pub mtu: usize,
     /// The largest datagram probed for (path-MTU discovery): each session finds the largest
     /// size between `mtu` and this that reaches the other node, and sends bulk data in
-    /// datagrams of that size (see `mesh_rudp::EndpointConfig::max_mtu`). Default 8972 (a
-    /// jumbo frame); equal to `mtu` turns probing off.
-    pub max_mtu: usize,
+    /// datagrams of that size (see `mesh_rudp::EndpointConfig::max_mtu`). Default (`None`)
+    /// 8972 (a jumbo frame), or `mtu` when that is larger; equal to `mtu` turns probing off.
+    pub max_mtu: Option<usize>,
     /// `max_mtu` for a node on a loopback address (another process on this host); `None`
     /// treats those nodes like any other. Default 32 000 on Linux, whose loopback carries
     /// 64 KiB datagrams (bulk transfers between co-located nodes run about 3× faster than at
@@ -214,7 +214,7 @@ impl Default for Config {
             relay_timeout: Duration::from_secs(10),
             send_interval: None,
             mtu: 1200,
-            max_mtu: mesh_rudp::DEFAULT_MAX_MTU,
+            max_mtu: None,
             loopback_mtu: mesh_rudp::DEFAULT_LOOPBACK_MTU,
             loopback_checksum: true,
             max_message_size: 16 << 20,

@@ -9,7 +9,8 @@ use crate::ConfigError;
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub(crate) mtu: usize,
-    pub(crate) max_mtu: usize,
+    /// `None`: [`DEFAULT_MAX_MTU`], or `mtu` when larger (see [`EndpointConfig::max_mtu`]).
+    pub(crate) max_mtu: Option<usize>,
     pub(crate) loopback_mtu: Option<usize>,
     pub(crate) loopback_checksum: bool,
     pub(crate) max_message_size: usize,
@@ -55,7 +56,7 @@ impl Default for EndpointConfig {
     fn default() -> Self {
         Self {
             mtu: 1200,
-            max_mtu: DEFAULT_MAX_MTU,
+            max_mtu: None,
             loopback_mtu: DEFAULT_LOOPBACK_MTU,
             loopback_checksum: true,
             max_message_size: 16 << 20,
@@ -104,24 +105,31 @@ impl EndpointConfig {
         /// networks (IPv6's minimum MTU less headers). Range 256..=65507.
         mtu: usize
     );
-    setter!(
-        /// The largest datagram probed for (path-MTU discovery, RFC 8899's DPLPMTUD): each
-        /// session sends pings padded to candidate sizes between [`mtu`](Self::mtu) and this,
-        /// and uses the largest answered, so bulk data goes in fewer, larger datagrams where
-        /// the network allows. Probes are sent alone, answered by a small pong, not counted
-        /// as congestion when lost, and given up after three tries per size; a search ends
-        /// within 16 bytes of the path's MTU and is repeated every 10 minutes while below
-        /// this. Default [`DEFAULT_MAX_MTU`] (8972: a jumbo frame). Equal to `mtu`: no
-        /// probing. Range `mtu..=65507`.
-        max_mtu: usize
-    );
+    /// The largest datagram probed for (path-MTU discovery, RFC 8899's DPLPMTUD): each
+    /// session sends pings padded to candidate sizes between [`mtu`](Self::mtu) and this,
+    /// and uses the largest answered, so bulk data goes in fewer, larger datagrams where the
+    /// network allows. Probes are sent alone, answered by a small pong, not counted as
+    /// congestion when lost, and given up after three tries per size; a search ends within 16
+    /// bytes of the path's MTU and is repeated every 10 minutes while below this. Default
+    /// [`DEFAULT_MAX_MTU`] (8972: a jumbo frame), or `mtu` when that is set larger. Equal to
+    /// `mtu`: no probing. Range `mtu..=65507` (below `mtu` is refused, naming both).
+    pub fn max_mtu(&mut self, value: usize) -> &mut Self {
+        self.max_mtu = Some(value);
+        self
+    }
+
+    /// [`max_mtu`](Self::max_mtu) as it applies: the value set, else the default or `mtu`,
+    /// whichever is larger.
+    pub fn effective_max_mtu(&self) -> usize {
+        self.max_mtu.unwrap_or(DEFAULT_MAX_MTU.max(self.mtu))
+    }
     setter!(
         /// [`max_mtu`](Self::max_mtu) for a peer on a loopback address (another process on
         /// this host); `None` treats loopback peers like any other. Loopback never fragments
         /// below 64 KiB on Linux, and fewer, larger datagrams move bulk data between
         /// co-located processes at several times the speed. Probed like any path (the first
         /// probe, of this size, passes). Default `Some(32_000)` on Linux (measured best between
-        /// 24 and 48 KB), `None` elsewhere. Range `mtu..=65507`.
+        /// 24 and 48 KB), `None` elsewhere. At most 65507; below `mtu` it is `mtu`.
         loopback_mtu: Option<usize>
     );
     setter!(
@@ -284,18 +292,18 @@ impl EndpointConfig {
     }
 
     /// The largest datagram probed for toward `peer`: `loopback_mtu` for a loopback address,
-    /// else `max_mtu`.
+    /// else `max_mtu`; never below the base size.
     pub(crate) fn ceiling_for(&self, peer: std::net::SocketAddr) -> usize {
         match self.loopback_mtu {
-            Some(m) if is_loopback(peer) => m,
-            _ => self.max_mtu,
+            Some(m) if is_loopback(peer) => m.max(self.mtu),
+            _ => self.effective_max_mtu(),
         }
     }
 
     /// The largest datagram this endpoint may send to any peer.
     pub(crate) fn largest_mtu(&self) -> usize {
         self.mtu
-            .max(self.max_mtu)
+            .max(self.effective_max_mtu())
             .max(self.loopback_mtu.unwrap_or(0))
     }
 }
@@ -315,23 +323,18 @@ impl EndpointConfig {
     /// Checks the values against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(256..=mesh_wire::MAX_DATAGRAM_LEN).contains(&self.mtu)
-            || self.max_mtu > mesh_wire::MAX_DATAGRAM_LEN
+            || self.effective_max_mtu() > mesh_wire::MAX_DATAGRAM_LEN
             || self
                 .loopback_mtu
                 .is_some_and(|m| m > mesh_wire::MAX_DATAGRAM_LEN)
         {
             return Err(ConfigError::Invalid("mtu must be within 256..=65507"));
         }
-        for (name, value) in [
-            ("max_mtu", Some(self.max_mtu)),
-            ("loopback_mtu", self.loopback_mtu),
-        ] {
-            if let Some(v) = value.filter(|&v| v < self.mtu) {
-                return Err(ConfigError::Conflict(format!(
-                    "{name} ({v}) must be at least mtu ({}), the base size probed up from",
-                    self.mtu
-                )));
-            }
+        if let Some(m) = self.max_mtu.filter(|&m| m < self.mtu) {
+            return Err(ConfigError::Conflict(format!(
+                "max_mtu ({m}) must be at least mtu ({}), the base size probed up from",
+                self.mtu
+            )));
         }
         if self.max_message_size == 0 {
             return Err(ConfigError::Invalid("max_message_size must be positive"));

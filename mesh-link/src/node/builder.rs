@@ -163,9 +163,11 @@ pub(crate) fn transport_config(config: &Config, seed: u64) -> TransportConfig {
             .reassembly_total(largest.saturating_mul(4).max(256 << 20))
             .send_queue_per_peer(largest.saturating_mul(2).max(64 << 20));
     }
+    if let Some(m) = config.max_mtu {
+        tc.endpoint.max_mtu(m);
+    }
     tc.endpoint
         .mtu(config.mtu)
-        .max_mtu(config.max_mtu)
         .loopback_mtu(config.loopback_mtu)
         .loopback_checksum(config.loopback_checksum)
         .max_message_size(largest)
@@ -256,7 +258,6 @@ mod tests {
         let mut want = mesh_rudp::EndpointConfig::default();
         let largest = (16 << 20) + HEADROOM;
         want.mtu(1200)
-            .max_mtu(mesh_rudp::DEFAULT_MAX_MTU)
             .loopback_mtu(mesh_rudp::DEFAULT_LOOPBACK_MTU)
             .loopback_checksum(true)
             // 17 MiB exceeds the transport's 16 MiB defaults: the caps hold two messages.

@@ -153,3 +153,26 @@ fn a_peer_that_ignores_probes_is_kept_at_the_base_size() {
         "lost probes are not data"
     );
 }
+
+#[test]
+fn the_probing_ceiling_follows_a_larger_base_and_a_smaller_one_set_is_refused_by_name() {
+    // A base of 9000 (a jumbo network's, set before path-MTU discovery existed) raises the
+    // default ceiling with it rather than being refused against it.
+    let mut config = EndpointConfig::default();
+    config.mtu(9000);
+    config.validate().unwrap();
+    assert_eq!(config.effective_max_mtu(), 9000);
+    assert_eq!(
+        EndpointConfig::default().effective_max_mtu(),
+        mesh_rudp::DEFAULT_MAX_MTU
+    );
+    // A ceiling set below the base cannot be met: refused, naming both.
+    config.max_mtu(4000);
+    let e = config.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("max_mtu (4000)") && e.contains("mtu (9000)"),
+        "{e}"
+    );
+    config.max_mtu(9000);
+    config.validate().unwrap();
+}

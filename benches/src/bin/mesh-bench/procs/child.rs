@@ -182,11 +182,11 @@ fn mesh_builder(args: &ChildArgs) -> mesh_link::Builder {
                 c.mtu = m;
             }
             if let Some(m) = max_mtu {
-                c.max_mtu = m;
+                c.max_mtu = Some(m);
             }
             if as_network {
                 c.loopback_mtu = None;
-                c.max_mtu = c.mtu;
+                c.max_mtu = Some(c.mtu);
                 c.loopback_checksum = true;
             }
         })
