@@ -13,6 +13,7 @@
 
 mod ack;
 mod congestion;
+mod flight;
 mod keepalive;
 mod ordering;
 mod pmtu;

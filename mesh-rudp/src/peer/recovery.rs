@@ -2,12 +2,13 @@
 //! retransmit after [`PACKET_THRESHOLD`] later frames were acknowledged, or the
 //! retransmission timer), and the round-trip estimate that sets that timer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mesh_wire::{AckFrame, DataFrame, Fragment};
 
+use super::flight::Flight;
 use super::LAZY_ACK_DELAY;
 use crate::config::EndpointConfig;
 use crate::ranges::unwrap_seq;
@@ -76,7 +77,7 @@ pub(crate) struct Acked {
 #[derive(Debug)]
 pub(crate) struct Recovery {
     pub(crate) next_seq: u64,
-    sent: BTreeMap<u64, Sent>,
+    sent: Flight,
     lost: BTreeSet<u64>,
     pub(crate) in_flight_bytes: usize,
     pub(crate) in_flight_frames: usize,
@@ -93,7 +94,7 @@ impl Recovery {
     pub(crate) fn new(rtt: Rtt) -> Self {
         Self {
             next_seq: 0,
-            sent: BTreeMap::new(),
+            sent: Flight::default(),
             lost: BTreeSet::new(),
             in_flight_bytes: 0,
             in_flight_frames: 0,
@@ -112,20 +113,21 @@ impl Recovery {
         self.in_flight_bytes += s.wire_len();
         self.in_flight_frames += 1;
         self.lazy_unacked += usize::from(s.lazy);
-        self.sent.insert(seq, s);
+        // The ring ends at `next_seq`, counted up above: this frame's slot is its last.
+        self.sent.push(s);
         seq
     }
 
     /// The oldest lost frame, to retransmit first.
     pub(crate) fn first_lost(&self) -> Option<(u64, &Sent)> {
         let &seq = self.lost.first()?;
-        self.sent.get(&seq).map(|s| (seq, s))
+        self.sent.get(seq, self.next_seq).map(|s| (seq, s))
     }
 
     /// The oldest lost frame is being retransmitted at `now`: in flight again.
     pub(crate) fn retransmitting(&mut self, now: Instant) -> Option<(u64, &Sent)> {
         let seq = self.lost.pop_first()?;
-        let s = self.sent.get_mut(&seq)?;
+        let s = self.sent.get_mut(seq, self.next_seq)?;
         s.lost = false;
         s.retransmitted = true;
         s.sent_at = now;
@@ -137,7 +139,7 @@ impl Recovery {
     /// Drops lost entries whose frames were acknowledged meanwhile (none are left behind).
     pub(crate) fn skip_stale_lost(&mut self) {
         while let Some(&seq) = self.lost.first() {
-            if self.sent.contains_key(&seq) {
+            if self.sent.get(seq, self.next_seq).is_some() {
                 return;
             }
             self.lost.pop_first();
@@ -178,17 +180,22 @@ impl Recovery {
         let mut largest_new: Option<(u64, bool, Instant)> = None;
         let mut acked_bytes = 0usize;
         newly.clear();
-        newly.extend(self.sent.range(..cum).map(|(&k, _)| k));
+        let next = self.next_seq;
+        newly.extend(self.sent.keys_in(0..cum, next));
+        // Each range is walked from where the last one ended at the earliest: however the
+        // ranges of an ack overlap, it walks the ring once (ours come in ascending order).
+        let mut floor = cum;
         for r in ack.ranges.iter() {
             let start = unwrap_seq(r.start, cum);
             let end = unwrap_seq(r.end, start);
-            if start < cum || end <= start || end > self.next_seq {
+            if start < cum || end <= start || end > next {
                 continue;
             }
-            newly.extend(self.sent.range(start..end).map(|(&k, _)| k));
+            newly.extend(self.sent.keys_in(start.max(floor)..end, next));
+            floor = floor.max(end);
         }
         for &seq in newly.iter() {
-            let Some(s) = self.sent.remove(&seq) else {
+            let Some(s) = self.sent.remove(seq, next) else {
                 continue;
             };
             self.lazy_unacked -= usize::from(s.lazy);
@@ -239,7 +246,8 @@ impl Recovery {
             return None;
         }
         let mut first_loss = None;
-        for (&seq, s) in self.sent.range_mut(self.loss_scan_from..threshold) {
+        let next = self.next_seq;
+        for (seq, s) in self.sent.iter_mut_in(self.loss_scan_from..threshold, next) {
             if !s.lost {
                 s.lost = true;
                 self.in_flight_bytes -= s.wire_len();
@@ -255,7 +263,8 @@ impl Recovery {
     /// The retransmission timer fired: everything in flight is presumed lost, and the timeout
     /// backs off.
     pub(crate) fn on_rto(&mut self, now: Instant, config: &EndpointConfig) {
-        for (&seq, s) in self.sent.iter_mut() {
+        let next = self.next_seq;
+        for (seq, s) in self.sent.iter_mut_in(0..next, next) {
             if !s.lost {
                 s.lost = true;
                 self.lost.insert(seq);
