@@ -28,6 +28,17 @@ impl Flight {
         next - self.slots.len() as u64
     }
 
+    /// The slots of the sequence numbers in `range` clipped to the ring, and the first number.
+    fn clip(&self, range: Range<u64>, next: u64) -> (Range<usize>, u64) {
+        let base = self.base(next);
+        let (start, end) = (range.start.max(base), range.end.min(next));
+        if start < end {
+            ((start - base) as usize..(end - base) as usize, start)
+        } else {
+            (0..0, start)
+        }
+    }
+
     fn index(&self, seq: u64, next: u64) -> Option<usize> {
         let base = self.base(next);
         (seq >= base && seq < next).then(|| (seq - base) as usize)
@@ -69,15 +80,9 @@ impl Flight {
     /// (see `Recovery::on_ack`), so that input from the network cannot make it walk the ring
     /// more than once per datagram.
     pub(crate) fn keys_in(&self, range: Range<u64>, next: u64) -> impl Iterator<Item = u64> + '_ {
-        let base = self.base(next);
-        let (start, end) = (range.start.max(base), range.end.min(next));
-        let (a, b) = if start < end {
-            ((start - base) as usize, (end - base) as usize)
-        } else {
-            (0, 0)
-        };
+        let (slots, start) = self.clip(range, next);
         self.slots
-            .range(a..b)
+            .range(slots)
             .zip(start..)
             .filter_map(|(s, seq)| s.as_ref().map(|_| seq))
     }
@@ -88,15 +93,9 @@ impl Flight {
         range: Range<u64>,
         next: u64,
     ) -> impl Iterator<Item = (u64, &mut Sent)> + '_ {
-        let base = self.base(next);
-        let (start, end) = (range.start.max(base), range.end.min(next));
-        let (a, b) = if start < end {
-            ((start - base) as usize, (end - base) as usize)
-        } else {
-            (0, 0)
-        };
+        let (slots, start) = self.clip(range, next);
         self.slots
-            .range_mut(a..b)
+            .range_mut(slots)
             .zip(start..)
             .filter_map(|(s, seq)| s.as_mut().map(|s| (seq, s)))
     }

@@ -5,7 +5,7 @@
 //! - [`ack`]: what arrived and when to acknowledge it;
 //! - [`reassembly`]: fragmented messages, within the caps;
 //! - [`ordering`]: ordered channels on the receiving side;
-//! - [`pmtu`]: the path MTU, probed upward from the base size, and black-hole fall-back;
+//! - [`pmtu`]: the path MTU, probed upward from the base size, and black-hole detection;
 //! - [`replay`]: the replay window of an authenticated session.
 //!
 //! [`Peer`] here ties them together: it writes datagrams, takes frames, and keeps the session
