@@ -370,6 +370,36 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_repeated_and_backward_ranges_ack_each_frame_once() {
+        let t0 = Instant::now();
+        let mut r = recovery();
+        for _ in 0..100 {
+            r.on_sent(frame(t0));
+        }
+        // Frame 0 missing; the rest acknowledged by ranges a peer would never send: the same
+        // range again and again, one inside another, one going backwards.
+        let mut ranges = vec![SeqRange { start: 1, end: 100 }; 16];
+        ranges.push(SeqRange { start: 50, end: 60 });
+        ranges.push(SeqRange { start: 90, end: 10 });
+        ranges.push(SeqRange { start: 5, end: 7 });
+        let mut acked = 0;
+        let mut walked = Vec::new();
+        let got = r
+            .on_ack(t0, &ack(0, &ranges), &mut walked, |_| acked += 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(acked, 99, "every frame but 0, each once");
+        // One pass over the frames in flight, not one per range (16 x 99 without the floor).
+        assert_eq!(walked.len(), 99);
+        assert_eq!((got.largest, r.in_flight_frames), (99, 1));
+        // Frame 0 then, cumulatively: the ring is empty.
+        r.on_ack(t0, &ack(100, &[]), &mut Vec::new(), |_| acked += 1)
+            .unwrap();
+        assert_eq!(acked, 100);
+        assert!(!r.has_unacked());
+    }
+
+    #[test]
     fn first_samples_set_the_estimate() {
         let t0 = Instant::now();
         let mut r = recovery();
