@@ -39,7 +39,8 @@
 //!   `loopback_mtu` (32 000 on Linux) with pings padded to each candidate size, each sent alone
 //!   and never counted as congestion; messages are cut to the largest size answered
 //!   ([`PeerStats::mtu`]). When a path shrinks under a session (large datagrams lost for
-//!   three retransmission timeouts in a row while a base-size ping is answered), frames
+//!   three retransmission timeouts in a row, a base-size ping answered before each of the last
+//!   two), frames
 //!   already cut larger cannot be resent smaller, so the session ends with
 //!   [`DownReason::PathMtu`], what was in flight fails with it, and the next session starts at
 //!   the base size and finds the new path. Silence alone is never taken for a smaller path.

@@ -451,8 +451,10 @@ impl Endpoint {
                     continue;
                 }
                 Some(reason) => {
+                    // No Close to the peer: it would take that for this node leaving. Our next
+                    // datagram opens a new session, which it takes for a reset.
                     debug!(peer = %addr, ?reason, "session ended");
-                    self.close_peer_with(addr, CLOSE_NORMAL, reason);
+                    self.peer_down(addr, reason);
                     continue;
                 }
             }

@@ -12,9 +12,11 @@
 //! [`RAISE_INTERVAL`], in case the path grew.
 //!
 //! Black holes: when a retransmission timeout finds the oldest frame in flight larger than the
-//! base size would carry, a lone base-size ping checks the path. If it is answered and
-//! [`BLACK_HOLE_TIMEOUTS`] timeouts in a row find no progress, datagrams of the current size no
-//! longer pass while small ones do. Frames already cut to the larger size cannot be cut again
+//! base size would carry, a lone base-size ping checks the path, and another after every
+//! further timeout. When [`BLACK_HOLE_CONFIRMED`] timeouts in a row each find no progress while
+//! the check sent since the one before was answered, datagrams of the current size no longer
+//! pass while small ones do: a black hole. An unanswered check starts the count again, so an
+//! answer from before a partition never counts for a timeout during it. Frames already cut to the larger size cannot be cut again
 //! (a fragment is numbered among its message's pieces), so the caller ends the session; the
 //! next one starts at the base size and searches anew. Silence is not taken for a black hole:
 //! a peer that answers nothing is down or unreachable, which the peer timeout handles.
@@ -28,10 +30,11 @@ pub(crate) const GRANULARITY: usize = 16;
 /// A search that stopped below the ceiling is retried after this long (RFC 8899's
 /// `PMTU_RAISE_TIMER`).
 pub(crate) const RAISE_INTERVAL: Duration = Duration::from_secs(600);
-/// Retransmission timeouts in a row, without progress and with the base-size check answered,
-/// that make a black hole. More than two: heavy loss of large datagrams alone (congestion) can
-/// cost two timeouts, and what follows a black hole (the session ends) is not undone.
-pub(crate) const BLACK_HOLE_TIMEOUTS: u8 = 3;
+/// Retransmission timeouts in a row without progress, each after a base-size check sent since
+/// the timeout before was answered, that make a black hole (three timeouts in all, the first
+/// opening the check). More than one: heavy loss of large datagrams alone (congestion) can
+/// cost a timeout, and what follows a black hole (the session ends) is not undone.
+pub(crate) const BLACK_HOLE_CONFIRMED: u8 = 2;
 
 /// What the path-MTU state is doing. Sizes are `u16` (datagrams are at most 65 507 bytes):
 /// every peer carries this, idle or not.
@@ -47,12 +50,12 @@ enum Phase {
     },
     /// After a retransmission timeout with large frames in flight: a base-size ping, to tell
     /// a black hole from silence, sent at `sent` (`None`: due now), and whether it was
-    /// answered, and the timeouts without progress so far. Interrupts a search (which starts
-    /// again after [`RAISE_INTERVAL`]).
+    /// answered, and the timeouts in a row so far that each followed an answered check.
+    /// Interrupts a search (which starts again after [`RAISE_INTERVAL`]).
     Checking {
         sent: Option<Instant>,
         answered: bool,
-        timeouts: u8,
+        confirmed: u8,
     },
 }
 
@@ -235,24 +238,33 @@ impl PathMtu {
     }
 
     /// The retransmission timer fired with a frame too large for the base size the oldest in
-    /// flight. Returns true when this is a black hole: the check is answered, and this is the
-    /// [`BLACK_HOLE_TIMEOUTS`]th timeout in a row without an acknowledgement of anything new.
+    /// flight. Returns true when this is a black hole: the [`BLACK_HOLE_CONFIRMED`]th timeout
+    /// in a row, without an acknowledgement of anything new, that follows an answered check.
+    /// Every timeout sends a new check.
     pub(crate) fn on_rto(&mut self) -> bool {
         if self.current <= self.base {
             return false;
         }
         match &mut self.phase {
             Phase::Checking {
-                answered, timeouts, ..
+                sent,
+                answered,
+                confirmed,
             } => {
-                *timeouts = timeouts.saturating_add(1);
-                *answered && *timeouts >= BLACK_HOLE_TIMEOUTS
+                *confirmed = if *answered {
+                    confirmed.saturating_add(1)
+                } else {
+                    0
+                };
+                *answered = false;
+                *sent = None;
+                *confirmed >= BLACK_HOLE_CONFIRMED
             }
             _ => {
                 self.phase = Phase::Checking {
                     sent: None,
                     answered: false,
-                    timeouts: 1,
+                    confirmed: 0,
                 };
                 false
             }
@@ -391,10 +403,29 @@ mod tests {
         assert!(!p.on_rto());
         let c = p.on_sent(now).unwrap();
         assert!(p.on_pong(c.token, now));
-        // Small datagrams pass, and timeouts go on finding no progress: a black hole at the
-        // third in a row.
+        // Small datagrams pass (each timeout's check answered), and timeouts go on finding no
+        // progress: a black hole at the third in a row.
         assert!(!p.on_rto());
+        let c = p.on_sent(now).unwrap();
+        assert!(p.on_pong(c.token, now));
         assert!(p.on_rto());
+        // An answer from before a partition does not count for a timeout during it.
+        let mut p = PathMtu::new(1200, 9000, 0);
+        let d = p.on_sent(now).unwrap();
+        assert!(p.on_pong(d.token, now));
+        assert!(!p.on_rto());
+        let c = p.on_sent(now).unwrap();
+        assert!(p.on_pong(c.token, now));
+        assert!(!p.on_rto(), "one confirmed timeout");
+        let late = p.on_sent(now).unwrap();
+        // The link goes down: checks go unanswered from here; a late pong of an older check
+        // is not this one's.
+        assert!(!p.on_pong(c.token, now));
+        for _ in 0..5 {
+            assert!(!p.on_rto());
+            let _ = p.on_sent(now);
+        }
+        let _ = late;
         // At the base size, timeouts are not suspicious.
         let mut q = PathMtu::new(1200, 1200, 0);
         assert!(!q.on_rto());
