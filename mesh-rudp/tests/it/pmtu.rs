@@ -17,6 +17,13 @@ fn link(mtu: usize) -> LinkConfig {
     }
 }
 
+/// Two endpoints (the scenarios' pair) on links that carry datagrams up to `mtu` bytes.
+fn pair(seed: u64, config: EndpointConfig, mtu: usize) -> (Sim, usize, usize) {
+    let (mut sim, a, b) = crate::scenarios::pair(seed, config);
+    sim.set_all_links(link(mtu));
+    (sim, a, b)
+}
+
 fn mtu_of(sim: &mut Sim, from: usize, to: usize) -> usize {
     let addr = sim.addr(to);
     sim.endpoint(from).peer_stats(addr).expect("a session").mtu
@@ -25,10 +32,7 @@ fn mtu_of(sim: &mut Sim, from: usize, to: usize) -> usize {
 #[test]
 fn the_search_finds_the_link_mtu_from_below_and_messages_use_it() {
     for (seed, path) in [(1, 1500), (2, 4000), (3, 1250), (4, 65_535)] {
-        let mut sim = Sim::new(seed);
-        let a = sim.add_endpoint(EndpointConfig::default());
-        let b = sim.add_endpoint(EndpointConfig::default());
-        sim.set_all_links(link(path));
+        let (mut sim, a, b) = pair(seed, EndpointConfig::default(), path);
         sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
         // Lost probes are waited for (three tries per size): a few seconds of virtual time.
         sim.run_for(Duration::from_secs(10), 100_000).unwrap();
@@ -57,10 +61,7 @@ fn the_search_finds_the_link_mtu_from_below_and_messages_use_it() {
 
 #[test]
 fn a_path_that_shrinks_ends_the_session_with_a_reason_and_the_next_one_fits() {
-    let mut sim = Sim::new(7);
-    let a = sim.add_endpoint(EndpointConfig::default());
-    let b = sim.add_endpoint(EndpointConfig::default());
-    sim.set_all_links(link(9000));
+    let (mut sim, a, b) = pair(7, EndpointConfig::default(), 9000);
     sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
     sim.run_until_idle(100_000).unwrap();
     assert_eq!(mtu_of(&mut sim, a, b), mesh_rudp::DEFAULT_MAX_MTU);
@@ -112,10 +113,7 @@ fn silence_is_not_a_shrinking_path() {
     // never falls back for a path-MTU reason.
     let timeout = Duration::from_secs(2);
     let config = EndpointConfig::default().peer_timeout(timeout).clone();
-    let mut sim = Sim::new(9);
-    let a = sim.add_endpoint(config.clone());
-    let b = sim.add_endpoint(config);
-    sim.set_all_links(link(9000));
+    let (mut sim, a, b) = pair(9, config, 9000);
     sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
     sim.run_until_idle(100_000).unwrap();
     assert!(mtu_of(&mut sim, a, b) > 8000);
@@ -135,10 +133,7 @@ fn silence_is_not_a_shrinking_path() {
 fn a_peer_that_ignores_probes_is_kept_at_the_base_size() {
     // An older build drops the padded probe as an unknown frame: to the sender, probes lost.
     // Simulated by a link that carries nothing above the base size.
-    let mut sim = Sim::new(11);
-    let a = sim.add_endpoint(EndpointConfig::default());
-    let b = sim.add_endpoint(EndpointConfig::default());
-    sim.set_all_links(link(1200));
+    let (mut sim, a, b) = pair(11, EndpointConfig::default(), 1200);
     let id = sim
         .send(a, b, payload(1, 100_000), Delivery::Unordered)
         .unwrap();

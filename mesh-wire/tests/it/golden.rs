@@ -233,14 +233,16 @@ fn golden_vectors_match() {
     );
 }
 
+/// The committed bytes of vector `name`.
+fn vector(name: &str) -> Vec<u8> {
+    let hex = std::fs::read_to_string(vectors_dir().join(format!("{name}.hex")))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    hex::decode(hex.trim()).unwrap()
+}
+
 #[test]
 fn golden_vectors_decode_to_what_they_say() {
-    let bytes = hex::decode(
-        std::fs::read_to_string(vectors_dir().join("ping.hex"))
-            .unwrap()
-            .trim(),
-    )
-    .unwrap();
+    let bytes = vector("ping");
     // The header, field by field, as PROTOCOL.md documents it.
     assert_eq!(&bytes[0..2], b"ML");
     assert_eq!(bytes[2], 1, "version");
@@ -261,12 +263,7 @@ fn golden_vectors_decode_to_what_they_say() {
 
 #[test]
 fn padding_runs_to_the_end_in_zero_bytes_and_nothing_follows_it() {
-    let bytes = hex::decode(
-        std::fs::read_to_string(vectors_dir().join("ping_padded.hex"))
-            .unwrap()
-            .trim(),
-    )
-    .unwrap();
+    let bytes = vector("ping_padded");
     assert_eq!(bytes.len(), 64);
     assert_eq!(bytes[33], 0x07, "padding frame type");
     assert!(bytes[34..].iter().all(|&b| b == 0));
