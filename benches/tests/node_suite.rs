@@ -1,11 +1,14 @@
 //! The original mesh-link 0.13.6's own mocha suite (`test/index.js`, with its server
 //! `test/server/index.js`), run three times on one Redis of this test's own:
-//! 1. as shipped, three Node servers: the baseline;
+//! 1. the control: three Node servers, every case but the three that use shared objects;
 //! 2. with server `three` replaced by a Rust node in node-compat mode (the
-//!    `compat-test-server` binary): the suite stops at the first case that needs the original's
-//!    shared objects on node `three`, which node-compat mode does not offer;
-//! 3. the same, without the three shared-object cases (`--grep "shared object" --invert`):
-//!    every other case passes.
+//!    `compat-test-server` binary), the nodes' start and the case that asks node `three` for a
+//!    shared object: it fails there, saying node-compat mode does not offer them;
+//! 3. the control's cases with the Rust node `three`: every one passes.
+//!
+//! The control leaves out the shared-object cases because the original fails them itself under
+//! load: its counters are updated from two nodes without ordering and read at once (CI saw
+//! `4 == 5` with three Node servers). They are not what this test is about.
 //!
 //! The suite's fixed ports (mesh 4000-4002, control 4100, 4101, 7102 and 4200) must be free.
 //! Its Redis port (6379 in its server) is changed to this test's. Needs `node`, `npm` (and the
@@ -113,40 +116,43 @@ fn the_originals_suite_passes_with_a_rust_server_but_for_shared_objects() {
     let total = total_cases(&dir);
     assert_eq!(total, 21, "the suite as this test knows it");
 
-    let baseline = run_suite(&dir, &redis.url(), None, &[]);
+    let without_shared_objects = ["--grep", "shared object", "--invert"];
+    let control = run_suite(&dir, &redis.url(), None, &without_shared_objects);
     eprintln!(
-        "three Node servers: {} of {total} cases pass (exit {:?})",
-        baseline.passed.len(),
-        baseline.exit
+        "three Node servers, without the {SHARED_OBJECT_CASES} shared-object cases: {} of {} \
+         pass (exit {:?})",
+        control.passed.len(),
+        total - SHARED_OBJECT_CASES,
+        control.exit
     );
     assert_eq!(
-        baseline.passed.len(),
-        total,
+        (control.passed.len(), control.failing),
+        (total - SHARED_OBJECT_CASES, 0),
         "the original's suite against its own servers:\n{}",
-        baseline.output
+        control.output
     );
 
-    let whole = run_suite(&dir, &redis.url(), Some("three"), &[]);
-    let stopped_at = whole.passed.len();
-    eprintln!(
-        "server three in Rust, whole suite: {stopped_at} of {total} pass, then it exits at the \
-         shared-object update on three (exit {:?})",
-        whole.exit
-    );
-    assert!(
-        whole
-            .output
-            .contains(mesh_benches::node_original::NO_SHARED_OBJECTS),
-        "the whole suite stops where three is asked for a shared object:\n{}",
-        whole.output
-    );
-
-    let rest = run_suite(
+    // The nodes' start and the one case that asks `three` for a shared object, then the stop.
+    let asks_three = run_suite(
         &dir,
         &redis.url(),
         Some("three"),
-        &["--grep", "shared object", "--invert"],
+        &["--grep", "Can start|Can wait|from another node|Can stop"],
     );
+    eprintln!(
+        "server three in Rust, asked for a shared object: {} cases pass (exit {:?})",
+        asks_three.passed.len(),
+        asks_three.exit
+    );
+    assert!(
+        asks_three
+            .output
+            .contains(mesh_benches::node_original::NO_SHARED_OBJECTS),
+        "three says it has no shared objects when the suite asks it for one:\n{}",
+        asks_three.output
+    );
+
+    let rest = run_suite(&dir, &redis.url(), Some("three"), &without_shared_objects);
     eprintln!(
         "server three in Rust, without the {SHARED_OBJECT_CASES} shared-object cases: {} of {} \
          pass, {} fail",
