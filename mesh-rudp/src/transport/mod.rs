@@ -11,6 +11,7 @@ mod batch;
 mod driver;
 mod io;
 mod send;
+mod tally;
 mod types;
 
 use std::collections::VecDeque;
@@ -38,6 +39,7 @@ use crate::{
 };
 
 pub use self::driver::Driver;
+pub use self::tally::{Tally, TallyFailure, TallyReport, TALLY_DETAILS};
 pub use self::types::{
     CloseReport, Outcome, QueueOptions, Received, TransportConfig, TransportError,
 };
@@ -48,7 +50,7 @@ const MAX_PEER_EVENTS: usize = 1024;
 #[derive(Debug)]
 struct State {
     endpoint: Endpoint,
-    waiters: rustc_hash::FxHashMap<MessageId, oneshot::Sender<Result<(), SendError>>>,
+    waiters: rustc_hash::FxHashMap<MessageId, Waiter>,
     inbox: VecDeque<Received>,
     peer_events: VecDeque<(SocketAddr, DownReason)>,
     failed_on_close: Vec<(SocketAddr, MessageId)>,
@@ -77,6 +79,26 @@ struct State {
     last_inline_flush: Option<std::time::Instant>,
     /// A send left its datagrams for the driver to flush (packed with those that follow).
     flush_wanted: bool,
+}
+
+/// Who waits on a tracked message's outcome.
+#[derive(Debug)]
+enum Waiter {
+    /// The receiver [`Transport::queue`] returned.
+    One(oneshot::Sender<Result<(), SendError>>),
+    /// A [`Tally`] of many messages.
+    Tally(tally::TallyEntry),
+}
+
+impl Waiter {
+    fn settle(self, outcome: Result<(), SendError>) {
+        match self {
+            Waiter::One(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Waiter::Tally(entry) => entry.settle(outcome),
+        }
+    }
 }
 
 /// A hook that may take a received message before it is queued for [`Transport::recv`]: it
@@ -465,7 +487,7 @@ fn route_events(shared: &Shared, st: &mut State) -> (bool, bool) {
             Event::Delivered { id, .. } => {
                 sent = true;
                 if let Some(w) = st.waiters.remove(&id) {
-                    let _ = w.send(Ok(()));
+                    w.settle(Ok(()));
                 }
             }
             Event::Failed { peer, id, error } => {
@@ -474,9 +496,7 @@ fn route_events(shared: &Shared, st: &mut State) -> (bool, bool) {
                     st.failed_on_close.push((peer, id));
                 }
                 match st.waiters.remove(&id) {
-                    Some(w) => {
-                        let _ = w.send(Err(error));
-                    }
+                    Some(w) => w.settle(Err(error)),
                     None => debug!(%peer, %error, "a message nobody waits on failed"),
                 }
             }

@@ -12,8 +12,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    driver_to_wake, flush, pull_timer_earlier, Outcome, QueueOptions, Shared, State, Transport,
-    TransportError,
+    driver_to_wake, flush, pull_timer_earlier, Outcome, QueueOptions, Shared, State, Tally,
+    Transport, TransportError, Waiter,
 };
 #[cfg(doc)]
 use crate::{Endpoint, EndpointStats};
@@ -70,12 +70,47 @@ impl Transport {
     ) -> Result<Option<Outcome>, TransportError> {
         // The common case takes the lock once and registers no waiter.
         let mut data = Some(data.into());
-        if let Some(r) = self.try_queue_inner(peer, &mut data, options) {
+        if let Some(r) = self.try_queue_inner(peer, &mut data, options, None) {
             return r;
         }
         // The peer's queue is full. Boxed: the wait is rare, and its state inline would make
         // every send's future larger (a caller may hold thousands of them).
-        Box::pin(self.wait_for_room(peer, data, options)).await
+        Box::pin(self.wait_for_room(peer, data, options, None)).await
+    }
+
+    /// Queues a reliable message whose outcome is counted in `tally` (under `tag`, which the
+    /// tally reports if it fails), waiting while the peer's queue is full. For many messages
+    /// awaited together: no receiver, future or allocation per message. `options.track` is
+    /// not read: the tally tracks the message.
+    pub async fn queue_tallied(
+        &self,
+        peer: SocketAddr,
+        data: impl Into<Payload>,
+        options: QueueOptions,
+        tally: &Tally,
+        tag: u64,
+    ) -> Result<(), TransportError> {
+        let mut data = Some(data.into());
+        let r = match self.try_queue_inner(peer, &mut data, options, Some((tally, tag))) {
+            Some(r) => r,
+            None => Box::pin(self.wait_for_room(peer, data, options, Some((tally, tag)))).await,
+        };
+        r.map(|_| ())
+    }
+
+    /// [`queue_tallied`](Self::queue_tallied) without waiting, as [`queue_now`](Self::queue_now)
+    /// is to [`queue`](Self::queue): `None` while the peer's queue is full, `data` left in
+    /// place.
+    pub fn queue_tallied_now(
+        &self,
+        peer: SocketAddr,
+        data: &mut Option<Payload>,
+        options: QueueOptions,
+        tally: &Tally,
+        tag: u64,
+    ) -> Option<Result<(), TransportError>> {
+        self.try_queue_inner(peer, data, options, Some((tally, tag)))
+            .map(|r| r.map(|_| ()))
     }
 
     /// [`queue`](Self::queue) once the peer's queue was found full: waits for the driver's
@@ -85,13 +120,14 @@ impl Transport {
         peer: SocketAddr,
         mut data: Option<Payload>,
         options: QueueOptions,
+        tally: Option<(&Tally, u64)>,
     ) -> Result<Option<Outcome>, TransportError> {
         let _waiting = ProgressWait::new(&self.shared);
         loop {
             let progressed = self.shared.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if let Some(r) = self.try_queue_inner(peer, &mut data, options) {
+            if let Some(r) = self.try_queue_inner(peer, &mut data, options, tally) {
                 return r;
             }
             progressed.await;
@@ -109,7 +145,7 @@ impl Transport {
         options: QueueOptions,
     ) -> Result<Option<Outcome>, TransportError> {
         let mut data = Some(data.into());
-        match self.try_queue_inner(peer, &mut data, options) {
+        match self.try_queue_inner(peer, &mut data, options, None) {
             Some(r) => r,
             None => Err(SendError::QueueFull.into()),
         }
@@ -145,17 +181,19 @@ impl Transport {
         data: &mut Option<Payload>,
         options: QueueOptions,
     ) -> Option<Result<Option<Outcome>, TransportError>> {
-        self.try_queue_inner(peer, data, options)
+        self.try_queue_inner(peer, data, options, None)
     }
 
     /// One attempt of [`queue`](Self::queue): `None` while the peer's queue is full. Takes
     /// `data` only when it queues it (moved, not cloned: cloning a `Bytes` made from a `Vec`
-    /// allocates).
+    /// allocates). With a tally, the outcome is counted there (and `None` returned as the
+    /// receiver).
     fn try_queue_inner(
         &self,
         peer: SocketAddr,
         data: &mut Option<Payload>,
         options: QueueOptions,
+        tally: Option<(&Tally, u64)>,
     ) -> Option<Result<Option<Outcome>, TransportError>> {
         let mut st = self.shared.state.lock();
         if st.shutdown {
@@ -177,11 +215,17 @@ impl Transport {
         };
         match queued {
             Ok(id) => {
-                let rx = options.track.then(|| {
-                    let (tx, rx) = oneshot::channel();
-                    st.waiters.insert(id, tx);
-                    rx
-                });
+                let rx = match tally {
+                    Some((t, tag)) => {
+                        st.waiters.insert(id, Waiter::Tally(t.entry(tag, peer)));
+                        None
+                    }
+                    None => options.track.then(|| {
+                        let (tx, rx) = oneshot::channel();
+                        st.waiters.insert(id, Waiter::One(tx));
+                        rx
+                    }),
+                };
                 let w = flush_or_cork(&self.shared, &mut st, now);
                 drop(st);
                 if let Some(w) = w {

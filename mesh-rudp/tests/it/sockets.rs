@@ -548,3 +548,75 @@ async fn one_message_to_each_of_many_peers_at_once() {
         p.close().await;
     }
 }
+
+/// A tally counts every message once: through a lossy relay each is delivered exactly once,
+/// those to a silent address fail with their tags, and those still in flight at close fail
+/// as closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tally_counts_each_message_once_through_loss_silence_and_close() {
+    let mut config = TransportConfig::default();
+    config.endpoint.peer_timeout(Duration::from_millis(500));
+    config.close_timeout = Duration::from_millis(100);
+    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let b = transport().await;
+    let (via_for_a, _via_for_b, relay) = chaos_relay(a.local_addr(), b.local_addr(), 10, 7).await;
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent = silent.local_addr().unwrap();
+    let tally = mesh_rudp::Tally::new();
+    let options = mesh_rudp::QueueOptions::new();
+    let n = 3_000u64;
+    for t in 0..n {
+        a.queue_tallied(via_for_a, payload(t, 100), options, &tally, t)
+            .await
+            .unwrap();
+    }
+    for t in n..n + 5 {
+        a.queue_tallied(silent, payload(t, 100), options, &tally, t)
+            .await
+            .unwrap();
+    }
+    let mut seen = HashSet::new();
+    while seen.len() < n as usize {
+        let m = tokio::time::timeout(Duration::from_secs(60), b.recv())
+            .await
+            .expect("messages keep coming")
+            .unwrap();
+        assert!(seen.insert(tag_of(&m.data)), "duplicate delivery");
+    }
+    tokio::time::timeout(Duration::from_secs(60), tally.settled())
+        .await
+        .expect("every message settles");
+    let r = tally.take();
+    assert_eq!((r.delivered, r.failed), (n, 5));
+    let mut failed: Vec<_> = r
+        .failures
+        .iter()
+        .map(|f| (f.tag, f.peer, f.error))
+        .collect();
+    failed.sort_by_key(|f| f.0);
+    let want: Vec<_> = (n..n + 5)
+        .map(|t| (t, silent, mesh_rudp::SendError::Timeout))
+        .collect();
+    assert_eq!(failed, want);
+    assert!(a.stats().retransmitted > 0, "the relay did drop datagrams");
+
+    // In flight at close: failed as closed, counted once.
+    for t in 0..3 {
+        a.queue_tallied(silent, payload(t, 100), options, &tally, t)
+            .await
+            .unwrap();
+    }
+    assert_eq!(tally.pending(), 3);
+    a.close().await;
+    tally.settled().await;
+    let r = tally.take();
+    assert_eq!((r.delivered, r.failed), (0, 3));
+    assert!(r
+        .failures
+        .iter()
+        .all(|f| f.error == mesh_rudp::SendError::Closed));
+    relay.abort();
+    b.close().await;
+}
