@@ -81,7 +81,10 @@ pub use error::{
     DeliveryError, Error, HandlerError, RequestError, SendFailed, SendReport, StopReport,
 };
 pub use handler::Context;
-pub use node::{system, Builder, MeshNode, NodeStats, SendOptions, ToNodeKey};
+pub use node::{
+    system, Builder, MeshNode, NodeStats, Outbox, OutboxFailure, OutboxReport, SendOptions,
+    ToNodeKey, OUTBOX_DETAILS, OUTBOX_WINDOW,
+};
 pub use typed::{Codec, Message, Request};
 
 pub use bytes::Bytes;

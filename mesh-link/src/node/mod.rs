@@ -15,6 +15,7 @@
 pub(crate) mod builder;
 mod handlers;
 mod members;
+mod outbox;
 pub(crate) mod relay;
 mod send;
 mod serve;
@@ -41,6 +42,7 @@ use crate::shared::SharedService;
 use crate::{Config, DeliveryError, Error, Registry, RequestError, StopReport};
 
 pub use builder::Builder;
+pub use outbox::{Outbox, OutboxFailure, OutboxReport, OUTBOX_DETAILS, OUTBOX_WINDOW};
 pub use send::SendOptions;
 
 /// Anything that names a node: a [`NodeKey`], a [`NodeRecord`], a socket address.

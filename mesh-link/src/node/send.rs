@@ -193,7 +193,7 @@ impl MeshNode {
     /// The common case, one node reached directly, awaits [`send_one`](Self::send_one) alone:
     /// the future of every send stays small (a caller with thousands of sends in flight holds
     /// one per message). Many nodes, this node itself and Node nodes take boxed paths.
-    async fn send_split(
+    pub(super) async fn send_split(
         &self,
         id: u16,
         fingerprint: Option<u64>,
@@ -230,7 +230,7 @@ impl MeshNode {
 
     /// The envelope of a one-way message to `k` alone, unless it is this node or this node is
     /// stopping. (One node never takes a relay tree: it has a branch for every node.)
-    fn direct(
+    pub(super) fn direct(
         &self,
         k: NodeKey,
         id: u16,
@@ -701,7 +701,7 @@ impl MeshNode {
     }
 
     /// Whether `k` is a Node node (node-compat mode), reached over the original's wire.
-    fn takes_node_wire(&self, k: NodeKey) -> bool {
+    pub(super) fn takes_node_wire(&self, k: NodeKey) -> bool {
         #[cfg(feature = "node-compat")]
         return self.inner.node_wire.get().is_some() && self.is_node_peer(k);
         #[cfg(not(feature = "node-compat"))]
@@ -762,7 +762,7 @@ impl MeshNode {
             .map_err(|e| RequestError::Encode(e.to_string()))
     }
 
-    fn check_size(&self, size: usize) -> Result<(), Error> {
+    pub(super) fn check_size(&self, size: usize) -> Result<(), Error> {
         let limit = self.inner.config.max_message_size;
         if size > limit {
             return Err(Error::TooLarge { size, limit });
@@ -772,12 +772,12 @@ impl MeshNode {
 }
 
 /// A message as JSON, for a Node node.
-fn json_value<M: Serialize + ?Sized>(msg: &M) -> Result<Value, Error> {
+pub(super) fn json_value<M: Serialize + ?Sized>(msg: &M) -> Result<Value, Error> {
     serde_json::to_value(msg).map_err(|e| Error::Encode(e.to_string()))
 }
 
 /// Bytes as the original's buffer, for a Node node.
-fn buffer_value(data: &[u8]) -> Value {
+pub(super) fn buffer_value(data: &[u8]) -> Value {
     #[cfg(feature = "node-compat")]
     return mesh_wire::compat::buffer_value(data);
     #[cfg(not(feature = "node-compat"))]

@@ -639,3 +639,69 @@ async fn futures_of_sends_and_requests_stay_small() {
         assert!(bytes <= 1024, "{what}'s future is {bytes} bytes");
     }
 }
+
+/// An outbox reports every message once: delivered to a live node (each run once, in order
+/// when asked), to this node itself through its handler, and failed, with its index and node,
+/// to a node that never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_reports_each_message_once_with_its_index() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let got = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    for node in [&a, &b] {
+        let got = got.clone();
+        node.on_raw(40, move |data: Bytes, ctx| {
+            let got = got.clone();
+            async move {
+                let i = u32::from_le_bytes(data[..4].try_into().unwrap());
+                got.lock().push((ctx.sender() == ctx.node().local_key(), i));
+                Ok(None)
+            }
+        })
+        .unwrap();
+    }
+    let n = 5_000u32;
+    let mut outbox = a
+        .outbox()
+        .with_options(SendOptions::default().ordered(true));
+    for i in 0..n {
+        let index = outbox
+            .send_bytes(40, b.local_key(), Bytes::from(i.to_le_bytes().to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(index, u64::from(i));
+    }
+    // This node itself: through its own handler.
+    outbox
+        .send_bytes(40, a.local_key(), Bytes::from(n.to_le_bytes().to_vec()))
+        .await
+        .unwrap();
+    let report = within("the outbox's flush", 30, outbox.flush()).await;
+    assert_eq!((report.delivered, report.failed), (u64::from(n) + 1, 0));
+    assert!(report.is_ok());
+    let seen = std::mem::take(&mut *got.lock());
+    let remote: Vec<u32> = seen.iter().filter(|s| !s.0).map(|s| s.1).collect();
+    assert_eq!(remote, (0..n).collect::<Vec<_>>(), "each once, in order");
+    assert_eq!(seen.iter().filter(|s| s.0).count(), 1);
+    assert_eq!(outbox.flush().await, Default::default(), "reported once");
+
+    // A node that never answers: each message fails, with its index.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = NodeKey::from(silent.local_addr().unwrap());
+    let mut indexes = Vec::new();
+    for i in 0..3u32 {
+        let to = if i == 1 { dead } else { b.local_key() };
+        indexes.push(
+            outbox
+                .send_bytes(40, to, Bytes::from(i.to_le_bytes().to_vec()))
+                .await
+                .unwrap(),
+        );
+    }
+    let report = within("the flush of a dead node's message", 30, outbox.flush()).await;
+    assert_eq!((report.delivered, report.failed), (2, 1));
+    let f = &report.failures[0];
+    assert_eq!((f.index, f.node), (indexes[1], dead));
+    assert!(matches!(f.error, DeliveryError::Unreachable(_)), "{f:?}");
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+}

@@ -6,8 +6,8 @@
 //! Lines on stdin → stdout:
 //! - server: prints `READY <addr>`; `count` → `COUNT <messages> <bytes>` received so far.
 //! - client: prints `READY`; `rtt <ms>` → `LAT <ns> <ns> ...` (back-to-back round trips);
-//!   `oneway <ms>` → `SENT <messages> <elapsed ns>` (64-byte messages, acknowledged or
-//!   fire-and-forget by contender); `bulk <ms> <bytes>` → `SENT <messages> <elapsed ns>`.
+//!   `oneway <ms> [outbox]` → `SENT <messages> <elapsed ns>` (64-byte messages, acknowledged
+//!   or fire-and-forget by contender; mesh-link's through an `Outbox` with `outbox`); `bulk <ms> <bytes>` → `SENT <messages> <elapsed ns>`.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use mesh_link::{HandlerError, MeshNode, NodeKey, Registry, SendOptions};
 
-use crate::scenarios::oneway::mesh_oneway;
+use crate::scenarios::oneway::{mesh_oneway, mesh_outbox_oneway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -329,9 +329,14 @@ fn client(rt: &tokio::runtime::Runtime, args: &ChildArgs) {
                 let slice = ms(1);
                 let (m, u) = (mesh.clone(), udp.clone());
                 let contender = args.contender;
+                let outbox = words.get(2) == Some(&"outbox");
                 let (sent, took) = rt
                     .block_on(rt.spawn(async move {
                         match contender {
+                            Contender::Mesh if outbox => {
+                                let m = m.as_ref().expect("mesh");
+                                mesh_outbox_oneway(m, NodeKey::from(to), slice).await
+                            }
                             Contender::Mesh => {
                                 mesh_oneway(m.as_ref().expect("mesh"), NodeKey::from(to), slice)
                                     .await

@@ -295,28 +295,41 @@ pub(crate) fn rtt(args: &Args, placements: &[Placement], extra: &[String]) -> Ve
 /// `oneway`, as two processes: 64-byte reliable messages against UDP datagrams, the rate the
 /// receiver counts, and the CPU both processes spent per message received.
 pub(crate) fn oneway(args: &Args, placements: &[Placement], extra: &[String]) -> Vec<Row> {
+    // (contender, row, the command's suffix): mesh-link both ways a sender may use it, one
+    // future per message and an outbox.
     let contenders = [
-        (Contender::Mesh, "mesh-link reliable one-way"),
+        (Contender::Mesh, "mesh-link reliable one-way", ""),
+        (
+            Contender::Mesh,
+            "mesh-link reliable one-way, outbox",
+            " outbox",
+        ),
         (
             Contender::UdpTokio,
             "UDP datagrams (tokio), no acknowledgement",
+            "",
         ),
     ];
     let mut rows = Vec::new();
     for placement in placements {
         let mut pairs: Vec<Pair> = contenders
             .iter()
-            .map(|(c, _)| Pair::start(*c, placement, extra))
+            .map(|(c, _, _)| Pair::start(*c, placement, extra))
             .collect();
         let slice = slice(args, pairs.len());
         let mut tallies: Vec<Tally> = contenders.iter().map(|_| Tally::default()).collect();
-        for p in &mut pairs {
-            let _ = p.run("oneway 200");
+        for (p, (_, _, how)) in pairs.iter_mut().zip(&contenders) {
+            let _ = p.run(&format!("oneway 200{how}"));
         }
         let mut base: Vec<u64> = pairs.iter_mut().map(|p| p.received().0).collect();
         for _ in 0..args.rounds {
-            for ((p, t), b) in pairs.iter_mut().zip(&mut tallies).zip(&mut base) {
-                let (line, cpu) = p.run(&format!("oneway {}", slice.as_millis()));
+            for (((p, t), b), (_, _, how)) in pairs
+                .iter_mut()
+                .zip(&mut tallies)
+                .zip(&mut base)
+                .zip(&contenders)
+            {
+                let (line, cpu) = p.run(&format!("oneway {}{how}", slice.as_millis()));
                 let (sent, took) = parse_sent(&line);
                 // Let the receiver finish what is in its socket before counting.
                 std::thread::sleep(Duration::from_millis(50));
@@ -332,7 +345,7 @@ pub(crate) fn oneway(args: &Args, placements: &[Placement], extra: &[String]) ->
         let mut group: Vec<Row> = contenders
             .iter()
             .zip(&tallies)
-            .map(|((_, name), t)| {
+            .map(|((_, name, _), t)| {
                 let mut r = t.row(&scenario, name);
                 r.lost = Some(t.sent.saturating_sub(t.ops));
                 r
