@@ -337,17 +337,56 @@ pub(crate) async fn run(h: HandlerFn, data: Bytes, ctx: Context) -> Result<Optio
         .await
     {
         Ok(r) => r,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string payload".to_owned());
-            tracing::error!(handler = id, panic = %what, "handler panicked");
-            Err(Failure::new(
-                ErrorCode::HANDLER_FAILED,
-                format!("handler panicked: {what}"),
-            ))
-        }
+        Err(panic) => Err(panicked(id, &*panic)),
     }
+}
+
+/// A handler's run that waited: the rest of it.
+pub(crate) type Running = BoxFuture<'static, Result<Option<Bytes>, Failure>>;
+
+/// A handler's run, started by [`start`].
+pub(crate) enum Started {
+    /// It finished without waiting (most do): its result.
+    Done(Result<Option<Bytes>, Failure>),
+    /// It waits: [`finish`] runs the rest.
+    Waiting(Running),
+}
+
+/// Starts a handler and runs it until it first waits, on the caller's stack: a handler that
+/// does not wait costs no task or box beyond its own future. A panic is a failure. A run that
+/// waits registered the no-op waker: poll it again at once (a future pushed into a
+/// `FuturesUnordered` is), which registers the real one.
+pub(crate) fn start(h: &HandlerFn, data: Bytes, ctx: Context) -> Started {
+    let id = ctx.handler;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut run = h(data, ctx);
+        match run.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => Started::Done(r),
+            std::task::Poll::Pending => Started::Waiting(run),
+        }
+    }));
+    r.unwrap_or_else(|panic| Started::Done(Err(panicked(id, &*panic))))
+}
+
+/// Runs the rest of a handler that [`start`] left waiting; a panic is a failure.
+pub(crate) async fn finish(run: Running, id: u16) -> Result<Option<Bytes>, Failure> {
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => Err(panicked(id, &*panic)),
+    }
+}
+
+/// A handler's panic, logged, as the failure its requester is told.
+fn panicked(id: u16, panic: &(dyn std::any::Any + Send)) -> Failure {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned());
+    tracing::error!(handler = id, panic = %what, "handler panicked");
+    Failure::new(
+        ErrorCode::HANDLER_FAILED,
+        format!("handler panicked: {what}"),
+    )
 }

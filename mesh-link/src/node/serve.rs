@@ -20,7 +20,7 @@ use tracing::debug;
 use super::system::{self, Handled};
 use super::{MeshNode, TaskHandle};
 use crate::envelope;
-use crate::handler::{self, Failure};
+use crate::handler::{self, Failure, Started};
 
 /// Work the receive loop runs: a handler and its answer, a relay, an answer to send.
 pub(crate) type Job = BoxFuture<'static, ()>;
@@ -211,35 +211,86 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
         }
     };
     let ctx = node.context(incoming.sender, incoming.reliable, env.handler);
-    let node2 = node.clone();
-    // One box for the handler's run and its bookkeeping (a job per request).
-    let job = async move {
-        let t0 = node2
-            .inner
-            .timings
-            .as_ref()
-            .map(|_| std::time::Instant::now());
-        let r = handler::run(h, incoming.payload, ctx).await;
-        let c = &node2.inner.counters;
-        c.handled.fetch_add(1, Ordering::Relaxed);
-        if r.is_err() {
-            c.handler_failed.fetch_add(1, Ordering::Relaxed);
-        }
-        if let (Some(t), Some(t0)) = (&node2.inner.timings, t0) {
-            t.handler.record(t0.elapsed().as_secs_f64());
-        }
-        match reply {
-            Some(to) => send_answer(&node2, to, r).await,
-            None => {
-                if let Err(f) = r {
-                    debug!(error = %f.message, "one-way handler failed");
-                }
+    let t0 = node
+        .inner
+        .timings
+        .as_ref()
+        .map(|_| std::time::Instant::now());
+    if jobs.running.len() >= jobs.max {
+        // No slot free: admission decides (the run waits, or the request is answered
+        // "overloaded").
+        let node2 = node.clone();
+        let job = async move {
+            let r = handler::run(h, incoming.payload, ctx).await;
+            if let Some(answer) = handled(&node2, reply, r, t0) {
+                answer.await;
             }
+            node2.inner.finish_one();
         }
-        node2.inner.finish_one();
+        .boxed();
+        jobs.admit(node, job, reply);
+        return;
     }
-    .boxed();
-    jobs.admit(node, job, reply);
+    // A slot is free: the handler runs here until it first waits. Most finish at once, and
+    // then cost no box or slot of their own (the answer is queued without waiting).
+    inner.inflight.fetch_add(1, Ordering::AcqRel);
+    match handler::start(&h, incoming.payload, ctx) {
+        Started::Done(r) => {
+            if let Some(answer) = handled(node, reply, r, t0) {
+                inner.inflight.fetch_add(1, Ordering::AcqRel);
+                let inner = inner.clone();
+                jobs.running.push(
+                    async move {
+                        answer.await;
+                        inner.finish_one();
+                    }
+                    .boxed(),
+                );
+            }
+            inner.finish_one();
+        }
+        Started::Waiting(run) => {
+            let node2 = node.clone();
+            let id = env.handler;
+            jobs.running.push(
+                async move {
+                    let r = handler::finish(run, id).await;
+                    if let Some(answer) = handled(&node2, reply, r, t0) {
+                        answer.await;
+                    }
+                    node2.inner.finish_one();
+                }
+                .boxed(),
+            );
+        }
+    }
+}
+
+/// A handler's result: counted, timed, and answered. Returns the answer's job when the answer
+/// must wait for room in the requester's send queue.
+fn handled(
+    node: &MeshNode,
+    reply: Option<ReplyTo>,
+    r: Result<Option<Bytes>, Failure>,
+    t0: Option<std::time::Instant>,
+) -> Option<Job> {
+    let c = &node.inner.counters;
+    c.handled.fetch_add(1, Ordering::Relaxed);
+    if r.is_err() {
+        c.handler_failed.fetch_add(1, Ordering::Relaxed);
+    }
+    if let (Some(t), Some(t0)) = (&node.inner.timings, t0) {
+        t.handler.record(t0.elapsed().as_secs_f64());
+    }
+    match reply {
+        Some(to) => answer_now(node, to, r),
+        None => {
+            if let Err(f) = r {
+                debug!(error = %f.message, "one-way handler failed");
+            }
+            None
+        }
+    }
 }
 
 pub(crate) fn answer_job(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, Failure>) -> Job {
@@ -249,6 +300,14 @@ pub(crate) fn answer_job(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, 
 
 /// Sends an answer the way its request came: reliably, or as one datagram if it fits.
 pub(crate) async fn send_answer(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, Failure>) {
+    if let Some(wait) = answer_now(node, to, r) {
+        wait.await;
+    }
+}
+
+/// [`send_answer`] without waiting: the answer is sent or queued now, unless the requester's
+/// send queue is full; then the job that waits for room is returned.
+fn answer_now(node: &MeshNode, to: ReplyTo, r: Result<Option<Bytes>, Failure>) -> Option<Job> {
     let bytes = match r {
         Ok(answer) => envelope::payload(
             envelope::Head::new(EnvelopeKind::Response, to.handler, to.request_id),
@@ -261,7 +320,7 @@ pub(crate) async fn send_answer(node: &MeshNode, to: ReplyTo, r: Result<Option<B
         if let Err(e) = t.send_unreliable(to.peer, bytes.to_bytes()) {
             debug!(to = %to.peer, error = %e, "answer not sent");
         }
-        return;
+        return None;
     }
     // Queued, not awaited: the answer's fate is the requester's to see (or time out on).
     // Lazy: the requester's next message can carry the acknowledgement.
@@ -269,7 +328,25 @@ pub(crate) async fn send_answer(node: &MeshNode, to: ReplyTo, r: Result<Option<B
         .delivery(Delivery::Unordered)
         .lazy_ack(true)
         .track(false);
-    if let Err(e) = t.queue(to.peer, bytes, options).await {
+    let mut data = Some(bytes);
+    let r = match t.queue_now(to.peer, &mut data, options) {
+        Some(r) => r,
+        None => {
+            let bytes = data.take()?;
+            let node = node.clone();
+            return Some(
+                async move {
+                    let t = &node.inner.core.transport;
+                    if let Err(e) = t.queue(to.peer, bytes, options).await {
+                        debug!(to = %to.peer, error = %e, "answer not sent");
+                    }
+                }
+                .boxed(),
+            );
+        }
+    };
+    if let Err(e) = r {
         debug!(to = %to.peer, error = %e, "answer not sent");
     }
+    None
 }
