@@ -247,6 +247,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn at_most_wakes_when_the_window_has_room() {
+        let t = Tally::new();
+        let mut entries: Vec<_> = (0..4).map(|i| t.entry(i, addr())).collect();
+        let waiter = tokio::spawn({
+            let t = t.clone();
+            async move { t.at_most(2).await }
+        });
+        tokio::task::yield_now().await;
+        entries.pop().unwrap().settle(Ok(()));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "three in flight");
+        entries.pop().unwrap().settle(Ok(()));
+        waiter.await.unwrap();
+        assert_eq!(t.pending(), 2);
+    }
+
+    #[tokio::test]
     async fn settled_waits_for_the_last_entry() {
         let t = Tally::new();
         t.settled().await; // nothing pending
