@@ -130,7 +130,10 @@ impl Outbox {
     /// At most `n` messages (at least 1) in flight, queued and not yet acknowledged; past it,
     /// a queue call waits until half of them have settled. Default [`OUTBOX_WINDOW`]. A
     /// wider window lets more wait in the node's send queue (bounded by
-    /// `send_queue_per_peer` bytes per node), which a slow receiver turns into latency.
+    /// `send_queue_per_peer` bytes per node), which a slow receiver turns into latency. The
+    /// window counts messages to every node: a node that stops answering holds its messages
+    /// in it until `peer_timeout` fails them, and with them the others' turn. Keep an outbox
+    /// per node where one node's silence must not slow the rest.
     #[must_use]
     pub fn window(mut self, n: u64) -> Self {
         self.window = n.max(1);
