@@ -141,6 +141,21 @@ async fn chaos_relay(
     (addr_for_a, addr_for_b, task)
 }
 
+/// Receives `n` messages tagged 0..n at `b`, each once, all from `from`.
+async fn receive_each_once(b: &Transport, n: u64, from: SocketAddr) {
+    let mut seen = HashSet::new();
+    while seen.len() < n as usize {
+        let m = tokio::time::timeout(Duration::from_secs(60), b.recv())
+            .await
+            .expect("messages keep coming")
+            .unwrap();
+        assert_eq!(m.from, from);
+        let t = tag_of(&m.data);
+        assert!(t < n, "message {t} was never sent");
+        assert!(seen.insert(t), "duplicate delivery");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_chaos_relay_everything_arrives_exactly_once() {
     let a = Arc::new(transport().await);
@@ -166,16 +181,8 @@ async fn through_a_chaos_relay_everything_arrives_exactly_once() {
             }
         })
     };
-    // b answers each message, through the relay too.
-    let mut seen = HashSet::new();
-    while seen.len() < n as usize {
-        let m = tokio::time::timeout(Duration::from_secs(60), b.recv())
-            .await
-            .expect("messages keep coming")
-            .unwrap();
-        assert_eq!(m.from, via_for_b, "b sees the relay as its peer");
-        assert!(seen.insert(tag_of(&m.data)), "duplicate delivery");
-    }
+    // b sees the relay as its peer.
+    receive_each_once(&b, n, via_for_b).await;
     sender.await.unwrap();
     let s = a.stats();
     assert!(s.retransmitted > 0, "the relay did drop datagrams");
@@ -561,7 +568,7 @@ async fn a_tally_counts_each_message_once_through_loss_silence_and_close() {
         .await
         .unwrap();
     let b = transport().await;
-    let (via_for_a, _via_for_b, relay) = chaos_relay(a.local_addr(), b.local_addr(), 10, 7).await;
+    let (via_for_a, via_for_b, relay) = chaos_relay(a.local_addr(), b.local_addr(), 10, 7).await;
     let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let silent = silent.local_addr().unwrap();
     let tally = mesh_rudp::Tally::new();
@@ -577,14 +584,7 @@ async fn a_tally_counts_each_message_once_through_loss_silence_and_close() {
             .await
             .unwrap();
     }
-    let mut seen = HashSet::new();
-    while seen.len() < n as usize {
-        let m = tokio::time::timeout(Duration::from_secs(60), b.recv())
-            .await
-            .expect("messages keep coming")
-            .unwrap();
-        assert!(seen.insert(tag_of(&m.data)), "duplicate delivery");
-    }
+    receive_each_once(&b, n, via_for_b).await;
     tokio::time::timeout(Duration::from_secs(60), tally.settled())
         .await
         .expect("every message settles");
