@@ -211,16 +211,12 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
         }
     };
     let ctx = node.context(incoming.sender, incoming.reliable, env.handler);
-    let t0 = node
-        .inner
-        .timings
-        .as_ref()
-        .map(|_| std::time::Instant::now());
     if jobs.running.len() >= jobs.max {
         // No slot free: admission decides (the run waits, or the request is answered
         // "overloaded").
         let node2 = node.clone();
         let job = async move {
+            let t0 = started_at(&node2);
             let r = handler::run(h, incoming.payload, ctx).await;
             if let Some(answer) = handled(&node2, reply, r, t0) {
                 answer.await;
@@ -233,6 +229,7 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
     }
     // A slot is free: the handler runs here until it first waits. Most finish at once, and
     // then cost no box or slot of their own (the answer is queued without waiting).
+    let t0 = started_at(node);
     inner.inflight.fetch_add(1, Ordering::AcqRel);
     match handler::start(&h, incoming.payload, ctx) {
         Started::Done(r) => {
@@ -264,6 +261,14 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
             );
         }
     }
+}
+
+/// When a handler's run starts, if the node times its handlers.
+fn started_at(node: &MeshNode) -> Option<std::time::Instant> {
+    node.inner
+        .timings
+        .as_ref()
+        .map(|_| std::time::Instant::now())
 }
 
 /// A handler's result: counted, timed, and answered. Returns the answer's job when the answer
