@@ -175,7 +175,9 @@ impl EndpointConfig {
     );
     setter!(
         /// Bytes queued to send to one peer (not yet acknowledged). Default 64 MiB. Past it,
-        /// `send_reliable` refuses with `QueueFull`: back-pressure.
+        /// `send_reliable` refuses with `QueueFull`: back-pressure. The queue also holds at
+        /// most one message per 192 bytes of it (about 350 000 by default), so that tiny
+        /// messages, whose bookkeeping outweighs their bytes, stay bounded too.
         send_queue_per_peer: usize
     );
     setter!(

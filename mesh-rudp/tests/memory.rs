@@ -1,8 +1,10 @@
 //! Memory held by an endpoint, counted by a global allocator (dhat, in testing mode).
 //!
 //! An idle endpoint that knows 1000 peers, each of which sent it one reliable message, holds
-//! under 1 KiB per peer; and once traffic has finished, memory is back where it was after
-//! the first burst: nothing accumulates from one burst to the next.
+//! under 1 KiB per peer; once traffic has finished, memory is back where it was after the
+//! first burst: nothing accumulates from one burst to the next; unfinished messages stay
+//! within the reassembly cap, and tiny messages queued to a silent peer within the send
+//! queue's.
 
 #![allow(
     clippy::print_stdout,
@@ -42,6 +44,7 @@ fn memory() {
     idle_peers_cost_under_1_kib_each();
     traffic_leaves_no_growth();
     unfinished_messages_stay_within_the_reassembly_cap();
+    tiny_messages_stay_within_the_send_queue();
 }
 
 fn idle_peers_cost_under_1_kib_each() {
@@ -154,5 +157,41 @@ fn unfinished_messages_stay_within_the_reassembly_cap() {
     assert!(
         grown < CAP + 256 * 1024,
         "{grown} bytes held for unfinished messages under a {CAP}-byte cap"
+    );
+}
+
+/// A sender of 1-byte messages to a peer that never answers: what it holds stays within about
+/// its send queue's byte limit, bookkeeping included (the queue takes one message per 192
+/// bytes of the limit; counted in bytes alone, it would take a million of them here).
+fn tiny_messages_stay_within_the_send_queue() {
+    const CAP: usize = 1 << 20;
+    let config = EndpointConfig::default()
+        .max_message_size(1 << 10)
+        .send_queue_per_peer(CAP)
+        .clone();
+    let mut ep = Endpoint::new(config, StartTime::read()).unwrap();
+    let now = Instant::now();
+    let mut buf = Vec::new();
+    let before = heap();
+    let mut queued = 0usize;
+    while ep
+        .send_reliable(
+            now,
+            peer(900),
+            Bytes::from_static(b"x"),
+            Delivery::Unordered,
+        )
+        .is_ok()
+    {
+        queued += 1;
+        while ep.poll_transmit(now, &mut buf).is_some() {}
+        assert!(queued <= CAP, "never pushed back");
+    }
+    let grown = heap() - before;
+    println!("{queued} tiny messages queued: {grown} bytes held");
+    assert_eq!(queued, CAP / 192);
+    assert!(
+        grown < CAP + CAP / 4,
+        "{grown} bytes held for {queued} tiny messages under a {CAP}-byte queue"
     );
 }

@@ -54,6 +54,12 @@ pub(crate) const LAZY_ACK_DELAY: Duration = Duration::from_millis(5);
 const ACK_RESERVE: usize = 10 + 8 * 4;
 /// Bookkeeping bytes charged per stored fragment or held message, on top of its payload.
 const FRAGMENT_OVERHEAD: usize = 64;
+
+/// Bytes of a peer's `send_queue_per_peer` each queued message stands for at least: the
+/// queue holds at most `send_queue_per_peer / MESSAGE_CHARGE` messages (about 350 000 by
+/// default): what a queued 1-byte message was measured to hold (186 bytes: its queue entry,
+/// its pending record, its frame in flight and its share of datagram buffers; `tests/memory.rs`).
+const MESSAGE_CHARGE: usize = 192;
 /// Most pongs owed to a peer at once.
 const MAX_PONGS: usize = 4;
 /// Payloads from this size up are sent from where they lie (scatter-gather) when the caller
@@ -232,8 +238,14 @@ impl<C: Controller> Peer<C> {
         self.send.pending_ids()
     }
 
+    /// Whether a message of `len` bytes fits the send queue: its bytes within
+    /// `send_queue_per_peer`, and the messages within one per [`MESSAGE_CHARGE`] bytes of it
+    /// (a message's bookkeeping outweighs a tiny one's bytes: without a count, 64 MiB of
+    /// 1-byte messages would hold gigabytes).
     pub(crate) fn queue_has_room(&self, len: usize, config: &EndpointConfig) -> bool {
-        self.send.queued_bytes + len <= config.send_queue_per_peer
+        let limit = config.send_queue_per_peer;
+        self.send.queued_bytes + len <= limit
+            && self.send.queued_messages() < (limit / MESSAGE_CHARGE).max(1)
     }
 
     pub(crate) fn queue_reliable(

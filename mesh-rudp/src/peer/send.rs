@@ -96,6 +96,11 @@ impl SendQueue {
         !self.pending.is_empty()
     }
 
+    /// How many messages are queued or unacknowledged.
+    pub(crate) fn queued_messages(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Messages queued or in flight.
     pub(crate) fn pending_ids(&self) -> impl Iterator<Item = MessageId> + '_ {
         self.pending.keys().copied()

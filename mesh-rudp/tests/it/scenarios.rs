@@ -219,6 +219,31 @@ fn back_pressure_when_the_queue_is_full() {
     );
 }
 
+/// Tiny messages are bounded in number, not only in bytes: 64 KiB of 1-byte messages would be
+/// 65 536 messages of bookkeeping; the queue takes one per 192 bytes of its limit, then
+/// pushes back, and takes more once they are delivered.
+#[test]
+fn tiny_messages_are_bounded_in_number_too() {
+    let config = EndpointConfig::default()
+        .max_message_size(1 << 10)
+        .send_queue_per_peer(64 << 10)
+        .clone();
+    let (mut sim, a, b) = pair(8, config);
+    let x = || bytes::Bytes::from_static(b"x");
+    let mut queued = 0u64;
+    while sim.send(a, b, x(), Delivery::Unordered).is_ok() {
+        queued += 1;
+        assert!(queued <= 1 << 16, "never pushed back");
+    }
+    assert_eq!(queued, (64 << 10) / 192);
+    assert_eq!(
+        sim.send(a, b, x(), Delivery::Unordered),
+        Err(SendError::QueueFull)
+    );
+    sim.run_until_idle(1_000_000).unwrap();
+    sim.send(a, b, x(), Delivery::Unordered).unwrap();
+}
+
 #[test]
 fn rtt_estimate_tracks_the_link() {
     let (mut sim, a, b) = pair(9, EndpointConfig::default());
