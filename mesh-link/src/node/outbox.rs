@@ -2,9 +2,9 @@
 
 use bytes::Bytes;
 use mesh_discovery::NodeKey;
-use mesh_rudp::{Delivery, QueueOptions, Tally};
+use mesh_rudp::Tally;
 
-use super::send::{buffer_value, json_value};
+use super::send::{buffer_value, json_value, queue_options, send_error};
 use super::{MeshNode, SendOptions, ToNodeKey};
 use crate::{typed, DeliveryError, Error, Message, SendReport};
 
@@ -23,7 +23,8 @@ pub const OUTBOX_DETAILS: usize = mesh_rudp::TALLY_DETAILS;
 ///
 /// Nothing is lost silently: every message queued is counted by the next `flush` as delivered
 /// or as failed, with its index (the order it was queued in, from 0) and the node it was for.
-/// A queue call waits only while the node's send queue is full (back-pressure). Dropping the
+/// A queue call waits only while [`window`](Self::window) messages are in flight or the
+/// node's send queue is full (back-pressure). Dropping the
 /// outbox gives up on learning the outcomes, not on the messages: they are still sent (their
 /// failures count in [`NodeStats`](crate::NodeStats)' transport stats).
 ///
@@ -212,12 +213,7 @@ impl Outbox {
             self.settled.add(index, report);
             return Ok(index);
         };
-        let delivery = if self.options.ordered {
-            Delivery::Ordered { channel: 0 }
-        } else {
-            Delivery::Unordered
-        };
-        let options = QueueOptions::from(delivery);
+        let options = queue_options(self.options);
         let transport = &node.inner.core.transport;
         let peer = k.socket_addr();
         let mut data = Some(envelope);
@@ -234,11 +230,7 @@ impl Outbox {
         };
         self.next += 1;
         if let Err(e) = queued {
-            let error = match e {
-                mesh_rudp::TransportError::Send(e) => DeliveryError::from(e),
-                e => DeliveryError::Refused(e.to_string()),
-            };
-            self.settled.fail(index, k, error);
+            self.settled.fail(index, k, send_error(e).into());
         }
         Ok(index)
     }

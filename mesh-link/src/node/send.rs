@@ -251,12 +251,7 @@ impl MeshNode {
         envelope: Payload,
         options: SendOptions,
     ) -> Result<(), SendError> {
-        let delivery = if options.ordered {
-            Delivery::Ordered { channel: 0 }
-        } else {
-            Delivery::Unordered
-        };
-        let options = QueueOptions::from(delivery);
+        let options = queue_options(options);
         let queued = match self
             .inner
             .core
@@ -272,8 +267,7 @@ impl MeshNode {
             // Outside tokio's cooperative budget: see `unbudgeted`.
             Ok(Some(rx)) => unbudgeted(rx).await.unwrap_or(Err(SendError::Closed)),
             Ok(None) => unreachable!("a tracked message has an outcome"),
-            Err(TransportError::Send(e)) => Err(e),
-            Err(e) => Err(SendError::Closed).inspect_err(|_| debug!(error = %e, "send")),
+            Err(e) => Err(send_error(e)),
         }
     }
 
@@ -768,6 +762,27 @@ impl MeshNode {
             return Err(Error::TooLarge { size, limit });
         }
         Ok(())
+    }
+}
+
+/// How a one-way message with `options` is queued: ordered on channel 0, or unordered.
+pub(super) fn queue_options(options: SendOptions) -> QueueOptions {
+    QueueOptions::from(if options.ordered {
+        Delivery::Ordered { channel: 0 }
+    } else {
+        Delivery::Unordered
+    })
+}
+
+/// Why the transport refused to queue a message, as a send's error (the transport refuses
+/// only with a `SendError`; anything else means it is gone).
+pub(super) fn send_error(e: TransportError) -> SendError {
+    match e {
+        TransportError::Send(e) => e,
+        e => {
+            debug!(error = %e, "send");
+            SendError::Closed
+        }
     }
 }
 

@@ -218,10 +218,7 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
         let job = async move {
             let t0 = started_at(&node2);
             let r = handler::run(h, incoming.payload, ctx).await;
-            if let Some(answer) = handled(&node2, reply, r, t0) {
-                answer.await;
-            }
-            node2.inner.finish_one();
+            conclude(&node2, reply, r, t0).await;
         }
         .boxed();
         jobs.admit(node, job, reply);
@@ -252,15 +249,26 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
             jobs.running.push(
                 async move {
                     let r = handler::finish(run, id).await;
-                    if let Some(answer) = handled(&node2, reply, r, t0) {
-                        answer.await;
-                    }
-                    node2.inner.finish_one();
+                    conclude(&node2, reply, r, t0).await;
                 }
                 .boxed(),
             );
         }
     }
+}
+
+/// The end of a handler run that waited: its result handled and answered (waiting for room
+/// if need be), and the run counted finished.
+async fn conclude(
+    node: &MeshNode,
+    reply: Option<ReplyTo>,
+    r: Result<Option<Bytes>, Failure>,
+    t0: Option<std::time::Instant>,
+) {
+    if let Some(answer) = handled(node, reply, r, t0) {
+        answer.await;
+    }
+    node.inner.finish_one();
 }
 
 /// When a handler's run starts, if the node times its handlers.
