@@ -69,9 +69,11 @@ struct Handle {
     seen: Arc<std::sync::Mutex<Seen>>,
 }
 
+/// The value after the last `name` in `args`: a later flag overrides an earlier one, as the
+/// test bed's scenarios rely on (their extra flags come after the common ones).
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
-        .position(|a| a == name)
+        .rposition(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
 }
 
