@@ -602,13 +602,14 @@ async fn a_short_timeout_fires_while_a_longer_request_waits() {
     let _ = b.stop().await;
 }
 
-/// What a caller holds per message in flight: a send's or a request's future stays under a
-/// kilobyte (a user may hold thousands; above 1 KB glibc's allocator also takes a slower path
-/// for each). The rare paths (a relay tree, Node nodes, a full queue, this node's own
-/// handler) box their state instead of making every future larger.
+/// What a caller holds per message in flight: a send's future is at most 128 bytes (it was
+/// 688: a user may hold thousands, and their size is memory traffic on every message), a
+/// request's under a kilobyte (above 1 KB glibc's allocator also takes a slower path for
+/// each); all can move to another task. The rare paths (a relay tree, Node nodes, a full
+/// queue, this node's own handler) box their state instead of making every future larger.
 #[tokio::test]
 async fn futures_of_sends_and_requests_stay_small() {
-    fn size<F: std::future::Future>(_: &F) -> usize {
+    fn size<F: std::future::Future + Send>(_: &F) -> usize {
         size_of::<F>()
     }
     #[derive(serde::Serialize, serde::Deserialize)]
@@ -616,9 +617,12 @@ async fn futures_of_sends_and_requests_stay_small() {
     mesh_link::request!(Note = 30 => u32);
     let (_r, a, _am, b, _bm) = pair().await;
     let to = b.local_key();
-    let sizes = [
+    let sends = [
         ("tell", size(&a.tell([to], &Note(7)))),
-        ("ask", size(&a.ask(to, &Note(7)))),
+        (
+            "tell_each",
+            size(&a.tell_each([to], &Note(7), SendOptions::default())),
+        ),
         (
             "send_bytes",
             size(&a.send_bytes(1, [to], Bytes::new(), SendOptions::default())),
@@ -628,6 +632,12 @@ async fn futures_of_sends_and_requests_stay_small() {
             "send_each to a Vec",
             size(&a.send_each(1, vec![to], &7u32, SendOptions::default())),
         ),
+    ];
+    for (what, bytes) in sends {
+        assert!(bytes <= 128, "{what}'s future is {bytes} bytes");
+    }
+    let sizes = [
+        ("ask", size(&a.ask(to, &Note(7)))),
         (
             "request_bytes",
             size(&a.request_bytes(1, to, Bytes::new(), Duration::from_secs(1), true)),
