@@ -50,6 +50,45 @@ proptest! {
     }
 }
 
+/// A value whose serialization encodes another value (re-entering [`codec::encode`] on the
+/// same thread, whose buffer is in use): both come out whole.
+struct Nested(u32);
+
+impl Serialize for Nested {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let inner = codec::encode(&(self.0, "inner")).map_err(serde::ser::Error::custom)?;
+        s.serialize_bytes(&inner)
+    }
+}
+
+#[test]
+fn encode_is_exact_and_reentrant_before_and_after_a_large_value() {
+    let m = Message {
+        name: "n".into(),
+        count: -3,
+        tags: vec!["a".into()],
+        values: BTreeMap::new(),
+        blob: vec![9; 64],
+        maybe: Some(1),
+    };
+    let mut direct = Vec::new();
+    codec::encode_into(&m, &mut direct).unwrap();
+    let a = codec::encode(&m).unwrap();
+    assert_eq!(a, direct);
+    assert_eq!(a.capacity(), a.len(), "one allocation of the exact length");
+    // A large value, then a small one: each is exactly itself (nothing left over).
+    let big = codec::encode(&vec![1u8; 1 << 20]).unwrap();
+    assert_eq!(codec::decode::<Vec<u8>>(&big).unwrap().len(), 1 << 20);
+    assert_eq!(codec::encode(&m).unwrap(), direct);
+    // Re-entered: the outer value holds the inner one's encoding.
+    let outer = codec::encode(&Nested(5)).unwrap();
+    let inner: Vec<u8> = codec::decode(&outer).unwrap();
+    assert_eq!(
+        codec::decode::<(u32, String)>(&inner).unwrap(),
+        (5, "inner".to_owned())
+    );
+}
+
 #[test]
 fn encode_into_appends() {
     let mut buf = vec![1, 2, 3];
