@@ -1,12 +1,11 @@
 //! Sending: reliable one-way messages to one or many nodes (directly or through a relay
 //! tree), unreliable datagrams, and requests.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use std::future::Future;
-use std::pin::Pin;
-
 use futures_util::future::{join_all, Either};
 use futures_util::stream::FuturesUnordered;
 use futures_util::FutureExt;
