@@ -2,12 +2,15 @@
 //! send primitives on them. The node and its system services (shared objects) both build on
 //! it; it knows neither, so nothing below the node points back up at it.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use mesh_discovery::NodeKey;
 use mesh_rudp::{
     Delivery, Outcome, Payload, QueueOptions, Received, SendError, Transport, TransportError,
@@ -31,7 +34,7 @@ pub(crate) type Queued = Result<Option<Outcome>, TransportError>;
 
 /// The wait for room in a full queue ([`Core::queue`]): `None` if its deadline passed first.
 pub(crate) type WaitForRoom<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Queued>> + Send + 'a>>;
+    std::pin::Pin<Box<dyn Future<Output = Option<Queued>> + Send + 'a>>;
 
 /// What the node and its services share below them.
 pub(crate) struct Core {
@@ -103,7 +106,11 @@ impl Core {
     /// Asks handler `id` on `node` over the network and waits for the answer, up to `timeout`.
     /// Reliable requests fail as soon as the transport sees the node go; unreliable ones (one
     /// datagram each way) only by the timeout.
-    pub(crate) async fn request(
+    ///
+    /// Starts at once (its callers are `async fn`s that await it where they call it): the
+    /// request is registered and queued here, and the future returned holds only the wait
+    /// for the answer (and, if the node's queue is full, for room), not the arguments.
+    pub(crate) fn request(
         &self,
         id: u16,
         fingerprint: Option<u64>,
@@ -111,30 +118,35 @@ impl Core {
         data: Bytes,
         timeout: Duration,
         reliable: bool,
-    ) -> Result<Bytes, RequestError> {
+    ) -> impl Future<Output = Result<Bytes, RequestError>> + Send + '_ {
         let c = &self.requests;
         c.asked.fetch_add(1, Ordering::Relaxed);
-        let r = self
-            .request_inner(id, fingerprint, node, data, timeout, reliable)
-            .await;
-        if let Err(e) = &r {
-            let bucket = match e {
-                RequestError::Timeout { .. } => &c.timed_out,
-                RequestError::NotDelivered { .. } => &c.undelivered,
-                RequestError::NoHandler { .. }
-                | RequestError::Handler { .. }
-                | RequestError::BadRequest { .. }
-                | RequestError::Overloaded(_)
-                | RequestError::ShuttingDown(_)
-                | RequestError::TypeMismatch { .. } => &c.refused,
-                _ => &c.other,
-            };
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-        r
+        let asked = match self.start_request(id, fingerprint, node, data, timeout, reliable) {
+            Ok(wait) => Either::Left(wait),
+            Err(e) => Either::Right(std::future::ready(Err(e))),
+        };
+        asked.map(move |r| {
+            if let Err(e) = &r {
+                let bucket = match e {
+                    RequestError::Timeout { .. } => &c.timed_out,
+                    RequestError::NotDelivered { .. } => &c.undelivered,
+                    RequestError::NoHandler { .. }
+                    | RequestError::Handler { .. }
+                    | RequestError::BadRequest { .. }
+                    | RequestError::Overloaded(_)
+                    | RequestError::ShuttingDown(_)
+                    | RequestError::TypeMismatch { .. } => &c.refused,
+                    _ => &c.other,
+                };
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+            r
+        })
     }
 
-    async fn request_inner(
+    /// Registers the request and queues it (or takes the wait for room in a full queue); the
+    /// wait for its answer.
+    fn start_request(
         &self,
         id: u16,
         fingerprint: Option<u64>,
@@ -142,7 +154,7 @@ impl Core {
         data: Bytes,
         timeout: Duration,
         reliable: bool,
-    ) -> Result<Bytes, RequestError> {
+    ) -> Result<impl Future<Output = Result<Bytes, RequestError>> + Send + '_, RequestError> {
         if self.stopping() {
             return Err(RequestError::Stopped);
         }
@@ -154,55 +166,60 @@ impl Core {
         if registered.wake_expiry {
             self.pending.wake_expiry();
         }
-        // Removes the entry however this future ends (answered, failed, timed out, dropped).
-        let mut cleanup = PendingGuard(&self.pending, request_id, true);
+        // Removes the entry however this ends (answered, failed, timed out, dropped, or
+        // refused here: dropped on return).
+        let cleanup = PendingGuard(&self.pending, request_id, true);
         let head = envelope::Head::new(EnvelopeKind::Request, id, request_id).typed(fingerprint);
         let envelope = envelope::payload(head, &data);
-        let not_delivered = |e: SendError| RequestError::NotDelivered {
-            node,
-            error: e.into(),
-        };
+        let mut wait = None;
         if reliable {
             // No waiter for the request's acknowledgement: the answer implies it, and the
             // transport gives up on a message only when its peer's session ends, which the
             // node's peer watcher turns into a failure of every request to that peer.
             let options = QueueOptions::new().track(false);
             let deadline = now.checked_add(timeout);
-            let queued = match self.queue(node.socket_addr(), envelope, options, deadline) {
-                Ok(queued) => Some(queued),
-                Err(wait) => wait.await,
-            };
-            let Some(queued) = queued else {
-                return Err(RequestError::Timeout {
-                    handler: id,
-                    node,
-                    after: timeout,
-                });
-            };
-            match queued {
-                Ok(_) => {}
-                Err(TransportError::Send(e)) => return Err(not_delivered(e)),
-                Err(_) => return Err(not_delivered(SendError::Closed)),
+            match self.queue(node.socket_addr(), envelope, options, deadline) {
+                Ok(queued) => request_queued(node, queued)?,
+                Err(w) => wait = Some(w),
             }
         } else {
             let limit = self.transport.max_unreliable_size();
             if envelope.len() > limit {
-                return Err(not_delivered(SendError::TooLarge {
-                    size: envelope.len(),
-                    limit,
-                }));
+                return Err(not_delivered(
+                    node,
+                    SendError::TooLarge {
+                        size: envelope.len(),
+                        limit,
+                    },
+                ));
             }
             self.transport
                 .send_unreliable(node.socket_addr(), envelope.to_bytes())
                 .map_err(|e| match e {
-                    TransportError::Send(e) => not_delivered(e),
-                    _ => not_delivered(SendError::Closed),
+                    TransportError::Send(e) => not_delivered(node, e),
+                    _ => not_delivered(node, SendError::Closed),
                 })?;
         }
-        let answer = unbudgeted(registered.answer).await;
-        // Whoever completed or dropped the answer's sender removed the entry.
-        cleanup.2 = false;
-        answer.unwrap_or(Err(RequestError::Stopped))
+        let answer = registered.answer;
+        Ok(async move {
+            // The whole guard, not only its flag (a closure would capture just the field it
+            // names, and the guard would drop, and remove the entry, right here).
+            let mut cleanup = cleanup;
+            if let Some(wait) = wait {
+                let Some(queued) = wait.await else {
+                    return Err(RequestError::Timeout {
+                        handler: id,
+                        node,
+                        after: timeout,
+                    });
+                };
+                request_queued(node, queued)?;
+            }
+            let answer = unbudgeted(answer).await;
+            // Whoever completed or dropped the answer's sender removed the entry.
+            cleanup.2 = false;
+            answer.unwrap_or(Err(RequestError::Stopped))
+        })
     }
 
     /// Queues `data` to `peer` now (`Ok`), or, when its queue is full, hands back the wait
@@ -285,6 +302,23 @@ impl Core {
     }
 }
 
+/// A request that could not be sent to `node`.
+fn not_delivered(node: NodeKey, e: SendError) -> RequestError {
+    RequestError::NotDelivered {
+        node,
+        error: e.into(),
+    }
+}
+
+/// What queueing a request to `node` came to: queued, or why it was not.
+fn request_queued(node: NodeKey, queued: Queued) -> Result<(), RequestError> {
+    match queued {
+        Ok(_) => Ok(()),
+        Err(TransportError::Send(e)) => Err(not_delivered(node, e)),
+        Err(_) => Err(not_delivered(node, SendError::Closed)),
+    }
+}
+
 /// Removes a request's entry however its future ends, unless disarmed (`.2`) by one that
 /// knows the entry is gone already.
 struct PendingGuard<'a>(&'a PendingRequests, u64, bool);
@@ -303,7 +337,7 @@ impl Drop for PendingGuard<'_> {
 /// and every later poll then returns "not yet" and re-wakes itself: the work per outcome grew
 /// with the number in flight (one-way throughput fell from 550k to 51k messages/s between
 /// 512 and 16384 in flight).
-pub(crate) fn unbudgeted<F: std::future::Future>(f: F) -> tokio::task::Unconstrained<F> {
+pub(crate) fn unbudgeted<F: Future>(f: F) -> tokio::task::Unconstrained<F> {
     tokio::task::unconstrained(f)
 }
 

@@ -526,6 +526,53 @@ async fn a_slow_answer_times_out_and_later_requests_still_do() {
     let _ = b.stop().await;
 }
 
+/// A request's entry lives exactly as long as its future waits: there while it waits for a
+/// slow answer, gone when the future is dropped, and never left behind by one refused when
+/// it is sent (an unreliable request too large for a datagram) or by one answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_entry_lives_as_long_as_its_future_waits() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let bk = b.local_key();
+    b.on_request(41, |ms: u64, _c| async move {
+        tokio::time::sleep(Duration::from_millis(ms.min(5_000))).await;
+        Ok::<_, HandlerError>(ms)
+    })
+    .unwrap();
+    let slow = a.request_with::<_, u64>(41, bk, &3_000u64, Duration::from_secs(10));
+    let mut slow = Box::pin(slow);
+    // Polled until it waits (bounded): its entry is there.
+    let waited = tokio::time::timeout(Duration::from_millis(300), &mut slow).await;
+    assert!(waited.is_err(), "still waiting for the 3 s answer");
+    assert_eq!(a.stats().pending_requests, 1, "the waiting request's entry");
+    drop(slow);
+    assert_eq!(
+        a.stats().pending_requests,
+        0,
+        "dropped, and its entry with it"
+    );
+    let big = vec![0u8; 64 * 1024];
+    let refused = a
+        .urequest::<_, u64>(41, bk, &big, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, RequestError::NotDelivered { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(a.stats().pending_requests, 0, "refused, and no entry left");
+    let v: u64 = within(
+        "an answer",
+        10,
+        a.request_with(41, bk, &1u64, Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, 1);
+    assert_eq!(a.stats().pending_requests, 0, "answered, and no entry left");
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_returns_as_soon_as_the_running_handlers_finish() {
     let registry = Registry::memory();
