@@ -481,16 +481,21 @@ async fn a_larger_message_limit_just_works() {
     let _ = b.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_answer_times_out_and_later_requests_still_do() {
-    let (_r, a, _am, b, _bm) = pair().await;
-    let bk = b.local_key();
-    // Answers after as many milliseconds as asked (bounded).
-    b.on_request(40, |ms: u64, _c| async move {
+/// Registers on `node` a request handler `id` that answers a number of milliseconds with
+/// itself after that many (at most 5 s).
+fn answer_after_asked_ms(node: &MeshNode, id: u16) {
+    node.on_request(id, |ms: u64, _c| async move {
         tokio::time::sleep(Duration::from_millis(ms.min(5_000))).await;
         Ok::<_, HandlerError>(ms)
     })
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_times_out_and_later_requests_still_do() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let bk = b.local_key();
+    answer_after_asked_ms(&b, 40);
     for round in 0..3 {
         let timeout = Duration::from_millis(100);
         let e = within(
@@ -533,11 +538,7 @@ async fn a_slow_answer_times_out_and_later_requests_still_do() {
 async fn a_request_entry_lives_as_long_as_its_future_waits() {
     let (_r, a, _am, b, _bm) = pair().await;
     let bk = b.local_key();
-    b.on_request(41, |ms: u64, _c| async move {
-        tokio::time::sleep(Duration::from_millis(ms.min(5_000))).await;
-        Ok::<_, HandlerError>(ms)
-    })
-    .unwrap();
+    answer_after_asked_ms(&b, 41);
     let slow = a.request_with::<_, u64>(41, bk, &3_000u64, Duration::from_secs(10));
     let mut slow = Box::pin(slow);
     // Polled until it waits (bounded): its entry is there.
