@@ -195,10 +195,7 @@ impl Core {
             }
             self.transport
                 .send_unreliable(node.socket_addr(), envelope.to_bytes())
-                .map_err(|e| match e {
-                    TransportError::Send(e) => not_delivered(node, e),
-                    _ => not_delivered(node, SendError::Closed),
-                })?;
+                .map_err(|e| not_delivered(node, send_error(e)))?;
         }
         let answer = registered.answer;
         Ok(async move {
@@ -312,10 +309,20 @@ fn not_delivered(node: NodeKey, e: SendError) -> RequestError {
 
 /// What queueing a request to `node` came to: queued, or why it was not.
 fn request_queued(node: NodeKey, queued: Queued) -> Result<(), RequestError> {
-    match queued {
-        Ok(_) => Ok(()),
-        Err(TransportError::Send(e)) => Err(not_delivered(node, e)),
-        Err(_) => Err(not_delivered(node, SendError::Closed)),
+    queued
+        .map(|_| ())
+        .map_err(|e| not_delivered(node, send_error(e)))
+}
+
+/// Why the transport refused to queue a message, as a send's error (the transport refuses
+/// only with a `SendError`; anything else means it is gone).
+pub(crate) fn send_error(e: TransportError) -> SendError {
+    match e {
+        TransportError::Send(e) => e,
+        e => {
+            debug!(error = %e, "send");
+            SendError::Closed
+        }
     }
 }
 

@@ -4,8 +4,9 @@ use bytes::Bytes;
 use mesh_discovery::NodeKey;
 use mesh_rudp::Tally;
 
-use super::send::{buffer_value, json_value, queue_options, send_error};
+use super::send::{buffer_value, json_value, queue_options};
 use super::{MeshNode, SendOptions, ToNodeKey};
+use crate::core::send_error;
 use crate::{typed, DeliveryError, Error, Message, SendReport};
 
 /// An [`Outbox`]'s default window: messages in flight before a queue call waits.
@@ -213,21 +214,19 @@ impl Outbox {
             self.settled.add(index, report);
             return Ok(index);
         };
-        let options = queue_options(self.options);
-        let transport = &node.inner.core.transport;
-        let peer = k.socket_addr();
-        let mut data = Some(envelope);
-        let queued = match transport.queue_tallied_now(peer, &mut data, options, &self.tally, index)
-        {
-            Some(r) => r,
-            None => {
-                let Some(data) = data.take() else {
-                    unreachable!("queue_tallied_now keeps the data when it queues nothing")
-                };
-                // The node's queue is full. Boxed: rare, and this future stays small.
-                Box::pin(transport.queue_tallied(peer, data, options, &self.tally, index)).await
-            }
-        };
+        // Queued now, or (the node's queue full) after a wait for room, boxed inside.
+        let queued = node
+            .inner
+            .core
+            .transport
+            .queue_tallied(
+                k.socket_addr(),
+                envelope,
+                queue_options(self.options),
+                &self.tally,
+                index,
+            )
+            .await;
         self.next += 1;
         if let Err(e) = queued {
             self.settled.fail(index, k, send_error(e).into());

@@ -11,7 +11,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::FutureExt;
 use futures_util::StreamExt;
 use mesh_discovery::NodeKey;
-use mesh_rudp::{Delivery, Payload, QueueOptions, SendError, TransportError};
+use mesh_rudp::{Delivery, Payload, QueueOptions, SendError};
 use mesh_wire::{Envelope, EnvelopeKind};
 use rand_core::Rng;
 use serde::de::DeserializeOwned;
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{system, MeshNode, ToNodeKey};
-use crate::core::unbudgeted;
+use crate::core::{send_error, unbudgeted};
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::relay;
@@ -820,18 +820,6 @@ pub(super) fn queue_options(options: SendOptions) -> QueueOptions {
     } else {
         Delivery::Unordered
     })
-}
-
-/// Why the transport refused to queue a message, as a send's error (the transport refuses
-/// only with a `SendError`; anything else means it is gone).
-pub(super) fn send_error(e: TransportError) -> SendError {
-    match e {
-        TransportError::Send(e) => e,
-        e => {
-            debug!(error = %e, "send");
-            SendError::Closed
-        }
-    }
 }
 
 /// A message as JSON, for a Node node.

@@ -98,21 +98,6 @@ impl Transport {
         r.map(|_| ())
     }
 
-    /// [`queue_tallied`](Self::queue_tallied) without waiting, as [`queue_now`](Self::queue_now)
-    /// is to [`queue`](Self::queue): `None` while the peer's queue is full, `data` left in
-    /// place.
-    pub fn queue_tallied_now(
-        &self,
-        peer: SocketAddr,
-        data: &mut Option<Payload>,
-        options: QueueOptions,
-        tally: &Tally,
-        tag: u64,
-    ) -> Option<Result<(), TransportError>> {
-        self.try_queue_inner(peer, data, options, Some((tally, tag)))
-            .map(|r| r.map(|_| ()))
-    }
-
     /// [`queue`](Self::queue) once the peer's queue was found full: waits for the driver's
     /// progress until `data` fits.
     async fn wait_for_room(

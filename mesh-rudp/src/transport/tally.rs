@@ -52,9 +52,9 @@ struct Inner {
     pending: AtomicU64,
     delivered: AtomicU64,
     failures: Mutex<Failures>,
-    /// Wakes [`Tally::settled`] and [`Tally::below`] when `pending` falls to `wake_at`.
+    /// Wakes [`Tally::settled`] and [`Tally::at_most`] when `pending` falls to `wake_at`.
     settled: Notify,
-    /// The count of pending messages at which a waiter of [`Tally::below`] wants waking
+    /// The count of pending messages at which a waiter of [`Tally::at_most`] wants waking
     /// (0: only when none is left).
     wake_at: AtomicU64,
 }
