@@ -214,10 +214,14 @@ impl EndpointConfig {
         /// and every second data frame are acknowledged at once whatever this says.
         max_ack_delay: Duration
     );
-    /// A peer not heard from for this long is probed with a ping. Default: a quarter of
-    /// [`peer_timeout`](Self::peer_timeout), at most 1 s, so a quiet but healthy peer is
-    /// probed four times before it could time out. Set explicitly, it must be at most a third
-    /// of `peer_timeout` ([`validate`](Self::validate) refuses the pair otherwise).
+    /// A peer not heard from for this long is probed with a ping. Default: a third of
+    /// [`peer_timeout`](Self::peer_timeout). Set explicitly, it must be at most a third of
+    /// `peer_timeout` ([`validate`](Self::validate) refuses the pair otherwise).
+    ///
+    /// A probe that goes unanswered is repeated a retransmission timeout later, then after
+    /// twice that, and so on (at most this interval apart): a lost probe or answer costs
+    /// about a round trip, not an interval, so a quiet peer is not taken for dead on a few
+    /// losses, and a dead one is probed a bounded number of times before it is reported.
     ///
     /// Probes go out on a grid of half this interval, anchored on wall-clock time, so that an
     /// endpoint probes all its quiet peers in a few wake-ups per interval (and peers with
@@ -280,11 +284,10 @@ impl EndpointConfig {
         max_clock_skew: Duration
     );
 
-    /// How often a quiet peer is probed: the configured interval, or a quarter of
-    /// `peer_timeout` capped at 1 s.
+    /// How often a quiet peer is probed: the configured interval, or a third of
+    /// `peer_timeout`.
     pub fn keepalive(&self) -> Duration {
-        self.keepalive_interval
-            .unwrap_or_else(|| (self.peer_timeout / 4).min(Duration::from_secs(1)))
+        self.keepalive_interval.unwrap_or(self.peer_timeout / 3)
     }
 
     /// The longest retransmission timeout: `max_rto`, at most a quarter of `peer_timeout`, at

@@ -151,8 +151,11 @@ pub(crate) struct Peer<C: Controller = NewReno> {
     /// When an acknowledgement last covered something new (or the queue went from empty).
     last_progress: Instant,
     last_ping: Option<Instant>,
-    /// The last keep-alive instant computed, and what it was computed from (when last heard
-    /// or pinged, and whether this end waits a step longer): the deadline is read several
+    /// Keep-alive probes sent in a row before the last one with nothing heard in between:
+    /// the exponent of the retry's backoff.
+    unanswered_pings: u32,
+    /// The last keep-alive instant computed on the grid, and what it was computed from (when
+    /// last heard, and whether this end waits a step longer): the deadline is read several
     /// times per datagram, and what it depends on changes at most once per datagram.
     keepalive_memo: Cell<Option<(Instant, bool, Instant)>>,
     ping_token: u64,
@@ -201,6 +204,7 @@ impl Peer<NewReno> {
             last_recv: now,
             last_progress: now,
             last_ping: None,
+            unanswered_pings: 0,
             keepalive_memo: Cell::new(None),
             ping_token: local_id,
             ping_now: false,
@@ -388,6 +392,10 @@ impl<C: Controller> Peer<C> {
             .is_ok()
         {
             self.ping_now = false;
+            self.unanswered_pings = match self.last_ping {
+                Some(p) if p > self.last_recv => self.unanswered_pings.saturating_add(1),
+                _ => 0,
+            };
             self.last_ping = Some(now);
         }
         self.write_retransmissions(now, w, retransmitted, &mut tail);
@@ -676,13 +684,23 @@ impl<C: Controller> Peer<C> {
         None
     }
 
-    /// When this peer is next probed, if nothing is heard from it before: on the endpoint's
-    /// keep-alive grid, within a keep-alive interval of the last datagram from it or probe
-    /// to it. Of the two ends of a session, the one with the larger session id waits a grid
-    /// step longer: the other's probe comes first and pushes its own back, so a quiet pair
-    /// exchanges one probe and one answer per interval, not two of each.
+    /// When this peer is next probed, if nothing is heard from it before. A probe still
+    /// unanswered is repeated a retransmission timeout after it went out, doubling with each
+    /// probe in a row that goes unanswered, at most a keep-alive interval: a lost probe or
+    /// answer costs about a round trip, and a dead peer a few probes, before `peer_timeout`
+    /// reports it. Otherwise on the endpoint's keep-alive grid, within a keep-alive interval
+    /// of the last datagram from it. Of the two ends of a session, the one with the larger
+    /// session id waits a grid step longer: the other's probe comes first and pushes its own
+    /// back, so a quiet pair exchanges one probe and one answer per interval, not two of each.
     fn keepalive_due(&self, config: &EndpointConfig, grid: &KeepaliveGrid) -> Instant {
-        let heard = self.last_recv.max(self.last_ping.unwrap_or(self.last_recv));
+        if let Some(p) = self.last_ping.filter(|&p| p > self.last_recv) {
+            let backoff = self
+                .recovery
+                .rto(config)
+                .saturating_mul(1 << self.unanswered_pings.min(16));
+            return p + backoff.min(config.keepalive());
+        }
+        let heard = self.last_recv;
         let passive = self.remote_id != 0 && self.local_id > self.remote_id;
         if let Some((h, p, due)) = self.keepalive_memo.get() {
             if h == heard && p == passive {

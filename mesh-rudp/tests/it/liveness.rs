@@ -239,3 +239,69 @@ fn quiet_peers_cost_few_wakeups_and_one_probe_per_pair_per_interval() {
         "{sent} datagrams: the quiet peers are probed"
     );
 }
+
+/// A quiet pair whose next three datagrams each way are lost stays up: an unanswered probe is
+/// repeated a retransmission timeout later (doubling), not a keep-alive interval later. With
+/// probes an interval apart, the third lost probe would leave the next one due at the timeout
+/// itself, and both ends would report the other down.
+#[test]
+fn lost_probes_are_repeated_within_round_trips_not_intervals() {
+    let timeout = Duration::from_secs(3);
+    let mut config = EndpointConfig::default();
+    config.peer_timeout(timeout).keepalive_interval(timeout / 3);
+    let (mut sim, a, b) = pair(41, config);
+    sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
+    sim.run_until_idle(10_000).unwrap();
+    sim.run_for(timeout * 2, 100_000).unwrap();
+    sim.take_events(a);
+    sim.take_events(b);
+    let lost0 = sim.net.dropped;
+    sim.drop_next(a, b, 3);
+    sim.drop_next(b, a, 3);
+    sim.run_for(timeout * 3, 100_000).unwrap();
+    assert_eq!(sim.net.dropped - lost0, 6, "the six datagrams were lost");
+    for (x, y) in [(a, b), (b, a)] {
+        let events = sim.take_events(x);
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::PeerDown { .. })),
+            "three lost probes each way took a live peer for dead: {events:?}"
+        );
+        let addr = sim.addr(y);
+        assert!(sim.endpoint(x).peer_stats(addr).is_some());
+    }
+}
+
+/// A peer that is gone is probed a bounded number of times before it is reported down: the
+/// repeats back off (doubling from the retransmission timeout up to the keep-alive interval),
+/// so about log2(interval / timeout floor) of them, plus one per interval.
+#[test]
+fn a_dead_peer_gets_a_bounded_number_of_probes() {
+    let timeout = Duration::from_secs(3);
+    let config = EndpointConfig::default().peer_timeout(timeout).clone();
+    let (mut sim, a, b) = pair(43, config.clone());
+    sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
+    sim.run_until_idle(10_000).unwrap();
+    sim.run_for(timeout * 2, 100_000).unwrap();
+    sim.take_events(a);
+    let sent0 = sim.endpoint(a).stats().datagrams_sent;
+    sim.partition(a, b, true);
+    let addr = sim.addr(b);
+    sim.run_until(100_000, |s| s.endpoint(a).peer_stats(addr).is_none())
+        .unwrap();
+    let probes = sim.endpoint(a).stats().datagrams_sent - sent0;
+    assert!(sim.take_events(a).contains(&Event::PeerDown {
+        peer: addr,
+        reason: DownReason::Timeout
+    }));
+    // 10 ms (the default floor of the retransmission timeout) doubles to the 1 s interval in
+    // 7 steps; one more per interval of the 3 s timeout, and the first probe.
+    let bound = 1 + 7 + 3;
+    assert!(
+        probes <= bound,
+        "{probes} probes to a dead peer, at most {bound}"
+    );
+    assert!(
+        probes >= 4,
+        "{probes} probes: the unanswered probe is repeated"
+    );
+}
