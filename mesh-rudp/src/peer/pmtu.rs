@@ -51,11 +51,13 @@ enum Phase {
     /// After a retransmission timeout with large frames in flight: a base-size ping, to tell
     /// a black hole from silence, sent at `sent` (`None`: due now), and whether it was
     /// answered, and the timeouts in a row so far that each followed an answered check.
-    /// Interrupts a search (which starts again after [`RAISE_INTERVAL`]).
+    /// Interrupts a search (`searching`), which goes on where it was when progress ends the
+    /// check: a timeout during a transfer is as often congestion as a smaller path.
     Checking {
         sent: Option<Instant>,
         answered: bool,
         confirmed: u8,
+        searching: bool,
     },
 }
 
@@ -230,10 +232,15 @@ impl PathMtu {
     }
 
     /// An acknowledgement covered something new: the path works at its current size. A
-    /// check ends; the search it interrupted starts again after [`RAISE_INTERVAL`].
+    /// check ends; a search it interrupted goes on (from the largest size answered and the
+    /// smallest given up, so far), else the next starts after [`RAISE_INTERVAL`].
     pub(crate) fn on_progress(&mut self, now: Instant) {
-        if matches!(self.phase, Phase::Checking { .. }) {
-            self.settle(now);
+        if let Phase::Checking { searching, .. } = self.phase {
+            if searching {
+                self.next_step(now);
+            } else {
+                self.settle(now);
+            }
         }
     }
 
@@ -250,6 +257,7 @@ impl PathMtu {
                 sent,
                 answered,
                 confirmed,
+                ..
             } => {
                 *confirmed = if *answered {
                     confirmed.saturating_add(1)
@@ -261,10 +269,12 @@ impl PathMtu {
                 *confirmed >= BLACK_HOLE_CONFIRMED
             }
             _ => {
+                let searching = matches!(self.phase, Phase::Probing { .. });
                 self.phase = Phase::Checking {
                     sent: None,
                     answered: false,
                     confirmed: 0,
+                    searching,
                 };
                 false
             }
@@ -382,6 +392,56 @@ mod tests {
         assert_ne!(d.token, old);
         assert!(!p.on_pong(old, now));
         assert_eq!(p.current(), 1200);
+    }
+
+    /// A timeout during a search (congestion, as often as a smaller path) interrupts it for a
+    /// check; progress ends the check, and the search goes on where it was instead of
+    /// waiting for the next raise, 10 minutes on: it ends at the path, within the granularity.
+    #[test]
+    fn a_search_interrupted_by_a_check_goes_on_after_progress() {
+        let now = Instant::now();
+        let path = 1252;
+        let mut p = PathMtu::new(1200, 8972, 0);
+        // Probe until a size above the base is answered (the ceiling and some halvings lost).
+        let mut t = now;
+        for _ in 0..100 {
+            if p.current() > 1200 {
+                break;
+            }
+            if let Some(d) = p.on_sent(t) {
+                if d.size <= path {
+                    assert!(p.on_pong(d.token, t));
+                }
+                continue;
+            }
+            t = p.deadline(|| WAIT).expect("searching");
+            p.on_timeout(t, WAIT);
+        }
+        let mid = p.current();
+        assert!(mid > 1200 && path - mid >= GRANULARITY, "{mid}");
+        // A retransmission timeout with large frames in flight: a check, answered; then the
+        // acknowledgements come again.
+        assert!(!p.on_rto());
+        let c = p.on_sent(t).unwrap();
+        assert_eq!(c.size, 1200);
+        assert!(p.on_pong(c.token, t));
+        p.on_progress(t);
+        assert!(p.due().is_some(), "the search goes on at once");
+        let (found, _) = search(&mut p, path, false, t);
+        assert!(
+            found <= path && path - found < GRANULARITY,
+            "{found} (was {mid} when interrupted)"
+        );
+        // Without a search under way, a check that ends leaves the path as it is.
+        let mut q = PathMtu::new(1200, 9000, 0);
+        let d = q.on_sent(now).unwrap();
+        assert!(q.on_pong(d.token, now));
+        assert!(!q.on_rto());
+        q.on_progress(now);
+        assert_eq!(
+            (q.current(), q.due(), q.deadline(|| WAIT)),
+            (9000, None, None)
+        );
     }
 
     #[test]
