@@ -139,15 +139,7 @@ fn keepalive_follows_a_short_peer_timeout() {
         sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
         sim.run_until_idle(10_000).unwrap();
         sim.run_for(timeout * 10, 100_000).unwrap();
-        for (x, y) in [(a, b), (b, a)] {
-            let events = sim.take_events(x);
-            assert!(
-                !events.iter().any(|e| matches!(e, Event::PeerDown { .. })),
-                "{timeout:?}: a quiet peer was taken for dead: {events:?}"
-            );
-            let addr = sim.addr(y);
-            assert!(sim.endpoint(x).peer_stats(addr).is_some());
-        }
+        assert_both_up(&mut sim, a, b, &format!("{timeout:?}: a quiet peer"));
         let cut = sim.elapsed();
         sim.partition(a, b, true);
         let addr = sim.addr(b);
@@ -260,14 +252,19 @@ fn lost_probes_are_repeated_within_round_trips_not_intervals() {
     sim.drop_next(b, a, 3);
     sim.run_for(timeout * 3, 100_000).unwrap();
     assert_eq!(sim.net.dropped - lost0, 6, "the six datagrams were lost");
+    assert_both_up(&mut sim, a, b, "three lost probes each way");
+}
+
+/// Neither end of the pair reported the other down, and both still hold the session.
+fn assert_both_up(sim: &mut mesh_rudp::sim::Sim, a: usize, b: usize, what: &str) {
     for (x, y) in [(a, b), (b, a)] {
         let events = sim.take_events(x);
         assert!(
             !events.iter().any(|e| matches!(e, Event::PeerDown { .. })),
-            "three lost probes each way took a live peer for dead: {events:?}"
+            "{what}: a live peer was taken for dead: {events:?}"
         );
         let addr = sim.addr(y);
-        assert!(sim.endpoint(x).peer_stats(addr).is_some());
+        assert!(sim.endpoint(x).peer_stats(addr).is_some(), "{what}");
     }
 }
 
