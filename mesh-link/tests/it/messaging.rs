@@ -491,6 +491,19 @@ fn answer_after_asked_ms(node: &MeshNode, id: u16) {
     .unwrap();
 }
 
+/// Asks `answer_after_asked_ms`'s handler `id` on `to` for an answer after 1 ms, which must
+/// come (within 10 s) and be 1.
+async fn quick_answer(from: &MeshNode, id: u16, to: NodeKey, what: &str) {
+    let v: u64 = within(
+        what,
+        10,
+        from.request_with(id, to, &1u64, Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, 1, "{what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_answer_times_out_and_later_requests_still_do() {
     let (_r, a, _am, b, _bm) = pair().await;
@@ -518,14 +531,7 @@ async fn a_slow_answer_times_out_and_later_requests_still_do() {
         // With nothing pending, the expiry task rests; the next request must wake it, and a
         // quick answer must still come back well inside its own timeout.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let v: u64 = within(
-            "a quick answer",
-            10,
-            a.request_with(40, bk, &1u64, Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
-        assert_eq!(v, 1);
+        quick_answer(&a, 40, bk, "a quick answer").await;
     }
     let _ = a.stop().await;
     let _ = b.stop().await;
@@ -561,14 +567,7 @@ async fn a_request_entry_lives_as_long_as_its_future_waits() {
         "{refused:?}"
     );
     assert_eq!(a.stats().pending_requests, 0, "refused, and no entry left");
-    let v: u64 = within(
-        "an answer",
-        10,
-        a.request_with(41, bk, &1u64, Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(v, 1);
+    quick_answer(&a, 41, bk, "an answer").await;
     assert_eq!(a.stats().pending_requests, 0, "answered, and no entry left");
     let _ = a.stop().await;
     let _ = b.stop().await;
