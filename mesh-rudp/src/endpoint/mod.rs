@@ -557,7 +557,13 @@ impl Endpoint {
     /// until then: a stale timer would wake it for nothing (an idle node did, a retransmission
     /// timeout after every keep-alive probe).
     pub fn poll_timeout_settled(&mut self) -> Option<Instant> {
+        // The peer just refiled, whose deadline is known: no second look if it is first again
+        // (the common case: one peer, its timer pushed back by the exchange just done).
+        let mut refiled = None;
         while let Some(&(filed, addr)) = self.sched.timers.first() {
+            if refiled == Some(addr) {
+                return Some(filed);
+            }
             let Some(p) = self.peers.get_mut(&addr) else {
                 self.sched.timers.pop_first();
                 continue;
@@ -570,6 +576,7 @@ impl Endpoint {
             self.sched.timers.pop_first();
             p.timer = Some(due);
             self.sched.timers.insert((due, addr));
+            refiled = Some(addr);
         }
         None
     }
