@@ -177,12 +177,16 @@ where
     F: Fn(M, Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let f = Arc::new(f);
     Arc::new(move |data: Bytes, ctx: Context| {
-        let f = f.clone();
+        let msg = match decode::<M>(&data, ctx.json) {
+            Ok(m) => m,
+            Err(e) => return refused(e),
+        };
+        // Called here, not in the future: it holds `f`'s future, not `f` (no reference count
+        // per message).
+        let run = f(msg, ctx);
         async move {
-            let msg = decode::<M>(&data, ctx.json)?;
-            f(msg, ctx).await;
+            run.await;
             Ok(None)
         }
         .boxed()
@@ -197,13 +201,15 @@ where
     F: Fn(M, Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
 {
-    let f = Arc::new(f);
     Arc::new(move |data: Bytes, ctx: Context| {
-        let f = f.clone();
+        let json = ctx.json;
+        let msg = match decode::<M>(&data, json) {
+            Ok(m) => m,
+            Err(e) => return refused(e),
+        };
+        let run = f(msg, ctx);
         async move {
-            let json = ctx.json;
-            let msg = decode::<M>(&data, json)?;
-            let reply = f(msg, ctx)
+            let reply = run
                 .await
                 .map_err(|e| Failure::new(ErrorCode::HANDLER_FAILED, e.message()))?;
             let encoded = if json {
@@ -229,12 +235,10 @@ where
     F: Fn(Bytes, Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Option<Bytes>, HandlerError>> + Send + 'static,
 {
-    let f = Arc::new(f);
     Arc::new(move |data: Bytes, ctx: Context| {
-        let f = f.clone();
+        let run = f(data, ctx);
         async move {
-            f(data, ctx)
-                .await
+            run.await
                 .map_err(|e| Failure::new(ErrorCode::HANDLER_FAILED, e.message()))
         }
         .boxed()
@@ -248,18 +252,14 @@ where
     F: Fn(M, Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let f = Arc::new(f);
     let run: HandlerFn = Arc::new(move |data: Bytes, ctx: Context| {
-        let f = f.clone();
+        let msg: M = match decode_typed(M::CODEC, &data, ctx.json) {
+            Ok(m) => m,
+            Err(e) => return refused(e),
+        };
+        let run = f(msg, ctx);
         async move {
-            let msg: M = if ctx.json {
-                decode(&data, true)?
-            } else {
-                M::CODEC
-                    .decode(&data)
-                    .map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))?
-            };
-            f(msg, ctx).await;
+            run.await;
             Ok(None)
         }
         .boxed()
@@ -279,19 +279,15 @@ where
     F: Fn(R, Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R::Answer, HandlerError>> + Send + 'static,
 {
-    let f = Arc::new(f);
     let run: HandlerFn = Arc::new(move |data: Bytes, ctx: Context| {
-        let f = f.clone();
+        let json = ctx.json;
+        let msg: R = match decode_typed(R::CODEC, &data, json) {
+            Ok(m) => m,
+            Err(e) => return refused(e),
+        };
+        let run = f(msg, ctx);
         async move {
-            let json = ctx.json;
-            let msg: R = if json {
-                decode(&data, true)?
-            } else {
-                R::CODEC
-                    .decode(&data)
-                    .map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))?
-            };
-            let answer = f(msg, ctx)
+            let answer = run
                 .await
                 .map_err(|e| Failure::new(ErrorCode::HANDLER_FAILED, e.message()))?;
             let encoded = if json {
@@ -327,6 +323,26 @@ fn decode<M: DeserializeOwned>(data: &[u8], json: bool) -> Result<M, Failure> {
         mesh_wire::codec::decode(data).map_err(|e| e.to_string())
     };
     r.map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))
+}
+
+/// A typed message in `codec`, or JSON from a Node node (node-compat mode).
+fn decode_typed<M: DeserializeOwned>(
+    codec: crate::Codec,
+    data: &[u8],
+    json: bool,
+) -> Result<M, Failure> {
+    if json {
+        decode(data, true)
+    } else {
+        codec
+            .decode(data)
+            .map_err(|e| Failure::new(ErrorCode::BAD_REQUEST, e))
+    }
+}
+
+/// The run of a handler refused before it started (its message unreadable).
+fn refused(f: Failure) -> BoxFuture<'static, Result<Option<Bytes>, Failure>> {
+    std::future::ready(Err(f)).boxed()
 }
 
 /// Runs a handler, turning a panic into a failure: the node keeps serving.

@@ -6,11 +6,89 @@ use mesh_discovery::NodeKey;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{RwLock, RwLockReadGuard};
+
 use super::MeshNode;
 use crate::handler::{self, Context, Entry, Failure, HandlerFn, Typed};
 use crate::{Error, HandlerError, Message, Request};
 
 pub(crate) type Table = rustc_hash::FxHashMap<u16, Entry>;
+
+/// The node's handlers, with a count of changes so that the receive loop can keep a copy and
+/// look a message's handler up without a lock or a reference count (see [`Cache`]).
+pub(crate) struct Handlers {
+    table: RwLock<Table>,
+    /// Bumped under the write lock by every change.
+    version: AtomicU64,
+}
+
+impl Handlers {
+    pub(crate) fn new(table: Table) -> Self {
+        Self {
+            table: RwLock::new(table),
+            version: AtomicU64::new(0),
+        }
+    }
+
+    /// Changes the table.
+    pub(crate) fn edit<R>(&self, f: impl FnOnce(&mut Table) -> R) -> R {
+        let mut table = self.table.write();
+        let r = f(&mut table);
+        self.version.fetch_add(1, Ordering::Release);
+        r
+    }
+
+    /// The table, to read.
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Table> {
+        self.table.read()
+    }
+
+    /// The handler for a message to `id` carrying `fingerprint` (`None`: untyped): `Ok(None)`
+    /// if there is none, `Err` for a type it does not serve.
+    pub(crate) fn get(
+        &self,
+        id: u16,
+        fingerprint: Option<u64>,
+    ) -> Result<Option<HandlerFn>, Failure> {
+        match self.read().get(&id) {
+            None => Ok(None),
+            Some(e) => e.pick(fingerprint).map(|h| Some(h.clone())),
+        }
+    }
+}
+
+/// The receive loop's copy of the handler table, taken again when a change is seen: a lookup
+/// costs one atomic load instead of a lock and a reference count each way.
+#[derive(Default)]
+pub(crate) struct Cache {
+    /// The version copied, `None` before the first copy.
+    version: Option<u64>,
+    table: Table,
+}
+
+impl Cache {
+    /// [`Handlers::get`], borrowed from the copy (refreshed first if the table changed).
+    pub(crate) fn get(
+        &mut self,
+        handlers: &Handlers,
+        id: u16,
+        fingerprint: Option<u64>,
+    ) -> Result<Option<&HandlerFn>, Failure> {
+        let now = handlers.version.load(Ordering::Acquire);
+        if self.version != Some(now) {
+            let table = handlers.read();
+            // Read under the lock: the copy and its version agree.
+            self.version = Some(handlers.version.load(Ordering::Acquire));
+            self.table.clone_from(&table);
+        }
+        match self.table.get(&id) {
+            None => Ok(None),
+            Some(e) => e.pick(fingerprint).map(Some),
+        }
+    }
+}
 
 /// A handler to register: untyped (the numeric API) or typed.
 pub(crate) enum Registration {
@@ -59,11 +137,9 @@ pub(super) fn table(handlers: Vec<(u16, Registration)>) -> Result<Table, Error> 
 
 impl MeshNode {
     fn register(&self, id: u16, h: HandlerFn) -> Result<(), Error> {
-        add(
-            &mut self.inner.handlers.write(),
-            id,
-            Registration::Untyped(h),
-        )
+        self.inner
+            .handlers
+            .edit(|t| add(t, id, Registration::Untyped(h)))
     }
 
     /// Registers the handler of typed requests `R` (at `R::ID`): `f` gets each request whose
@@ -78,11 +154,9 @@ impl MeshNode {
         Fut: std::future::Future<Output = Result<R::Answer, HandlerError>> + Send + 'static,
     {
         let t = handler::serve(f);
-        add(
-            &mut self.inner.handlers.write(),
-            R::ID,
-            Registration::Typed(t),
-        )
+        self.inner
+            .handlers
+            .edit(|table| add(table, R::ID, Registration::Typed(t)))
     }
 
     /// Registers the handler of typed one-way messages `M` (at `M::ID`); messages of any other
@@ -94,11 +168,9 @@ impl MeshNode {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let t = handler::listen(f);
-        add(
-            &mut self.inner.handlers.write(),
-            M::ID,
-            Registration::Typed(t),
-        )
+        self.inner
+            .handlers
+            .edit(|table| add(table, M::ID, Registration::Typed(t)))
     }
 
     /// Registers a one-way handler: `f` gets each message of type `M` sent to `id`. A
@@ -140,7 +212,7 @@ impl MeshNode {
 
     /// Removes a handler; true if there was one.
     pub fn remove_handler(&self, id: u16) -> bool {
-        self.inner.handlers.write().remove(&id).is_some()
+        self.inner.handlers.edit(|t| t.remove(&id).is_some())
     }
 
     /// The handler for a message to `id` carrying `fingerprint` (`None`: untyped): `Ok(None)`
@@ -150,10 +222,7 @@ impl MeshNode {
         id: u16,
         fingerprint: Option<u64>,
     ) -> Result<Option<HandlerFn>, Failure> {
-        match self.inner.handlers.read().get(&id) {
-            None => Ok(None),
-            Some(e) => e.pick(fingerprint).map(|h| Some(h.clone())),
-        }
+        self.inner.handlers.get(id, fingerprint)
     }
 
     /// What a handler is told about a message from `sender`.

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mesh_discovery::{Membership, MembershipEvent, NodeKey, NodeRecord};
 use mesh_rudp::DownReason;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rand_core::{Rng, SeedableRng};
 use tokio::sync::{broadcast, Notify};
 use tokio::task::JoinHandle;
@@ -80,7 +80,7 @@ pub(crate) struct Inner {
     pub(crate) core: Arc<Core>,
     pub(crate) membership: Membership<AnyBackend>,
     pub(crate) config: Config,
-    pub(crate) handlers: RwLock<handlers::Table>,
+    pub(crate) handlers: handlers::Handlers,
     /// Names relay fan-outs.
     pub(crate) rng: Mutex<rand_pcg::Pcg64Mcg>,
     pub(crate) seen: Mutex<relay::Seen>,
@@ -172,7 +172,7 @@ impl Drop for Guard {
             for t in self.0.tasks.lock().drain(..) {
                 t.abort();
             }
-            self.0.handlers.write().clear();
+            self.0.handlers.edit(|t| t.clear());
         }
     }
 }
@@ -313,7 +313,7 @@ impl MeshNode {
             core,
             membership,
             config,
-            handlers: RwLock::new(table),
+            handlers: handlers::Handlers::new(table),
             rng: Mutex::new(rng),
             seen: Mutex::new(relay::Seen::default()),
             inflight: AtomicUsize::new(0),
@@ -461,7 +461,7 @@ impl MeshNode {
         for t in inner.tasks.lock().drain(..) {
             t.abort();
         }
-        inner.handlers.write().clear();
+        inner.handlers.edit(|t| t.clear());
         core.state.store(STOPPED, Ordering::Release);
         let report = StopReport {
             undelivered: close

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -18,7 +19,7 @@ use mesh_wire::{EnvelopeKind, ErrorCode};
 use tracing::debug;
 
 use super::system::{self, Handled};
-use super::{MeshNode, TaskHandle};
+use super::{handlers, MeshNode, TaskHandle};
 use crate::envelope;
 use crate::handler::{self, Failure, Started};
 
@@ -87,6 +88,10 @@ impl Jobs {
     }
 }
 
+/// Most messages taken from the transport at once: one lock, one upgrade of the node's handle
+/// for all of them.
+const RECV_BATCH: usize = 64;
+
 /// Drives the transport and runs handlers, all in this one task.
 pub(crate) async fn receive_loop(handle: TaskHandle, mut driver: Driver) {
     let max = handle.inner().config.max_concurrent_handlers;
@@ -95,31 +100,43 @@ pub(crate) async fn receive_loop(handle: TaskHandle, mut driver: Driver) {
         waiting: VecDeque::new(),
         max,
     };
-    loop {
+    let mut batch = Vec::with_capacity(RECV_BATCH);
+    let mut cache = handlers::Cache::default();
+    let closed = std::future::poll_fn(|cx| loop {
         while jobs.running.len() < max {
             match jobs.waiting.pop_front() {
                 Some(j) => jobs.running.push(j),
                 None => break,
             }
         }
-        let can_read = jobs.waiting.len() < max;
-        tokio::select! {
-            biased;
-            Some(()) = jobs.running.next(), if !jobs.running.is_empty() => {}
-            m = std::future::poll_fn(|cx| driver.poll_recv(cx, can_read)) => match m {
-                Some(m) => {
-                    let Some(node) = handle.node() else { return };
-                    on_message(&node, m, &mut jobs);
-                }
-                None => break,
-            },
+        // Handler runs first: those that finish free their slots for the messages below, and
+        // those just pushed get their first poll with the real waker.
+        if !jobs.running.is_empty() {
+            while let Poll::Ready(Some(())) = jobs.running.poll_next_unpin(cx) {}
         }
+        // As many as may still wait for a slot: admission never queues more than `max`.
+        let room = max.saturating_sub(jobs.waiting.len()).min(RECV_BATCH);
+        match driver.poll_recv_many(cx, &mut batch, room) {
+            Poll::Ready(Some(_)) => {
+                let Some(node) = handle.node() else {
+                    return Poll::Ready(false);
+                };
+                for m in batch.drain(..) {
+                    on_message(&node, m, &mut jobs, &mut cache);
+                }
+            }
+            Poll::Ready(None) => return Poll::Ready(true),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await;
+    if closed {
+        // Closed: let what runs finish (stop() cancels them past its deadline by aborting us).
+        while jobs.running.next().await.is_some() {}
     }
-    // Closed: let what runs finish (stop() cancels them past its deadline by aborting us).
-    while jobs.running.next().await.is_some() {}
 }
 
-fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
+fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs, cache: &mut handlers::Cache) {
     let inner = &node.inner;
     let Ok((env, payload)) = envelope::split(m.data) else {
         inner.counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -176,7 +193,7 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
         }
         return;
     }
-    let h = match node.handler(env.handler, env.fingerprint) {
+    let h = match cache.get(&inner.handlers, env.handler, env.fingerprint) {
         Ok(Some(h)) => h,
         Ok(None) => {
             inner.counters.no_handler.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +232,7 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
         // No slot free: admission decides (the run waits, or the request is answered
         // "overloaded").
         let node2 = node.clone();
+        let h = h.clone();
         let job = async move {
             let t0 = started_at(&node2);
             let r = handler::run(h, incoming.payload, ctx).await;
@@ -228,7 +246,7 @@ fn on_message(node: &MeshNode, m: Received, jobs: &mut Jobs) {
     // then cost no box or slot of their own (the answer is queued without waiting).
     let t0 = started_at(node);
     inner.inflight.fetch_add(1, Ordering::AcqRel);
-    match handler::start(&h, incoming.payload, ctx) {
+    match handler::start(h, incoming.payload, ctx) {
         Started::Done(r) => {
             if let Some(answer) = handled(node, reply, r, t0) {
                 inner.inflight.fetch_add(1, Ordering::AcqRel);

@@ -147,6 +147,31 @@ async fn handler_ids_are_checked() {
     let _ = b.stop().await;
 }
 
+/// The receive loop keeps its own copy of the handler table: a handler registered, removed
+/// or replaced while it runs serves (or stops serving) the very next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_changes_apply_to_the_next_message() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let answering = |n: u32| move |_: (), _| async move { Ok::<_, HandlerError>(n) };
+    let ask = || a.request::<_, u32>(200, b.local_key(), &());
+    assert!(matches!(
+        ask().await.unwrap_err(),
+        RequestError::NoHandler { .. }
+    ));
+    b.on_request(200, answering(1)).unwrap();
+    assert_eq!(ask().await.unwrap(), 1);
+    assert_eq!(ask().await.unwrap(), 1);
+    assert!(b.remove_handler(200));
+    assert!(matches!(
+        ask().await.unwrap_err(),
+        RequestError::NoHandler { .. }
+    ));
+    b.on_request(200, answering(2)).unwrap();
+    assert_eq!(ask().await.unwrap(), 2);
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_delivery_skips_the_network() {
     let registry = Registry::memory();

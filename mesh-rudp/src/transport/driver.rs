@@ -4,6 +4,7 @@
 //!
 //! [`Endpoint`]: crate::Endpoint
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +98,55 @@ impl Driver {
     /// cannot take more: they then count against the endpoint's incoming limit, which slows
     /// the senders). `Ready(None)` once the transport is closed.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>, take: bool) -> Poll<Option<Received>> {
+        let mut got = None;
+        let mut take_one = |inbox: &mut VecDeque<Received>| {
+            got = inbox.pop_front();
+            got.is_some()
+        };
+        let taker: Option<&mut dyn FnMut(&mut VecDeque<Received>) -> bool> =
+            if take { Some(&mut take_one) } else { None };
+        match self.drive(cx, taker) {
+            Poll::Ready(true) => Poll::Ready(got),
+            Poll::Ready(false) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// [`poll_recv`](Self::poll_recv) that takes up to `max` messages at once, appended to
+    /// `out`, for the price of taking one: `Ready(Some(n))` with the number taken (at least
+    /// one), `Ready(None)` once the transport is closed. With `max` 0 it only drives, as
+    /// `poll_recv` without `take` does.
+    pub fn poll_recv_many(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Received>,
+        max: usize,
+    ) -> Poll<Option<usize>> {
+        let before = out.len();
+        let mut take_many = |inbox: &mut VecDeque<Received>| {
+            // One by one: cheaper than `extend(drain(..))` for the one or few of most turns.
+            while out.len() - before < max {
+                let Some(m) = inbox.pop_front() else { break };
+                out.push(m);
+            }
+            out.len() > before
+        };
+        let taker: Option<&mut dyn FnMut(&mut VecDeque<Received>) -> bool> =
+            if max > 0 { Some(&mut take_many) } else { None };
+        match self.drive(cx, taker) {
+            Poll::Ready(true) => Poll::Ready(Some(out.len() - before)),
+            Poll::Ready(false) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The driver's turn: `take` (if given) takes what it wants of the inbox, and says whether
+    /// it took anything (`Ready(true)`); `Ready(false)` once the transport is closed.
+    fn drive(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut take: Option<&mut dyn FnMut(&mut VecDeque<Received>) -> bool>,
+    ) -> Poll<bool> {
         let Self {
             shared,
             storage,
@@ -111,19 +161,19 @@ impl Driver {
         for _ in 0..DRIVE_TURNS {
             {
                 let mut st = shared.state.lock();
-                if take {
-                    if let Some(m) = st.inbox.pop_front() {
+                if let Some(take) = take.as_mut() {
+                    if take(&mut st.inbox) {
                         let n = st.inbox.len();
                         st.endpoint.set_backlog(n);
                         // Not flushed yet: the consumer's answer can carry the acknowledgement.
-                        return Poll::Ready(Some(m));
+                        return Poll::Ready(true);
                     }
                 }
                 if st.shutdown {
                     st.driver_waker = None;
                     drop(st);
                     hand_over(shared, hooked);
-                    return Poll::Ready(None);
+                    return Poll::Ready(false);
                 }
                 st.flush_wanted = false;
                 now = Instant::now().into_std();
@@ -187,14 +237,14 @@ impl Driver {
             if hand_over(shared, hooked) {
                 queued = true;
             }
-            if delivered && !take {
+            if delivered && take.is_none() {
                 // Let the application run first: an answer it sends at once carries our
                 // acknowledgement, which then costs no datagram of its own. The next poll
                 // flushes first thing.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            if (queued && take) || !drained {
+            if (queued && take.is_some()) || !drained {
                 // A message to hand over, or more to read.
                 continue;
             }

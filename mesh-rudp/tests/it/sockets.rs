@@ -620,3 +620,56 @@ async fn a_tally_counts_each_message_once_through_loss_silence_and_close() {
     relay.abort();
     b.close().await;
 }
+
+/// `poll_recv_many` hands over what arrived in batches of at most `max`, each message once,
+/// in the order sent, and says when the transport is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_hands_messages_over_in_bounded_batches() {
+    let a = transport().await;
+    let (b, mut driver) =
+        Transport::bind_with_driver("127.0.0.1:0".parse().unwrap(), TransportConfig::default())
+            .await
+            .unwrap();
+    let to = b.local_addr();
+    const N: u32 = 200;
+    let sending = tokio::spawn(async move {
+        for i in 0..N {
+            let q = mesh_rudp::QueueOptions::new()
+                .delivery(mesh_rudp::Delivery::Ordered { channel: 0 })
+                .track(false);
+            a.queue(to, i.to_be_bytes().to_vec(), q)
+                .await
+                .expect("queued");
+        }
+        a
+    });
+    let mut got = Vec::new();
+    let mut batch = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < N as usize {
+        let n = tokio::time::timeout_at(
+            deadline,
+            std::future::poll_fn(|cx| driver.poll_recv_many(cx, &mut batch, 7)),
+        )
+        .await
+        .expect("all messages within 20 s")
+        .expect("open");
+        assert_eq!(n, batch.len(), "the count is of messages appended");
+        assert!((1..=7).contains(&n), "a batch of {n}");
+        got.extend(
+            batch
+                .drain(..)
+                .map(|m| u32::from_be_bytes(m.data[..].try_into().expect("four bytes"))),
+        );
+    }
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "each once, in order");
+    let a = sending.await.unwrap();
+    let (_report, after) = tokio::join!(b.close(), async {
+        std::future::poll_fn(|cx| driver.poll_recv_many(cx, &mut batch, 7)).await
+    });
+    assert_eq!(
+        after, None,
+        "the close is reported, and nothing more arrived"
+    );
+    a.close().await;
+}
