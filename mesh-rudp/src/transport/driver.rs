@@ -34,6 +34,10 @@ pub(super) const IDLE_TIMER: Duration = Duration::from_secs(3600);
 /// acknowledging every third of a 312 KiB window (Linux's default `rmem_max`) slower too.
 const ACK_FLUSH_BYTES: usize = 2 << 20;
 
+/// What a poll of the driver takes from the inbox: it takes what it wants, and says whether it
+/// took anything.
+type Take<'a> = &'a mut dyn FnMut(&mut VecDeque<Received>) -> bool;
+
 /// Drives a [`Transport`] made by [`Transport::bind_with_driver`]: reads the socket, runs the
 /// timers, retries blocked output, and yields the received messages.
 ///
@@ -103,8 +107,7 @@ impl Driver {
             got = inbox.pop_front();
             got.is_some()
         };
-        let taker: Option<&mut dyn FnMut(&mut VecDeque<Received>) -> bool> =
-            if take { Some(&mut take_one) } else { None };
+        let taker: Option<Take<'_>> = if take { Some(&mut take_one) } else { None };
         match self.drive(cx, taker) {
             Poll::Ready(true) => Poll::Ready(got),
             Poll::Ready(false) => Poll::Ready(None),
@@ -131,8 +134,7 @@ impl Driver {
             }
             out.len() > before
         };
-        let taker: Option<&mut dyn FnMut(&mut VecDeque<Received>) -> bool> =
-            if max > 0 { Some(&mut take_many) } else { None };
+        let taker: Option<Take<'_>> = if max > 0 { Some(&mut take_many) } else { None };
         match self.drive(cx, taker) {
             Poll::Ready(true) => Poll::Ready(Some(out.len() - before)),
             Poll::Ready(false) => Poll::Ready(None),
@@ -142,11 +144,7 @@ impl Driver {
 
     /// The driver's turn: `take` (if given) takes what it wants of the inbox, and says whether
     /// it took anything (`Ready(true)`); `Ready(false)` once the transport is closed.
-    fn drive(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut take: Option<&mut dyn FnMut(&mut VecDeque<Received>) -> bool>,
-    ) -> Poll<bool> {
+    fn drive(&mut self, cx: &mut Context<'_>, mut take: Option<Take<'_>>) -> Poll<bool> {
         let Self {
             shared,
             storage,
