@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::task::AtomicWaker;
 use parking_lot::{RwLock, RwLockReadGuard};
 
 use super::MeshNode;
@@ -22,6 +23,9 @@ pub(crate) struct Handlers {
     table: RwLock<Table>,
     /// Bumped under the write lock by every change.
     version: AtomicU64,
+    /// The receive loop, woken by a change so that its copy lets go of a removed handler (and
+    /// whatever it holds) at once, not at the next message.
+    copier: AtomicWaker,
 }
 
 impl Handlers {
@@ -29,14 +33,19 @@ impl Handlers {
         Self {
             table: RwLock::new(table),
             version: AtomicU64::new(0),
+            copier: AtomicWaker::new(),
         }
     }
 
     /// Changes the table.
     pub(crate) fn edit<R>(&self, f: impl FnOnce(&mut Table) -> R) -> R {
-        let mut table = self.table.write();
-        let r = f(&mut table);
-        self.version.fetch_add(1, Ordering::Release);
+        let r = {
+            let mut table = self.table.write();
+            let r = f(&mut table);
+            self.version.fetch_add(1, Ordering::Release);
+            r
+        };
+        self.copier.wake();
         r
     }
 
@@ -69,13 +78,14 @@ pub(crate) struct Cache {
 }
 
 impl Cache {
-    /// [`Handlers::get`], borrowed from the copy (refreshed first if the table changed).
-    pub(crate) fn get(
-        &mut self,
-        handlers: &Handlers,
-        id: u16,
-        fingerprint: Option<u64>,
-    ) -> Result<Option<&HandlerFn>, Failure> {
+    /// Takes the table again if it changed since the copy, and asks to be woken (`cx`) at the
+    /// next change. The receive loop calls it on every wake-up.
+    pub(crate) fn refresh(&mut self, handlers: &Handlers, cx: &std::task::Context<'_>) {
+        handlers.copier.register(cx.waker());
+        self.refresh_now(handlers);
+    }
+
+    fn refresh_now(&mut self, handlers: &Handlers) {
         let now = handlers.version.load(Ordering::Acquire);
         if self.version != Some(now) {
             let table = handlers.read();
@@ -83,6 +93,16 @@ impl Cache {
             self.version = Some(handlers.version.load(Ordering::Acquire));
             self.table.clone_from(&table);
         }
+    }
+
+    /// [`Handlers::get`], borrowed from the copy (refreshed first if the table changed).
+    pub(crate) fn get(
+        &mut self,
+        handlers: &Handlers,
+        id: u16,
+        fingerprint: Option<u64>,
+    ) -> Result<Option<&HandlerFn>, Failure> {
+        self.refresh_now(handlers);
         match self.table.get(&id) {
             None => Ok(None),
             Some(e) => e.pick(fingerprint).map(Some),

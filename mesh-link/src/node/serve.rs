@@ -102,31 +102,35 @@ pub(crate) async fn receive_loop(handle: TaskHandle, mut driver: Driver) {
     };
     let mut batch = Vec::with_capacity(RECV_BATCH);
     let mut cache = handlers::Cache::default();
-    let closed = std::future::poll_fn(|cx| loop {
-        while jobs.running.len() < max {
-            match jobs.waiting.pop_front() {
-                Some(j) => jobs.running.push(j),
-                None => break,
-            }
-        }
-        // Handler runs first: those that finish free their slots for the messages below, and
-        // those just pushed get their first poll with the real waker.
-        if !jobs.running.is_empty() {
-            while let Poll::Ready(Some(())) = jobs.running.poll_next_unpin(cx) {}
-        }
-        // As many as may still wait for a slot: admission never queues more than `max`.
-        let room = max.saturating_sub(jobs.waiting.len()).min(RECV_BATCH);
-        match driver.poll_recv_many(cx, &mut batch, room) {
-            Poll::Ready(Some(_)) => {
-                let Some(node) = handle.node() else {
-                    return Poll::Ready(false);
-                };
-                for m in batch.drain(..) {
-                    on_message(&node, m, &mut jobs, &mut cache);
+    let closed = std::future::poll_fn(|cx| {
+        // A handler removed while the loop slept is let go of now, not at the next message.
+        cache.refresh(&handle.inner().handlers, cx);
+        loop {
+            while jobs.running.len() < max {
+                match jobs.waiting.pop_front() {
+                    Some(j) => jobs.running.push(j),
+                    None => break,
                 }
             }
-            Poll::Ready(None) => return Poll::Ready(true),
-            Poll::Pending => return Poll::Pending,
+            // Handler runs first: those that finish free their slots for the messages below, and
+            // those just pushed get their first poll with the real waker.
+            if !jobs.running.is_empty() {
+                while let Poll::Ready(Some(())) = jobs.running.poll_next_unpin(cx) {}
+            }
+            // As many as may still wait for a slot: admission never queues more than `max`.
+            let room = max.saturating_sub(jobs.waiting.len()).min(RECV_BATCH);
+            match driver.poll_recv_many(cx, &mut batch, room) {
+                Poll::Ready(Some(_)) => {
+                    let Some(node) = handle.node() else {
+                        return Poll::Ready(false);
+                    };
+                    for m in batch.drain(..) {
+                        on_message(&node, m, &mut jobs, &mut cache);
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(true),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     })
     .await;

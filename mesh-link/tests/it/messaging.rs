@@ -172,6 +172,29 @@ async fn handler_changes_apply_to_the_next_message() {
     let _ = b.stop().await;
 }
 
+/// A removed handler is let go of (with whatever it holds) though no message comes after:
+/// the receive loop's copy of the table does not keep it alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_handler_is_dropped_without_another_message() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let (held, released) = tokio::sync::oneshot::channel::<()>();
+    b.on_request(201, move |_: (), _| {
+        let _held = &held;
+        async { Ok::<_, HandlerError>(()) }
+    })
+    .unwrap();
+    // The loop copies the table to serve this.
+    a.request::<_, ()>(201, b.local_key(), &()).await.unwrap();
+    assert!(b.remove_handler(201));
+    let dropped = tokio::time::timeout(Duration::from_secs(10), released).await;
+    assert!(
+        matches!(dropped, Ok(Err(_))),
+        "the handler's captures were not dropped: {dropped:?}"
+    );
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_delivery_skips_the_network() {
     let registry = Registry::memory();
