@@ -75,13 +75,29 @@ pub(crate) struct Cache {
     /// The version copied, `None` before the first copy.
     version: Option<u64>,
     table: Table,
+    /// The waker registered with `copier` (a change's wake takes it, and moves the version).
+    registered: Option<std::task::Waker>,
 }
 
 impl Cache {
     /// Takes the table again if it changed since the copy, and asks to be woken (`cx`) at the
-    /// next change. The receive loop calls it on every wake-up.
+    /// next change. The receive loop calls it on every wake-up; when nothing changed and the
+    /// waker is the one registered, that is one atomic load.
     pub(crate) fn refresh(&mut self, handlers: &Handlers, cx: &std::task::Context<'_>) {
+        let unchanged = self.version == Some(handlers.version.load(Ordering::Acquire));
+        if unchanged
+            && self
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            // Still registered: only a change's wake takes the waker, and a change moves the
+            // version, which would have been seen above.
+            return;
+        }
         handlers.copier.register(cx.waker());
+        self.registered = Some(cx.waker().clone());
+        // After registering: a change made before it is read here, one after it wakes us.
         self.refresh_now(handlers);
     }
 
