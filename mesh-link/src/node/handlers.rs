@@ -6,10 +6,10 @@ use mesh_discovery::NodeKey;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Waker;
 
-use futures_util::task::AtomicWaker;
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use super::MeshNode;
 use crate::handler::{self, Context, Entry, Failure, HandlerFn, Typed};
@@ -23,9 +23,12 @@ pub(crate) struct Handlers {
     table: RwLock<Table>,
     /// Bumped under the write lock by every change.
     version: AtomicU64,
-    /// The receive loop, woken by a change so that its copy lets go of a removed handler (and
-    /// whatever it holds) at once, not at the next message.
-    copier: AtomicWaker,
+    /// The receive loop's waker: a change takes it and wakes the loop, so that its copy lets
+    /// go of a removed handler (and whatever that holds) at once, not at the next message.
+    copier: Mutex<Option<Waker>>,
+    /// Whether `copier` holds the loop's waker; set and cleared under its lock, read without
+    /// it (the loop's every poll).
+    armed: AtomicBool,
 }
 
 impl Handlers {
@@ -33,7 +36,8 @@ impl Handlers {
         Self {
             table: RwLock::new(table),
             version: AtomicU64::new(0),
-            copier: AtomicWaker::new(),
+            copier: Mutex::new(None),
+            armed: AtomicBool::new(false),
         }
     }
 
@@ -45,7 +49,14 @@ impl Handlers {
             self.version.fetch_add(1, Ordering::Release);
             r
         };
-        self.copier.wake();
+        let copier = {
+            let mut slot = self.copier.lock();
+            self.armed.store(false, Ordering::Release);
+            slot.take()
+        };
+        if let Some(w) = copier {
+            w.wake();
+        }
         r
     }
 
@@ -75,29 +86,30 @@ pub(crate) struct Cache {
     /// The version copied, `None` before the first copy.
     version: Option<u64>,
     table: Table,
-    /// The waker registered with `copier` (a change's wake takes it, and moves the version).
-    registered: Option<std::task::Waker>,
+    /// The waker this copy last left in the table's `copier`.
+    registered: Option<Waker>,
 }
 
 impl Cache {
     /// Takes the table again if it changed since the copy, and asks to be woken (`cx`) at the
-    /// next change. The receive loop calls it on every wake-up; when nothing changed and the
-    /// waker is the one registered, that is one atomic load.
+    /// next change. The receive loop calls it on every wake-up; while its registration stands
+    /// (no change has taken it) and its waker is the same, that is two atomic loads.
     pub(crate) fn refresh(&mut self, handlers: &Handlers, cx: &std::task::Context<'_>) {
-        let unchanged = self.version == Some(handlers.version.load(Ordering::Acquire));
-        if unchanged
+        // A change clears `armed` before it wakes us, so a poll that its wake-up causes
+        // sees it cleared, and registers again.
+        let standing = handlers.armed.load(Ordering::Acquire)
             && self
                 .registered
                 .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            // Still registered: only a change's wake takes the waker, and a change moves the
-            // version, which would have been seen above.
-            return;
+                .is_some_and(|w| w.will_wake(cx.waker()));
+        if !standing {
+            let waker = cx.waker().clone();
+            let mut slot = handlers.copier.lock();
+            *slot = Some(waker.clone());
+            handlers.armed.store(true, Ordering::Release);
+            drop(slot);
+            self.registered = Some(waker);
         }
-        handlers.copier.register(cx.waker());
-        self.registered = Some(cx.waker().clone());
-        // After registering: a change made before it is read here, one after it wakes us.
         self.refresh_now(handlers);
     }
 
