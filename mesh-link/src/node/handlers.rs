@@ -72,11 +72,14 @@ impl Handlers {
         id: u16,
         fingerprint: Option<u64>,
     ) -> Result<Option<HandlerFn>, Failure> {
-        match self.read().get(&id) {
-            None => Ok(None),
-            Some(e) => e.pick(fingerprint).map(|h| Some(h.clone())),
-        }
+        lookup(&self.read(), id, fingerprint).map(|h| h.cloned())
     }
+}
+
+/// The handler in `table` for a message to `id` carrying `fingerprint` (`None`: untyped):
+/// `Ok(None)` if there is none, `Err` for a type it does not serve.
+fn lookup(table: &Table, id: u16, fingerprint: Option<u64>) -> Result<Option<&HandlerFn>, Failure> {
+    table.get(&id).map(|e| e.pick(fingerprint)).transpose()
 }
 
 /// The receive loop's copy of the handler table, taken again when a change is seen: a lookup
@@ -131,10 +134,7 @@ impl Cache {
         fingerprint: Option<u64>,
     ) -> Result<Option<&HandlerFn>, Failure> {
         self.refresh_now(handlers);
-        match self.table.get(&id) {
-            None => Ok(None),
-            Some(e) => e.pick(fingerprint).map(Some),
-        }
+        lookup(&self.table, id, fingerprint)
     }
 }
 
