@@ -88,6 +88,7 @@ mod ranges;
 mod rtt;
 #[cfg(feature = "testing")]
 pub mod sim;
+mod time;
 #[cfg(feature = "tokio")]
 mod transport;
 mod types;

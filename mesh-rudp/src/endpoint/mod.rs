@@ -4,9 +4,12 @@
 mod recv;
 mod transmit;
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
+
+use crate::time::Tick;
 
 use bytes::Bytes;
 use mesh_wire::{SeqRange, UnreliableFrame, CLOSE_NORMAL, HEADER_LEN};
@@ -167,14 +170,19 @@ pub struct Endpoint {
     last_pn: u64,
     /// Wall-clock microseconds at `clock_base`, to read the clock from `now`.
     unix_base: u64,
+    /// The instant the endpoint's clock ([`Tick`]) counts from.
     clock_base: Instant,
+    /// The last `Instant` turned into a tick, and its tick.
+    clock_memo: Cell<(Instant, Tick)>,
+    /// The last tick turned into an `Instant`, and its instant.
+    deadline_memo: Cell<(Tick, Instant)>,
 }
 
 /// The endpoint's agenda: peers with datagrams to send, in turn, and each peer's next deadline.
 #[derive(Debug)]
 struct Schedule {
     ready: VecDeque<SocketAddr>,
-    timers: BTreeSet<(Instant, SocketAddr)>,
+    timers: BTreeSet<(Tick, SocketAddr)>,
     /// When keep-alive probes go out.
     grid: KeepaliveGrid,
 }
@@ -182,7 +190,7 @@ struct Schedule {
 impl Schedule {
     /// Re-evaluates a peer after a change: transmit readiness and its timer. For a caller that
     /// holds the peer already (no second lookup).
-    fn touch(&mut self, config: &EndpointConfig, p: &mut Peer, addr: SocketAddr, now: Instant) {
+    fn touch(&mut self, config: &EndpointConfig, p: &mut Peer, addr: SocketAddr, now: Tick) {
         if !p.in_ready && p.wants_transmit(now) {
             p.in_ready = true;
             self.ready.push_back(addr);
@@ -217,7 +225,7 @@ impl Endpoint {
         config.validate()?;
         let unix_base = u64::try_from(start.unix.as_micros()).unwrap_or(u64::MAX);
         let seed = config.seed.unwrap_or(unix_base);
-        let grid = KeepaliveGrid::new(config.keepalive(), start.now, start.unix);
+        let grid = KeepaliveGrid::new(config.keepalive(), Tick::ZERO, start.unix);
         Ok(Self {
             rng: rand_pcg::Pcg64Mcg::seed_from_u64(seed),
             pool: BufferPool::new(config.recycle_bytes),
@@ -247,6 +255,8 @@ impl Endpoint {
             // replayed at it.
             unix_base,
             clock_base: start.now,
+            clock_memo: Cell::new((start.now, Tick::ZERO)),
+            deadline_memo: Cell::new((Tick::ZERO, start.now)),
         })
     }
 
@@ -260,12 +270,35 @@ impl Endpoint {
         }
     }
 
-    fn unix_micros(&self, now: Instant) -> u64 {
-        self.unix_base
-            .saturating_add(now.saturating_duration_since(self.clock_base).as_micros() as u64)
+    /// `now` on the endpoint's clock. A driver passes the same `now` to several calls in a
+    /// row; the last conversion is kept (each costs a subtraction of `Instant`s, ~50
+    /// instructions).
+    fn tick(&self, now: Instant) -> Tick {
+        let (at, tick) = self.clock_memo.get();
+        if at == now {
+            return tick;
+        }
+        let tick = Tick::since(self.clock_base, now);
+        self.clock_memo.set((now, tick));
+        tick
     }
 
-    fn next_packet_number(&mut self, now: Instant) -> u64 {
+    /// `t` as an `Instant`; the last conversion is kept, as in [`tick`](Self::tick).
+    fn instant(&self, t: Tick) -> Instant {
+        let (tick, at) = self.deadline_memo.get();
+        if tick == t {
+            return at;
+        }
+        let at = t.instant(self.clock_base);
+        self.deadline_memo.set((t, at));
+        at
+    }
+
+    fn unix_micros(&self, now: Tick) -> u64 {
+        self.unix_base.saturating_add(now.as_nanos() / 1000)
+    }
+
+    fn next_packet_number(&mut self, now: Tick) -> u64 {
         self.last_pn = (self.last_pn + 1).max(self.unix_micros(now));
         self.last_pn
     }
@@ -294,7 +327,7 @@ impl Endpoint {
         data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<MessageId, SendError> {
-        self.queue_message(now, peer, data.into(), delivery, false)
+        self.queue_message(self.tick(now), peer, data.into(), delivery, false)
     }
 
     /// [`send_reliable`](Self::send_reliable) for a message whose acknowledgement nobody waits
@@ -308,7 +341,7 @@ impl Endpoint {
         data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<MessageId, SendError> {
-        self.queue_message(now, peer, data.into(), delivery, true)
+        self.queue_message(self.tick(now), peer, data.into(), delivery, true)
     }
 
     /// Whether a reliable send of `len` bytes to `peer` would not fail with
@@ -325,7 +358,7 @@ impl Endpoint {
 
     fn queue_message(
         &mut self,
-        now: Instant,
+        now: Tick,
         peer: SocketAddr,
         data: Payload,
         delivery: Delivery,
@@ -360,6 +393,7 @@ impl Endpoint {
         peer: SocketAddr,
         data: Bytes,
     ) -> Result<(), SendError> {
+        let now = self.tick(now);
         if self.closing {
             return Err(SendError::Closed);
         }
@@ -378,7 +412,7 @@ impl Endpoint {
         Ok(())
     }
 
-    fn ensure_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), SendError> {
+    fn ensure_peer(&mut self, now: Tick, peer: SocketAddr) -> Result<(), SendError> {
         if self.peers.contains_key(&peer) {
             return Ok(());
         }
@@ -401,7 +435,7 @@ impl Endpoint {
     }
 
     /// Re-evaluates a peer after a change: transmit readiness and its timer.
-    fn touch(&mut self, addr: SocketAddr, now: Instant) {
+    fn touch(&mut self, addr: SocketAddr, now: Tick) {
         // One lookup: this runs for every datagram and every send.
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
@@ -415,7 +449,7 @@ impl Endpoint {
         }
     }
 
-    fn take_new_peer_token(&mut self, now: Instant) -> bool {
+    fn take_new_peer_token(&mut self, now: Tick) -> bool {
         self.peer_tokens.take(now, self.config.new_peers_per_second)
     }
 
@@ -427,6 +461,7 @@ impl Endpoint {
 
     /// Runs the timers that are due: delayed acks, retransmissions, keep-alives, timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.tick(now);
         // Take every due peer first: each is processed once per call, even if its next
         // deadline is also already due.
         let mut due = Vec::new();
@@ -508,6 +543,7 @@ impl Endpoint {
     /// carries (`EMSGSIZE`): for a [`Transmit::probe`], the path-MTU search moves on at once
     /// instead of waiting for the probe to be lost.
     pub fn path_refused(&mut self, now: Instant, peer: SocketAddr, size: usize) {
+        let now = self.tick(now);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.on_refused(size, now);
             self.sched.touch(&self.config, p, peer, now);
@@ -548,7 +584,8 @@ impl Endpoint {
 
     /// The earliest instant [`handle_timeout`](Self::handle_timeout) has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sched.timers.first().map(|&(t, _)| t)
+        let &(t, _) = self.sched.timers.first()?;
+        Some(self.instant(t))
     }
 
     /// [`poll_timeout`](Self::poll_timeout), after refiling the earliest timers that moved
@@ -557,6 +594,13 @@ impl Endpoint {
     /// until then: a stale timer would wake it for nothing (an idle node did, a retransmission
     /// timeout after every keep-alive probe).
     pub fn poll_timeout_settled(&mut self) -> Option<Instant> {
+        let t = self.settle_timers()?;
+        Some(self.instant(t))
+    }
+
+    /// The earliest timer, after refiling those that moved later (see
+    /// [`poll_timeout_settled`](Self::poll_timeout_settled)).
+    fn settle_timers(&mut self) -> Option<Tick> {
         // The peer just refiled, whose deadline is known: no second look if it is first again
         // (the common case: one peer, its timer pushed back by the exchange just done).
         let mut refiled = None;
@@ -629,11 +673,11 @@ impl Endpoint {
 #[derive(Debug, Default)]
 struct Bucket {
     tokens: u32,
-    refilled: Option<Instant>,
+    refilled: Option<Tick>,
 }
 
 impl Bucket {
-    fn take(&mut self, now: Instant, per_second: u32) -> bool {
+    fn take(&mut self, now: Tick, per_second: u32) -> bool {
         if self
             .refilled
             .is_none_or(|t| now.saturating_duration_since(t).as_secs() >= 1)

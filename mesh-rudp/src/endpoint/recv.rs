@@ -17,6 +17,7 @@ impl Endpoint {
     /// Takes one received datagram. Invalid input is counted in [`stats`](Self::stats) and
     /// dropped before any peer state is created.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let now = self.tick(now);
         let _span = trace_span!("peer", peer = %from).entered();
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
@@ -105,14 +106,7 @@ impl Endpoint {
     /// A datagram named a session of ours that is gone: count it, and (unless it was itself a
     /// close, or this second's budget of such replies is spent) tell the sender to start a new
     /// session.
-    fn stale_session(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        src: u64,
-        their: u64,
-        is_close: bool,
-    ) {
+    fn stale_session(&mut self, now: Tick, from: SocketAddr, src: u64, their: u64, is_close: bool) {
         self.stats.dropped_stale_session += 1;
         if !is_close
             && self
@@ -128,7 +122,7 @@ impl Endpoint {
         }
     }
 
-    fn create_remote_peer(&mut self, now: Instant, from: SocketAddr, remote: u64) -> bool {
+    fn create_remote_peer(&mut self, now: Tick, from: SocketAddr, remote: u64) -> bool {
         if self.closing
             || self.peers.len() >= self.config.max_peers
             || !self.take_new_peer_token(now)
@@ -152,7 +146,7 @@ impl Endpoint {
         true
     }
 
-    fn process_frames(&mut self, now: Instant, from: SocketAddr, d: &Datagram<'_>, len: usize) {
+    fn process_frames(&mut self, now: Tick, from: SocketAddr, d: &Datagram<'_>, len: usize) {
         let mut out = std::mem::take(&mut self.recv_scratch);
         out.delivered.clear();
         out.charge = 0;
@@ -255,7 +249,7 @@ impl Endpoint {
 
     /// Whether an authenticated datagram from `from` is new: unseen in its session, or, for a
     /// session this endpoint has no state for, recent by the sender's clock.
-    fn fresh(&mut self, now: Instant, from: SocketAddr, src_session: u64, pn: u64) -> bool {
+    fn fresh(&mut self, now: Tick, from: SocketAddr, src_session: u64, pn: u64) -> bool {
         match self.peers.get_mut(&from) {
             Some(p) if p.remote_id == src_session || p.remote_id == 0 => p.replay.accept(pn),
             // A new session from a known address must be newer than all we saw from it.

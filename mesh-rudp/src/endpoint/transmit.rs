@@ -27,7 +27,10 @@ impl Endpoint {
     /// already holds: it is `buf[len_before..len_before + size]`. A driver fills one buffer
     /// with a batch this way and hands it to the socket without copying.
     pub fn poll_transmit_append(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        self.poll_transmit_inner(now, buf, None)
+        if !self.has_transmit() {
+            return None;
+        }
+        self.poll_transmit_inner(self.tick(now), buf, None)
     }
 
     /// Like [`poll_transmit_append`](Self::poll_transmit_append), but a large data payload
@@ -42,14 +45,17 @@ impl Endpoint {
         tail: &mut Option<Bytes>,
     ) -> Option<Transmit> {
         debug_assert!(tail.is_none());
+        if !self.has_transmit() {
+            return None;
+        }
         // An authenticated datagram's trailer follows its frames: no detached payload then.
         let tail = self.config.cluster_key.is_none().then_some(tail);
-        self.poll_transmit_inner(now, buf, tail)
+        self.poll_transmit_inner(self.tick(now), buf, tail)
     }
 
     fn poll_transmit_inner(
         &mut self,
-        now: Instant,
+        now: Tick,
         buf: &mut Vec<u8>,
         mut tail: Option<&mut Option<Bytes>>,
     ) -> Option<Transmit> {

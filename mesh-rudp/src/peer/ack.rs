@@ -1,7 +1,7 @@
 //! The receiving side's acknowledgement state: which sequence numbers arrived (a cumulative
 //! point and ranges above it), and when to say so.
 
-use std::time::Instant;
+use crate::time::Tick;
 
 use mesh_wire::{AckFrame, AckRanges, DatagramWriter, Frame, SeqRange};
 
@@ -30,9 +30,9 @@ pub(crate) struct AckState {
     /// An ack must go out with the next datagram.
     pub(crate) now: bool,
     /// When a held ack must go out.
-    pub(crate) deadline: Option<Instant>,
+    pub(crate) deadline: Option<Tick>,
     /// When the oldest unacknowledged frame arrived (the ack's delay field).
-    since: Option<Instant>,
+    since: Option<Tick>,
     /// Frames asking for a prompt ack since the last ack.
     count: u32,
     /// Lazy-ack frames since the last ack.
@@ -69,13 +69,7 @@ impl AckState {
     /// the ack goes out: at once for out-of-order data and every second frame (or always with
     /// no ack delay configured); lazy frames are held up to [`LAZY_ACK_DELAY`] or
     /// `LAZY_ACK_FRAMES` of them.
-    pub(crate) fn on_received(
-        &mut self,
-        now: Instant,
-        seq: u64,
-        lazy: bool,
-        config: &EndpointConfig,
-    ) {
+    pub(crate) fn on_received(&mut self, now: Tick, seq: u64, lazy: bool, config: &EndpointConfig) {
         if seq == self.cum {
             self.cum += 1;
             if let Some(r) = self.above.first() {
@@ -121,7 +115,7 @@ impl AckState {
     }
 
     /// The held ack's time came.
-    pub(crate) fn on_timeout(&mut self, now: Instant) {
+    pub(crate) fn on_timeout(&mut self, now: Tick) {
         if self.deadline.is_some_and(|t| t <= now) {
             self.now = true;
             self.deadline = None;
@@ -131,7 +125,7 @@ impl AckState {
     /// Writes the ack (the cumulative point and up to 16 ranges, as room allows) into `w`.
     pub(crate) fn write(
         &mut self,
-        now: Instant,
+        now: Tick,
         w: &mut DatagramWriter<'_>,
         scratch: &mut Vec<SeqRange>,
     ) {
@@ -171,7 +165,7 @@ mod tests {
 
     use super::*;
 
-    fn written(a: &mut AckState, now: Instant) -> (u32, Vec<SeqRange>) {
+    fn written(a: &mut AckState, now: Tick) -> (u32, Vec<SeqRange>) {
         let mut buf = Vec::new();
         let mut w = DatagramWriter::new(&mut buf, Header::new(1, 2), 1200);
         a.write(now, &mut w, &mut Vec::new());
@@ -186,7 +180,7 @@ mod tests {
     #[test]
     fn ranges_above_the_cumulative_point_are_encoded_and_merge_when_filled() {
         let c = EndpointConfig::default();
-        let t = Instant::now();
+        let t = Tick::ZERO;
         let mut a = AckState::default();
         for seq in [0, 1, 3, 4, 7] {
             a.admit(seq).unwrap();
@@ -211,7 +205,7 @@ mod tests {
     #[test]
     fn the_window_and_the_range_count_are_bounded() {
         let c = EndpointConfig::default();
-        let t = Instant::now();
+        let t = Tick::ZERO;
         let mut a = AckState::default();
         assert_eq!(a.admit(RECV_WINDOW), Err(Refused::OutOfWindow));
         for i in 0..MAX_RECV_RANGES as u64 {
@@ -224,7 +218,7 @@ mod tests {
     #[test]
     fn lazy_frames_are_held_until_their_delay_or_their_count() {
         let c = EndpointConfig::default();
-        let t = Instant::now();
+        let t = Tick::ZERO;
         let mut a = AckState::default();
         a.on_received(t, 0, true, &c);
         assert!(!a.now && a.owed());

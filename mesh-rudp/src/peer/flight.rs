@@ -103,7 +103,7 @@ impl Flight {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use crate::time::Tick;
 
     use bytes::Bytes;
 
@@ -118,7 +118,7 @@ mod tests {
             None,
             None,
             Bytes::from(vec![tag; 4]),
-            Instant::now(),
+            Tick::ZERO,
             false,
         )
     }

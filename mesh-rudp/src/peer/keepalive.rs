@@ -3,7 +3,9 @@
 //! hundred quiet peers then wakes a few times per keep-alive interval to probe them all, and
 //! the probes of its peers arrive at it together, instead of a hundred wake-ups each way.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::{nanos, Tick};
 
 /// Grid steps per keep-alive interval: a probe goes out up to this fraction of the interval
 /// early, never late. Each step costs a node with quiet peers about two wake-ups (its own
@@ -15,42 +17,37 @@ const STEPS: u32 = 2;
 /// Instants at multiples of `step` of wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeepaliveGrid {
-    /// An instant on the grid.
-    origin: Instant,
-    step: Duration,
+    /// The step in nanoseconds (at most `u64::MAX / 2`).
+    step: u64,
+    /// Grid points are the ticks `t` with `(t + offset) % step == 0`; `offset < step`.
+    offset: u64,
 }
 
 impl KeepaliveGrid {
-    /// The grid for `keepalive`, given that `base` read `unix` on the wall clock.
-    pub(crate) fn new(keepalive: Duration, base: Instant, unix: Duration) -> Self {
-        let step = (keepalive / STEPS).max(Duration::from_millis(1));
-        let step_ns = step.as_nanos();
-        // How far past a grid point `base` is, in wall-clock time.
-        let phase = Duration::from_nanos((unix.as_nanos() % step_ns) as u64);
-        let origin = base
-            .checked_sub(phase)
-            .unwrap_or_else(|| base + (step - phase));
-        Self { origin, step }
+    /// The grid for `keepalive`, given that the endpoint's clock read `base` when the wall
+    /// clock read `unix`.
+    pub(crate) fn new(keepalive: Duration, base: Tick, unix: Duration) -> Self {
+        let step = nanos((keepalive / STEPS).max(Duration::from_millis(1))).min(u64::MAX / 2);
+        // How far past a grid point `base` is, in wall-clock time; the grid point before it
+        // is then `phase - base` (mod step) before the clock's start.
+        let phase = (unix.as_nanos() % u128::from(step)) as u64;
+        let offset = (phase + step - base.as_nanos() % step) % step;
+        Self { step, offset }
     }
 
     /// The grid's step: a [`STEPS`]th of the keep-alive interval.
     pub(crate) fn step(&self) -> Duration {
-        self.step
+        Duration::from_nanos(self.step)
     }
 
     /// When a peer last heard at `heard` is probed: the last grid point no later than
     /// `heard + keepalive` (at most a step early; `keepalive` is at least a step).
-    pub(crate) fn due(&self, heard: Instant, keepalive: Duration) -> Instant {
-        let latest = heard + keepalive;
-        let Some(since) = latest.checked_duration_since(self.origin) else {
-            return latest;
-        };
-        // In u64 nanoseconds (584 years of uptime): a u128 remainder costs a library call, and
-        // this runs for every datagram.
-        let step = u64::try_from(self.step.as_nanos()).unwrap_or(u64::MAX);
-        let since = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+    pub(crate) fn due(&self, heard: Tick, keepalive: Duration) -> Tick {
+        let latest = (heard + keepalive).as_nanos();
+        // Both terms are below `step`, itself at most half of `u64::MAX`.
+        let past = (latest % self.step + self.offset) % self.step;
         // Floor to the grid, but never before `heard` (a keep-alive shorter than a step).
-        (latest - Duration::from_nanos(since % step)).max(heard)
+        Tick::from_nanos(latest.saturating_sub(past)).max(heard)
     }
 }
 
@@ -61,7 +58,7 @@ mod tests {
     #[test]
     fn probes_fall_on_shared_grid_points_never_late_at_most_a_step_early() {
         let k = Duration::from_secs(1);
-        let base = Instant::now();
+        let base = Tick::ZERO;
         // Two endpoints started at different moments, with agreeing wall clocks.
         let a = KeepaliveGrid::new(k, base, Duration::from_millis(1_000_123));
         let b = KeepaliveGrid::new(
@@ -74,14 +71,17 @@ mod tests {
             for g in [a, b] {
                 let due = g.due(heard, k);
                 assert!(due <= heard + k, "late for {ms}");
-                assert!(due + g.step > heard + k, "more than a step early for {ms}");
+                assert!(
+                    due + g.step() > heard + k,
+                    "more than a step early for {ms}"
+                );
             }
             // The same grid: the same instant for the same moment.
             assert_eq!(a.due(heard, k), b.due(heard, k), "{ms}");
         }
         // Peers heard at different moments within a step are probed together.
         let h = base + Duration::from_millis(10_000);
-        let due: Vec<Instant> = (0..5)
+        let due: Vec<Tick> = (0..5)
             .map(|i| a.due(h + Duration::from_millis(i * 40), k))
             .collect();
         assert!(
@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn a_keepalive_shorter_than_a_millisecond_step_is_never_before_hearing() {
-        let base = Instant::now();
+        let base = Tick::ZERO;
         let g = KeepaliveGrid::new(Duration::from_micros(100), base, Duration::from_secs(7));
         let heard = base + Duration::from_micros(1500);
         let due = g.due(heard, Duration::from_micros(100));

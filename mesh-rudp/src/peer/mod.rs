@@ -24,7 +24,9 @@ mod send;
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Tick;
 
 use bytes::Bytes;
 use mesh_wire::{
@@ -145,24 +147,24 @@ pub(crate) struct Peer<C: Controller = NewReno> {
     /// more (see `EndpointConfig::max_mtu`).
     pmtu: PathMtu,
     pub(crate) retired_remote: u64,
-    pub(crate) timer: Option<Instant>,
+    pub(crate) timer: Option<Tick>,
     pub(crate) in_ready: bool,
-    pub(crate) last_recv: Instant,
+    pub(crate) last_recv: Tick,
     /// When an acknowledgement last covered something new (or the queue went from empty).
-    last_progress: Instant,
-    last_ping: Option<Instant>,
+    last_progress: Tick,
+    last_ping: Option<Tick>,
     /// Keep-alive probes sent in a row before the last one with nothing heard in between:
     /// the exponent of the retry's backoff.
     unanswered_pings: u32,
     /// The last keep-alive instant computed on the grid, and what it was computed from (when
     /// last heard, and whether this end waits a step longer): the deadline is read several
     /// times per datagram, and what it depends on changes at most once per datagram.
-    keepalive_memo: Cell<Option<(Instant, bool, Instant)>>,
+    keepalive_memo: Cell<Option<(Tick, bool, Tick)>>,
     ping_token: u64,
     pub(crate) ping_now: bool,
     pongs: VecDeque<u64>,
     /// New small frames are held until then to pack more (`flush_interval`).
-    flush_at: Option<Instant>,
+    flush_at: Option<Tick>,
 
     send: SendQueue,
     recovery: Recovery,
@@ -183,7 +185,7 @@ impl Peer<NewReno> {
         local_id: u64,
         remote_id: u64,
         ceiling: usize,
-        now: Instant,
+        now: Tick,
         config: &EndpointConfig,
     ) -> Self {
         let mtu = config.mtu;
@@ -254,7 +256,7 @@ impl<C: Controller> Peer<C> {
 
     pub(crate) fn queue_reliable(
         &mut self,
-        now: Instant,
+        now: Tick,
         id: MessageId,
         data: Payload,
         delivery: Delivery,
@@ -279,7 +281,7 @@ impl<C: Controller> Peer<C> {
 
     pub(crate) fn queue_unreliable(
         &mut self,
-        now: Instant,
+        now: Tick,
         data: Bytes,
         config: &EndpointConfig,
     ) -> bool {
@@ -288,13 +290,13 @@ impl<C: Controller> Peer<C> {
         kept
     }
 
-    fn hold_for_flush(&mut self, now: Instant, config: &EndpointConfig) {
+    fn hold_for_flush(&mut self, now: Tick, config: &EndpointConfig) {
         if let (Some(interval), None) = (config.flush_interval, self.flush_at) {
             self.flush_at = Some(now + interval);
         }
     }
 
-    fn flush_allows(&self, now: Instant) -> bool {
+    fn flush_allows(&self, now: Tick) -> bool {
         match self.flush_at {
             None => true,
             Some(at) => at <= now || self.send.unsent_bytes >= self.pmtu.current(),
@@ -302,12 +304,12 @@ impl<C: Controller> Peer<C> {
     }
 
     /// Whether a datagram would carry anything right now, a path-MTU probe included.
-    pub(crate) fn wants_transmit(&self, now: Instant) -> bool {
+    pub(crate) fn wants_transmit(&self, now: Tick) -> bool {
         self.pmtu.due().is_some() || self.wants_datagram(now)
     }
 
     /// Whether a datagram other than a probe would carry anything right now.
-    fn wants_datagram(&self, now: Instant) -> bool {
+    fn wants_datagram(&self, now: Tick) -> bool {
         if self.acks.now || self.ping_now || !self.pongs.is_empty() {
             return true;
         }
@@ -333,13 +335,13 @@ impl<C: Controller> Peer<C> {
     /// The size of the path-MTU probe (or base-size check) to send now, if one is due and
     /// nothing else is (a probe waits behind data, acknowledgements and pings, and goes
     /// alone: [`write_probe`](Self::write_probe)).
-    pub(crate) fn probe_due(&self, now: Instant) -> Option<usize> {
+    pub(crate) fn probe_due(&self, now: Tick) -> Option<usize> {
         self.pmtu.due().filter(|_| !self.wants_datagram(now))
     }
 
     /// Writes the probe [`probe_due`](Self::probe_due) announced into `w` (sized for it): a
     /// ping padded to the probed size. Not counted in flight, never retransmitted.
-    pub(crate) fn write_probe(&mut self, now: Instant, w: &mut DatagramWriter<'_>) {
+    pub(crate) fn write_probe(&mut self, now: Tick, w: &mut DatagramWriter<'_>) {
         if let Some(p) = self.pmtu.on_sent(now) {
             if w.push(&Frame::Ping { token: p.token }).is_ok() {
                 w.pad_to(p.size);
@@ -348,12 +350,12 @@ impl<C: Controller> Peer<C> {
     }
 
     /// The socket refused a datagram of `size` bytes to this peer as larger than its link.
-    pub(crate) fn on_refused(&mut self, size: usize, now: Instant) {
+    pub(crate) fn on_refused(&mut self, size: usize, now: Tick) {
         self.pmtu.on_refused(size, now);
     }
 
     /// A pong: a probe's answer, or a keep-alive's.
-    pub(crate) fn on_pong(&mut self, token: u64, now: Instant) {
+    pub(crate) fn on_pong(&mut self, token: u64, now: Tick) {
         let before = self.pmtu.current();
         if self.pmtu.on_pong(token, now) {
             if self.pmtu.current() != before {
@@ -369,7 +371,7 @@ impl<C: Controller> Peer<C> {
     /// be sent behind it.
     pub(crate) fn write_datagram(
         &mut self,
-        now: Instant,
+        now: Tick,
         w: &mut DatagramWriter<'_>,
         config: &EndpointConfig,
         ack_scratch: &mut Vec<SeqRange>,
@@ -422,7 +424,7 @@ impl<C: Controller> Peer<C> {
     /// Lost frames first, oldest first, as the window allows.
     fn write_retransmissions(
         &mut self,
-        now: Instant,
+        now: Tick,
         w: &mut DatagramWriter<'_>,
         retransmitted: &mut u64,
         tail: &mut Option<&mut Option<Bytes>>,
@@ -456,7 +458,7 @@ impl<C: Controller> Peer<C> {
     /// New data frames, small messages first, as the window and the datagram allow.
     fn write_new_data(
         &mut self,
-        now: Instant,
+        now: Tick,
         w: &mut DatagramWriter<'_>,
         tail: &mut Option<&mut Option<Bytes>>,
     ) {
@@ -515,7 +517,7 @@ impl<C: Controller> Peer<C> {
     /// ack of data never sent. `scratch`: the endpoint's, for the sequence numbers covered.
     pub(crate) fn on_ack(
         &mut self,
-        now: Instant,
+        now: Tick,
         ack: &mesh_wire::AckFrame<'_>,
         config: &EndpointConfig,
         delivered: &mut Vec<MessageId>,
@@ -545,7 +547,7 @@ impl<C: Controller> Peer<C> {
     /// when this shows a path-MTU black hole: the oldest frame in flight is larger than the
     /// base size carries and cannot be cut smaller (a fragment is numbered among its
     /// message's pieces), so the session must end; the next starts at the base size.
-    fn on_rto(&mut self, now: Instant, config: &EndpointConfig) -> bool {
+    fn on_rto(&mut self, now: Tick, config: &EndpointConfig) -> bool {
         self.recovery.on_rto(now, config);
         self.cc.on_rto(self.recovery.next_seq);
         let base_room = Self::frame_room(self.pmtu.base());
@@ -568,7 +570,7 @@ impl<C: Controller> Peer<C> {
     /// Takes a data frame. `room` says what the endpoint can still hold.
     pub(crate) fn on_data(
         &mut self,
-        now: Instant,
+        now: Tick,
         d: &DataFrame<'_>,
         room: Room,
         config: &EndpointConfig,
@@ -631,7 +633,7 @@ impl<C: Controller> Peer<C> {
     }
 
     /// The next instant this peer needs `handle_timeout`.
-    pub(crate) fn deadline(&self, config: &EndpointConfig, grid: &KeepaliveGrid) -> Instant {
+    pub(crate) fn deadline(&self, config: &EndpointConfig, grid: &KeepaliveGrid) -> Tick {
         let mut d = self.last_recv + config.peer_timeout;
         if !self.ping_now {
             // While a ping waits to be written, its deadline has already fired.
@@ -657,7 +659,7 @@ impl<C: Controller> Peer<C> {
     /// Timer work. Returns why the session must end, if it must.
     pub(crate) fn on_timeout(
         &mut self,
-        now: Instant,
+        now: Tick,
         config: &EndpointConfig,
         grid: &KeepaliveGrid,
     ) -> Option<DownReason> {
@@ -692,7 +694,7 @@ impl<C: Controller> Peer<C> {
     /// of the last datagram from it. Of the two ends of a session, the one with the larger
     /// session id waits a grid step longer: the other's probe comes first and pushes its own
     /// back, so a quiet pair exchanges one probe and one answer per interval, not two of each.
-    fn keepalive_due(&self, config: &EndpointConfig, grid: &KeepaliveGrid) -> Instant {
+    fn keepalive_due(&self, config: &EndpointConfig, grid: &KeepaliveGrid) -> Tick {
         if let Some(p) = self.last_ping.filter(|&p| p > self.last_recv) {
             let backoff = self
                 .recovery

@@ -21,7 +21,9 @@
 //! next one starts at the base size and searches anew. Silence is not taken for a black hole:
 //! a peer that answers nothing is down or unreachable, which the peer timeout handles.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Tick;
 
 /// Tries of one size before it counts as too large (RFC 8899's `MAX_PROBES`).
 pub(crate) const MAX_PROBES: u32 = 3;
@@ -41,12 +43,12 @@ pub(crate) const BLACK_HOLE_CONFIRMED: u8 = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Not searching; the next search starts at `next` (`None`: the ceiling is reached).
-    Idle { next: Option<Instant> },
+    Idle { next: Option<Tick> },
     /// Probing `size`: tried `tries` times, the last at `sent` (`None`: a try is due now).
     Probing {
         size: u16,
         tries: u8,
-        sent: Option<Instant>,
+        sent: Option<Tick>,
     },
     /// After a retransmission timeout with large frames in flight: a base-size ping, to tell
     /// a black hole from silence, sent at `sent` (`None`: due now), and whether it was
@@ -54,7 +56,7 @@ enum Phase {
     /// Interrupts a search (`searching`), which goes on where it was when progress ends the
     /// check: a timeout during a transfer is as often congestion as a smaller path.
     Checking {
-        sent: Option<Instant>,
+        sent: Option<Tick>,
         answered: bool,
         confirmed: u8,
         searching: bool,
@@ -131,7 +133,7 @@ impl PathMtu {
 
     /// Records that the datagram [`due`](Self::due) returned is being sent at `now`; returns
     /// it with its token.
-    pub(crate) fn on_sent(&mut self, now: Instant) -> Option<ProbeDatagram> {
+    pub(crate) fn on_sent(&mut self, now: Tick) -> Option<ProbeDatagram> {
         let size = self.due()?;
         self.token = self.token.wrapping_add(1);
         match &mut self.phase {
@@ -151,7 +153,7 @@ impl PathMtu {
     /// The next instant [`on_timeout`](Self::on_timeout) has work, given the time a probe is
     /// waited for (`wait`: the peer's retransmission timeout, computed only when a probe is
     /// out: this runs for every datagram).
-    pub(crate) fn deadline(&self, wait: impl FnOnce() -> Duration) -> Option<Instant> {
+    pub(crate) fn deadline(&self, wait: impl FnOnce() -> Duration) -> Option<Tick> {
         match self.phase {
             Phase::Idle { next } => next,
             Phase::Probing { sent, .. } => sent.map(|t| t + wait()),
@@ -166,7 +168,7 @@ impl PathMtu {
 
     /// Timer work: a probe unanswered for `wait` is tried again or given up; a check is sent
     /// again (silence proves nothing); a search due starts.
-    pub(crate) fn on_timeout(&mut self, now: Instant, wait: Duration) {
+    pub(crate) fn on_timeout(&mut self, now: Tick, wait: Duration) {
         match &mut self.phase {
             Phase::Idle { next: Some(at) } if *at <= now => self.start_search(),
             Phase::Probing {
@@ -196,7 +198,7 @@ impl PathMtu {
 
     /// The socket refused a datagram of `size` as larger than the link allows: no need to
     /// wait for the probe to be lost.
-    pub(crate) fn on_refused(&mut self, size: usize, now: Instant) {
+    pub(crate) fn on_refused(&mut self, size: usize, now: Tick) {
         let size = narrow(size);
         if size <= self.current {
             return;
@@ -208,7 +210,7 @@ impl PathMtu {
     }
 
     /// A pong: true if it answered our last probe or check (the caller then ignores it).
-    pub(crate) fn on_pong(&mut self, token: u64, now: Instant) -> bool {
+    pub(crate) fn on_pong(&mut self, token: u64, now: Tick) -> bool {
         if token != self.token {
             return false;
         }
@@ -234,7 +236,7 @@ impl PathMtu {
     /// An acknowledgement covered something new: the path works at its current size. A
     /// check ends; a search it interrupted goes on (from the largest size answered and the
     /// smallest given up, so far), else the next starts after [`RAISE_INTERVAL`].
-    pub(crate) fn on_progress(&mut self, now: Instant) {
+    pub(crate) fn on_progress(&mut self, now: Tick) {
         if let Phase::Checking { searching, .. } = self.phase {
             if searching {
                 self.next_step(now);
@@ -282,7 +284,7 @@ impl PathMtu {
     }
 
     /// `size` is presumed too large: search below it.
-    fn refused(&mut self, size: u16, now: Instant) {
+    fn refused(&mut self, size: u16, now: Tick) {
         self.too_big = self.too_big.min(size);
         self.next_step(now);
     }
@@ -302,7 +304,7 @@ impl PathMtu {
     }
 
     /// No search now: none needed at the ceiling, else one after [`RAISE_INTERVAL`].
-    fn settle(&mut self, now: Instant) {
+    fn settle(&mut self, now: Tick) {
         self.phase = Phase::Idle {
             next: (self.current < self.ceiling).then(|| now + RAISE_INTERVAL),
         };
@@ -310,7 +312,7 @@ impl PathMtu {
 
     /// The next size to probe, halfway between what passed and what did not, or the end of
     /// the search.
-    fn next_step(&mut self, now: Instant) {
+    fn next_step(&mut self, now: Tick) {
         if self.current >= self.ceiling || usize::from(self.too_big - self.current) <= GRANULARITY {
             self.settle(now);
         } else {
@@ -332,7 +334,7 @@ mod tests {
     /// Runs a search against a path that carries datagrams up to `path` bytes; `refuses`:
     /// the socket refuses larger ones at once (the local link), instead of losing them.
     /// Returns the size found and the probes sent.
-    fn search(pmtu: &mut PathMtu, path: usize, refuses: bool, mut now: Instant) -> (usize, u32) {
+    fn search(pmtu: &mut PathMtu, path: usize, refuses: bool, mut now: Tick) -> (usize, u32) {
         let mut probes = 0;
         for _ in 0..1000 {
             if let Some(p) = pmtu.on_sent(now) {
@@ -357,7 +359,7 @@ mod tests {
 
     #[test]
     fn finds_the_path_within_the_granularity_from_below_and_never_above() {
-        let now = Instant::now();
+        let now = Tick::ZERO;
         for (path, refuses) in [(1472, true), (1472, false), (8972, false), (1300, false)] {
             let mut p = PathMtu::new(1200, 8972, 0);
             let (found, probes) = search(&mut p, path, refuses, now);
@@ -375,7 +377,7 @@ mod tests {
 
     #[test]
     fn a_lost_probe_is_tried_three_times_before_the_size_is_given_up() {
-        let now = Instant::now();
+        let now = Tick::ZERO;
         let mut p = PathMtu::new(1200, 9000, 0);
         for i in 0..MAX_PROBES {
             let at = now + WAIT * (i + 1);
@@ -399,7 +401,7 @@ mod tests {
     /// waiting for the next raise, 10 minutes on: it ends at the path, within the granularity.
     #[test]
     fn a_search_interrupted_by_a_check_goes_on_after_progress() {
-        let now = Instant::now();
+        let now = Tick::ZERO;
         let path = 1252;
         let mut p = PathMtu::new(1200, 8972, 0);
         // Probe until a size above the base is answered (the ceiling and some halvings lost).
@@ -446,7 +448,7 @@ mod tests {
 
     #[test]
     fn a_black_hole_is_a_timeout_after_an_answered_check_and_silence_is_not() {
-        let now = Instant::now();
+        let now = Tick::ZERO;
         let mut p = PathMtu::new(1200, 9000, 0);
         let d = p.on_sent(now).unwrap();
         assert!(p.on_pong(d.token, now));

@@ -3,7 +3,9 @@
 //! retransmission timer), and the round-trip estimate that sets that timer.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Tick;
 
 use bytes::Bytes;
 use mesh_wire::{AckFrame, DataFrame, Fragment};
@@ -27,7 +29,7 @@ pub(crate) struct Sent {
     pub(crate) order: Option<u32>,
     pub(crate) fragment: Option<Fragment>,
     pub(crate) payload: Bytes,
-    pub(crate) sent_at: Instant,
+    pub(crate) sent_at: Tick,
     pub(crate) retransmitted: bool,
     lost: bool,
     pub(crate) lazy: bool,
@@ -42,7 +44,7 @@ impl Sent {
         order: Option<u32>,
         fragment: Option<Fragment>,
         payload: Bytes,
-        sent_at: Instant,
+        sent_at: Tick,
         lazy: bool,
     ) -> Self {
         Self {
@@ -84,7 +86,7 @@ pub(crate) struct Recovery {
     largest_acked: Option<u64>,
     /// Frames below this were looked at for loss already.
     loss_scan_from: u64,
-    pub(crate) rto_deadline: Option<Instant>,
+    pub(crate) rto_deadline: Option<Tick>,
     pub(crate) rtt: Rtt,
     /// Lazy-ack frames sent and not yet acknowledged: the peer may hold their acks.
     lazy_unacked: usize,
@@ -125,7 +127,7 @@ impl Recovery {
     }
 
     /// The oldest lost frame is being retransmitted at `now`: in flight again.
-    pub(crate) fn retransmitting(&mut self, now: Instant) -> Option<(u64, &Sent)> {
+    pub(crate) fn retransmitting(&mut self, now: Tick) -> Option<(u64, &Sent)> {
         let seq = self.lost.pop_first()?;
         let s = self.sent.get_mut(seq, self.next_seq)?;
         s.lost = false;
@@ -168,7 +170,7 @@ impl Recovery {
     /// scratch space (the endpoint's, shared by its peers: an idle peer's size is budgeted).
     pub(crate) fn on_ack(
         &mut self,
-        now: Instant,
+        now: Tick,
         ack: &AckFrame<'_>,
         newly: &mut Vec<u64>,
         mut acked: impl FnMut(&Sent),
@@ -177,7 +179,7 @@ impl Recovery {
         if cum > self.next_seq {
             return Err(());
         }
-        let mut largest_new: Option<(u64, bool, Instant)> = None;
+        let mut largest_new: Option<(u64, bool, Tick)> = None;
         let mut acked_bytes = 0usize;
         newly.clear();
         let next = self.next_seq;
@@ -262,7 +264,7 @@ impl Recovery {
 
     /// The retransmission timer fired: everything in flight is presumed lost, and the timeout
     /// backs off.
-    pub(crate) fn on_rto(&mut self, now: Instant, config: &EndpointConfig) {
+    pub(crate) fn on_rto(&mut self, now: Tick, config: &EndpointConfig) {
         let next = self.next_seq;
         for (seq, s) in self.sent.iter_mut_in(0..next, next) {
             if !s.lost {
@@ -289,7 +291,7 @@ mod tests {
 
     use super::*;
 
-    fn frame(now: Instant) -> Sent {
+    fn frame(now: Tick) -> Sent {
         Sent::new(
             MessageId(1),
             0,
@@ -316,7 +318,7 @@ mod tests {
 
     #[test]
     fn three_later_acks_mark_a_frame_lost_and_two_do_not() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut r = recovery();
         for _ in 0..6 {
             r.on_sent(frame(t0));
@@ -359,19 +361,19 @@ mod tests {
     #[test]
     fn an_ack_of_data_never_sent_is_refused() {
         let mut r = recovery();
-        r.on_sent(frame(Instant::now()));
+        r.on_sent(frame(Tick::ZERO));
         assert!(r
-            .on_ack(Instant::now(), &ack(2, &[]), &mut Vec::new(), |_| {})
+            .on_ack(Tick::ZERO, &ack(2, &[]), &mut Vec::new(), |_| {})
             .is_err());
         assert_eq!(
-            r.on_ack(Instant::now(), &ack(0, &[]), &mut Vec::new(), |_| {}),
+            r.on_ack(Tick::ZERO, &ack(0, &[]), &mut Vec::new(), |_| {}),
             Ok(None)
         );
     }
 
     #[test]
     fn overlapping_repeated_and_backward_ranges_ack_each_frame_once() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut r = recovery();
         for _ in 0..100 {
             r.on_sent(frame(t0));
@@ -401,7 +403,7 @@ mod tests {
 
     #[test]
     fn first_samples_set_the_estimate() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut r = recovery();
         r.on_sent(frame(t0));
         let acked = r
@@ -426,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_timeout_marks_all_lost_and_backs_off() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let c = EndpointConfig::default();
         let mut r = recovery();
         for _ in 0..3 {
