@@ -75,6 +75,8 @@ pub struct Driver {
     pub(super) batch: usize,
     /// The hook's messages of this turn, taken out of the state to run outside its lock.
     pub(super) hooked: Vec<Received>,
+    /// What the hook gave back of them, on the way to the inbox (kept: no allocation per turn).
+    pub(super) back: Vec<Received>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -151,6 +153,7 @@ impl Driver {
             metas,
             batch,
             hooked,
+            back,
         } = self;
         let shared = &**shared;
         // Read once per turn and once per batch received: the clock is not free on every
@@ -170,7 +173,7 @@ impl Driver {
                 if st.shutdown {
                     st.driver_waker = None;
                     drop(st);
-                    hand_over(shared, hooked);
+                    hand_over(shared, hooked, back);
                     return Poll::Ready(false);
                 }
                 st.flush_wanted = false;
@@ -232,7 +235,7 @@ impl Driver {
             // its requester now, and a message it gives back is handed to the consumer below
             // before the acknowledgement it owes is sent alone. Whatever routed them (this
             // turn's reads or its first flush).
-            if hand_over(shared, hooked) {
+            if hand_over(shared, hooked, back) {
                 queued = true;
             }
             if delivered && take.is_none() {
@@ -285,15 +288,16 @@ impl Driver {
             return Poll::Pending;
         }
         // Still busy after a full budget: give other tasks a turn, then go on.
-        hand_over(shared, hooked);
+        hand_over(shared, hooked, back);
         cx.waker().wake_by_ref();
         Poll::Pending
     }
 }
 
 /// Takes the turn's messages for the hook out of the state and runs the hook on them with the
-/// state unlocked; the messages it gives back go to the inbox. True if any did.
-fn hand_over(shared: &Shared, hooked: &mut Vec<Received>) -> bool {
+/// state unlocked; the messages it gives back go to the inbox (through `back`, kept between
+/// turns). True if any did.
+fn hand_over(shared: &Shared, hooked: &mut Vec<Received>, back: &mut Vec<Received>) -> bool {
     {
         let mut st = shared.state.lock();
         if st.hooked.is_empty() {
@@ -302,7 +306,6 @@ fn hand_over(shared: &Shared, hooked: &mut Vec<Received>) -> bool {
         std::mem::swap(&mut st.hooked, hooked);
     }
     let hook = shared.intercept.read().clone();
-    let mut back = Vec::new();
     for m in hooked.drain(..) {
         match &hook {
             Some(h) => back.extend(h(m)),
@@ -313,7 +316,10 @@ fn hand_over(shared: &Shared, hooked: &mut Vec<Received>) -> bool {
         return false;
     }
     let mut st = shared.state.lock();
-    st.inbox.extend(back);
+    // One by one: cheaper than `extend(drain(..))` for the one or few of most turns.
+    for m in back.drain(..) {
+        st.inbox.push_back(m);
+    }
     let n = st.inbox.len();
     st.endpoint.set_backlog(n);
     drop(st);

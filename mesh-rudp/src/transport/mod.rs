@@ -247,6 +247,7 @@ impl Transport {
             metas: vec![quinn_udp::RecvMeta::default(); slots],
             batch: MIN_BATCH.min(slots),
             hooked: Vec::new(),
+            back: Vec::new(),
         };
         Ok((
             Self {
