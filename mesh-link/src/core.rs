@@ -348,6 +348,19 @@ pub(crate) fn unbudgeted<F: Future>(f: F) -> tokio::task::Unconstrained<F> {
     tokio::task::unconstrained(f)
 }
 
+/// Whether a received message is an answer to a request, by its first byte (the envelope's
+/// kind): the transport shows only these to [`intercept_answers`], and hands the rest (one-way
+/// messages, requests) straight to the receive loop, without a hand-off through the hook for
+/// each (measured: 8 % of the receiving process's instructions per one-way message).
+pub(crate) fn is_answer(bytes: &[u8]) -> bool {
+    bytes.first().is_some_and(|&b| {
+        matches!(
+            EnvelopeKind::from_byte(b & !mesh_wire::TYPED),
+            Ok(EnvelopeKind::Response | EnvelopeKind::ErrorResponse)
+        )
+    })
+}
+
 /// Takes answers straight from the transport's task: the waiting request is woken without a
 /// hand-off through the receive loop. Everything else goes on to the loop.
 pub(crate) fn intercept_answers(core: Weak<Core>) -> mesh_rudp::Intercept {
@@ -373,4 +386,33 @@ pub(crate) fn intercept_answers(core: Weak<Core>) -> mesh_rudp::Intercept {
         }
         None
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_are_shown_to_the_intercept_hook() {
+        for (kind, answer) in [
+            (EnvelopeKind::OneWay, false),
+            (EnvelopeKind::Request, false),
+            (EnvelopeKind::Response, true),
+            (EnvelopeKind::ErrorResponse, true),
+        ] {
+            for fingerprint in [None, Some(0x1234_5678_9abc_def0)] {
+                let mut v = Vec::new();
+                Envelope::encode_header(kind, 7, 1, fingerprint, &mut v);
+                v.extend_from_slice(b"payload");
+                assert_eq!(is_answer(&v), answer, "{kind:?} {fingerprint:?}");
+                // The filter agrees with a full decode.
+                let decoded = Envelope::decode(&v).expect("valid");
+                assert_eq!(decoded.kind, kind);
+            }
+        }
+        // Nothing, or an unknown kind: not an answer (the loop reports it).
+        assert!(!is_answer(&[]));
+        assert!(!is_answer(&[0x7f, 0, 1]));
+        assert!(!is_answer(&[0xff]));
+    }
 }

@@ -97,8 +97,8 @@ pub use config::{EndpointConfig, DEFAULT_LOOPBACK_MTU, DEFAULT_MAX_MTU};
 pub use endpoint::{Endpoint, StartTime, Transmit};
 #[cfg(feature = "tokio")]
 pub use transport::{
-    CloseReport, Driver, Foreign, Intercept, Outcome, QueueOptions, Received, Tally, TallyFailure,
-    TallyReport, Transport, TransportConfig, TransportError, TALLY_DETAILS,
+    CloseReport, Driver, Foreign, Intercept, InterceptFilter, Outcome, QueueOptions, Received,
+    Tally, TallyFailure, TallyReport, Transport, TransportConfig, TransportError, TALLY_DETAILS,
 };
 pub use types::{
     ConfigError, Delivery, DownReason, EndpointStats, Event, MessageId, Payload, PeerStats,

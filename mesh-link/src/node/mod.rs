@@ -333,8 +333,10 @@ impl MeshNode {
         };
         let _ = node.inner.guard.set(Arc::downgrade(&node._guard));
         let core = &node.inner.core;
-        core.transport
-            .set_intercept(Some(crate::core::intercept_answers(Arc::downgrade(core))));
+        core.transport.set_intercept_filtered(
+            crate::core::is_answer,
+            crate::core::intercept_answers(Arc::downgrade(core)),
+        );
         #[cfg(feature = "node-compat")]
         if node.inner.config.node_compat {
             let wire = crate::compat::NodeWire::start(

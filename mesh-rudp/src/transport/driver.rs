@@ -305,7 +305,7 @@ fn hand_over(shared: &Shared, hooked: &mut Vec<Received>, back: &mut Vec<Receive
         }
         std::mem::swap(&mut st.hooked, hooked);
     }
-    let hook = shared.intercept.read().clone();
+    let hook = shared.intercept.read().as_ref().map(|h| h.hook.clone());
     for m in hooked.drain(..) {
         match &hook {
             Some(h) => back.extend(h(m)),

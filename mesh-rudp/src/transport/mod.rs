@@ -106,6 +106,17 @@ impl Waiter {
 /// [`Transport::set_intercept`].
 pub type Intercept = Arc<dyn Fn(Received) -> Option<Received> + Send + Sync>;
 
+/// Which received messages an [`Intercept`] hook is shown, judged from their bytes by the
+/// driver as it takes them in (with its lock held: it must be a quick look at the first
+/// bytes). See [`Transport::set_intercept_filtered`].
+pub type InterceptFilter = fn(&[u8]) -> bool;
+
+/// An installed intercept hook, and the messages it is shown (all without a filter).
+struct Hook {
+    wants: Option<InterceptFilter>,
+    hook: Intercept,
+}
+
 /// A hook for datagrams of another protocol that shares the socket (they do not start with
 /// this protocol's magic): it gets the sender and the bytes, on the driver's task with the
 /// transport's state locked, so it must only hand them on (a bounded queue). See
@@ -114,7 +125,7 @@ pub type Foreign = Arc<dyn Fn(SocketAddr, &[u8]) + Send + Sync>;
 
 struct Shared {
     state: Mutex<State>,
-    intercept: parking_lot::RwLock<Option<Intercept>>,
+    intercept: parking_lot::RwLock<Option<Hook>>,
     foreign: parking_lot::RwLock<Option<Foreign>>,
     socket: UdpSocket,
     /// Batched I/O (GSO for sends, GRO and `recvmmsg` for receives) where the OS has it.
@@ -269,7 +280,46 @@ impl Transport {
     /// (7.3 context switches per round trip between two processes on one CPU, against 4 for a
     /// plain tokio UDP ping-pong). It must be quick.
     pub fn set_intercept(&self, hook: Option<Intercept>) {
-        *self.shared.intercept.write() = hook;
+        *self.shared.intercept.write() = hook.map(|hook| Hook { wants: None, hook });
+    }
+
+    /// [`set_intercept`](Self::set_intercept) for a hook that wants only some messages:
+    /// those whose bytes `wants` accepts. The others go straight to [`recv`](Self::recv),
+    /// without the hand-off through the hook (taken out of the state, run, given back), which
+    /// costs each message they are most of. A layer that intercepts only answers to requests
+    /// looks at the first byte.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use mesh_rudp::{Payload, QueueOptions, Transport, TransportConfig};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let a = Transport::bind("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+    /// # let b = Transport::bind("127.0.0.1:0".parse()?, TransportConfig::default()).await?;
+    /// let (tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
+    /// // Messages starting with 1 are the hook's; the rest are for `recv`.
+    /// b.set_intercept_filtered(
+    ///     |bytes| bytes.first() == Some(&1),
+    ///     Arc::new(move |m| {
+    ///         let _ = tx.send(m);
+    ///         None
+    ///     }),
+    /// );
+    /// a.queue(b.local_addr(), Payload::from(&[1u8, 7][..]), QueueOptions::new()).await?;
+    /// a.queue(b.local_addr(), Payload::from(&[2u8, 7][..]), QueueOptions::new()).await?;
+    /// let wait = std::time::Duration::from_secs(5);
+    /// let to_recv = tokio::time::timeout(wait, b.recv()).await?.expect("open");
+    /// assert_eq!(&to_recv.data[..], &[2, 7]);
+    /// let to_hook = tokio::time::timeout(wait, taken.recv()).await?.expect("open");
+    /// assert_eq!(&to_hook.data[..], &[1, 7]);
+    /// # a.close().await; b.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_intercept_filtered(&self, wants: InterceptFilter, hook: Intercept) {
+        *self.shared.intercept.write() = Some(Hook {
+            wants: Some(wants),
+            hook,
+        });
     }
 
     /// Installs a hook for datagrams that are not this protocol's (they lack its magic
@@ -458,6 +508,8 @@ fn flush(shared: &Shared, st: &mut State, now: Option<std::time::Instant>) {
 /// whether any message was delivered, and whether any went to the inbox (the rest were taken
 /// by the intercept hook).
 fn route_events(shared: &Shared, st: &mut State) -> (bool, bool) {
+    // Whether there is a hook, and which messages it wants: read at the first message.
+    let mut hooked: Option<Option<Option<InterceptFilter>>> = None;
     // Each kind of waiter is woken only for its own kind of news: a task that waits for peer
     // events is not scheduled for every message (a spurious wake can cost a thread wake-up).
     let (mut sent, mut queued, mut down) = (false, false, false);
@@ -477,10 +529,14 @@ fn route_events(shared: &Shared, st: &mut State) -> (bool, bool) {
                 // Either way the application has work: the driver lets it run before it
                 // flushes, so an answer sent at once carries the acknowledgement.
                 messages = true;
-                if shared.intercept.read().is_some() {
-                    // The hook runs once the lock is let go (see `Driver::hand_over`).
-                    st.hooked.push(m);
-                    continue;
+                let wants = *hooked
+                    .get_or_insert_with(|| shared.intercept.read().as_ref().map(|h| h.wants));
+                if let Some(wants) = wants {
+                    if wants.is_none_or(|w| w(&m.data)) {
+                        // The hook runs once the lock is let go (see `Driver::hand_over`).
+                        st.hooked.push(m);
+                        continue;
+                    }
                 }
                 st.inbox.push_back(m);
                 queued = true;
