@@ -9,14 +9,13 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::time::Tick;
-
 use bytes::Bytes;
 use mesh_wire::{SeqRange, UnreliableFrame, CLOSE_NORMAL, HEADER_LEN};
 use tracing::{debug, trace_span};
 
 use crate::config::EndpointConfig;
 use crate::peer::{KeepaliveGrid, Peer, RecvOutcome};
+use crate::time::Tick;
 use rand_core::{Rng, SeedableRng};
 
 use crate::pool::BufferPool;

@@ -1,13 +1,12 @@
 //! The receiving side's acknowledgement state: which sequence numbers arrived (a cumulative
 //! point and ranges above it), and when to say so.
 
-use crate::time::Tick;
-
 use mesh_wire::{AckFrame, AckRanges, DatagramWriter, Frame, SeqRange};
 
 use super::{Refused, LAZY_ACK_DELAY};
 use crate::config::EndpointConfig;
 use crate::ranges::{unwrap_seq, RangeSet};
+use crate::time::Tick;
 
 /// Sequence numbers a receiver accepts beyond its cumulative point (> `MAX_INFLIGHT_FRAMES`).
 pub(crate) const RECV_WINDOW: u64 = 8192;

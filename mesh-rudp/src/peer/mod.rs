@@ -26,8 +26,6 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::time::Tick;
-
 use bytes::Bytes;
 use mesh_wire::{
     CloseFrame, DataFrame, DatagramWriter, Frame, SeqRange, UnreliableFrame, HEADER_LEN,
@@ -43,6 +41,7 @@ use self::send::SendQueue;
 use crate::config::EndpointConfig;
 use crate::pool::BufferPool;
 use crate::rtt::Rtt;
+use crate::time::Tick;
 use crate::types::{Delivery, DownReason, MessageId, Payload, PeerStats};
 
 pub(crate) use self::keepalive::KeepaliveGrid;

@@ -5,8 +5,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::time::Tick;
-
 use bytes::Bytes;
 use mesh_wire::{AckFrame, DataFrame, Fragment};
 
@@ -15,6 +13,7 @@ use super::LAZY_ACK_DELAY;
 use crate::config::EndpointConfig;
 use crate::ranges::unwrap_seq;
 use crate::rtt::Rtt;
+use crate::time::Tick;
 use crate::types::MessageId;
 
 /// Acks of this many later frames mark an earlier one lost (fast retransmit).
