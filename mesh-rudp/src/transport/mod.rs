@@ -111,9 +111,9 @@ pub type Intercept = Arc<dyn Fn(Received) -> Option<Received> + Send + Sync>;
 /// bytes). See [`Transport::set_intercept_filtered`].
 pub type InterceptFilter = fn(&[u8]) -> bool;
 
-/// An installed intercept hook, and the messages it is shown (all without a filter).
+/// An installed intercept hook, and the messages it is shown.
 struct Hook {
-    wants: Option<InterceptFilter>,
+    wants: InterceptFilter,
     hook: Intercept,
 }
 
@@ -280,7 +280,10 @@ impl Transport {
     /// (7.3 context switches per round trip between two processes on one CPU, against 4 for a
     /// plain tokio UDP ping-pong). It must be quick.
     pub fn set_intercept(&self, hook: Option<Intercept>) {
-        *self.shared.intercept.write() = hook.map(|hook| Hook { wants: None, hook });
+        *self.shared.intercept.write() = hook.map(|hook| Hook {
+            wants: |_| true,
+            hook,
+        });
     }
 
     /// [`set_intercept`](Self::set_intercept) for a hook that wants only some messages:
@@ -316,10 +319,7 @@ impl Transport {
     /// # Ok(()) }
     /// ```
     pub fn set_intercept_filtered(&self, wants: InterceptFilter, hook: Intercept) {
-        *self.shared.intercept.write() = Some(Hook {
-            wants: Some(wants),
-            hook,
-        });
+        *self.shared.intercept.write() = Some(Hook { wants, hook });
     }
 
     /// Installs a hook for datagrams that are not this protocol's (they lack its magic
@@ -508,8 +508,8 @@ fn flush(shared: &Shared, st: &mut State, now: Option<std::time::Instant>) {
 /// whether any message was delivered, and whether any went to the inbox (the rest were taken
 /// by the intercept hook).
 fn route_events(shared: &Shared, st: &mut State) -> (bool, bool) {
-    // Whether there is a hook, and which messages it wants: read at the first message.
-    let mut hooked: Option<Option<Option<InterceptFilter>>> = None;
+    // Which messages the hook wants (`None`: there is none), read at the first message.
+    let mut wants: Option<Option<InterceptFilter>> = None;
     // Each kind of waiter is woken only for its own kind of news: a task that waits for peer
     // events is not scheduled for every message (a spurious wake can cost a thread wake-up).
     let (mut sent, mut queued, mut down) = (false, false, false);
@@ -529,14 +529,12 @@ fn route_events(shared: &Shared, st: &mut State) -> (bool, bool) {
                 // Either way the application has work: the driver lets it run before it
                 // flushes, so an answer sent at once carries the acknowledgement.
                 messages = true;
-                let wants = *hooked
-                    .get_or_insert_with(|| shared.intercept.read().as_ref().map(|h| h.wants));
-                if let Some(wants) = wants {
-                    if wants.is_none_or(|w| w(&m.data)) {
-                        // The hook runs once the lock is let go (see `Driver::hand_over`).
-                        st.hooked.push(m);
-                        continue;
-                    }
+                let wants =
+                    *wants.get_or_insert_with(|| shared.intercept.read().as_ref().map(|h| h.wants));
+                if wants.is_some_and(|w| w(&m.data)) {
+                    // The hook runs once the lock is let go (see `Driver::hand_over`).
+                    st.hooked.push(m);
+                    continue;
                 }
                 st.inbox.push_back(m);
                 queued = true;
