@@ -402,7 +402,8 @@ fn sixteen_mib_cross_a_1280_byte_link_intact() {
     // Path-MTU discovery found the 1280-byte link from both ends (1252 bytes of UDP payload
     // over IPv4): from the small host, its own interface refuses larger datagrams at once;
     // from the other, probes above it vanish on the bridge and are given up after three
-    // tries each. Polled (bounded) until both searches are over.
+    // tries each (more while data is being lost too). Polled (bounded) until both searches are
+    // over.
     let (sa, sb) = (v[0].addr(), v[1].addr());
     for (n, to) in [(0, sb), (1, sa)] {
         let mut found = 0;

@@ -535,6 +535,7 @@ impl<C: Controller> Peer<C> {
         if config.fixed_rto.is_none() {
             if let Some(first) = self.recovery.detect_losses() {
                 self.cc.on_loss(first, self.recovery.next_seq);
+                self.pmtu.on_data_lost();
             }
         }
         self.recovery.rto_deadline =
@@ -549,6 +550,7 @@ impl<C: Controller> Peer<C> {
     fn on_rto(&mut self, now: Tick, config: &EndpointConfig) -> bool {
         self.recovery.on_rto(now, config);
         self.cc.on_rto(self.recovery.next_seq);
+        self.pmtu.on_data_lost();
         let base_room = Self::frame_room(self.pmtu.base());
         let suspicious = self
             .recovery

@@ -8,18 +8,25 @@
 //! halving the interval between the largest size answered and the smallest one refused or
 //! unanswered after [`MAX_PROBES`] tries, until they are [`GRANULARITY`] bytes apart. A probe
 //! is a datagram of its own, never counted against the congestion window, and its loss is not
-//! taken for congestion. A search that stops below the ceiling is run again after
-//! [`RAISE_INTERVAL`], in case the path grew.
+//! taken for congestion. Nor the other way round: a probe that goes unanswered while data
+//! sent to the peer is being lost too (a congested or lossy path) says nothing about its size,
+//! so that try does not count against it; it is sent again, up to [`MAX_SPARED`] times per
+//! size. A search that stops below the ceiling is run again after [`RAISE_INTERVAL`], in case
+//! the path grew.
 //!
 //! Black holes: when a retransmission timeout finds the oldest frame in flight larger than the
-//! base size would carry, a lone base-size ping checks the path, and another after every
-//! further timeout. When [`BLACK_HOLE_CONFIRMED`] timeouts in a row each find no progress while
-//! the check sent since the one before was answered, datagrams of the current size no longer
-//! pass while small ones do: a black hole. An unanswered check starts the count again, so an
-//! answer from before a partition never counts for a timeout during it. Frames already cut to the larger size cannot be cut again
-//! (a fragment is numbered among its message's pieces), so the caller ends the session; the
-//! next one starts at the base size and searches anew. Silence is not taken for a black hole:
-//! a peer that answers nothing is down or unreachable, which the peer timeout handles.
+//! base size would carry, a round of pings checks the path: one at the base size and
+//! [`LARGE_PINGS`] at the current size; another round after every further timeout. When
+//! [`BLACK_HOLE_CONFIRMED`] timeouts in a row each find no progress while, since the one
+//! before, a base-size ping was answered and no current-size one was, datagrams of the current
+//! size no longer pass while small ones do: a black hole. Either answer missing starts the
+//! count again: an answered large ping shows the path carries the size (the timeouts were
+//! loss, as on a congested or lossy path, where small and large datagrams fare alike), an
+//! unanswered small one shows nothing, and an answer from before a partition never counts for
+//! a timeout during it. Frames already cut to the larger size cannot be cut again (a fragment
+//! is numbered among its message's pieces), so the caller ends the session; the next one
+//! starts at the base size and searches anew. Silence is not taken for a black hole: a peer
+//! that answers nothing is down or unreachable, which the peer timeout handles.
 
 use std::time::Duration;
 
@@ -27,16 +34,25 @@ use crate::time::Tick;
 
 /// Tries of one size before it counts as too large (RFC 8899's `MAX_PROBES`).
 pub(crate) const MAX_PROBES: u32 = 3;
+/// Further tries of one size, beyond [`MAX_PROBES`], when data was lost too while a try was
+/// out (its loss then proves nothing): bounds a search on a path that loses much.
+pub(crate) const MAX_SPARED: u8 = 6;
 /// The search stops when the largest size answered and the smallest refused are this close.
 pub(crate) const GRANULARITY: usize = 16;
 /// A search that stopped below the ceiling is retried after this long (RFC 8899's
 /// `PMTU_RAISE_TIMER`).
 pub(crate) const RAISE_INTERVAL: Duration = Duration::from_secs(600);
-/// Retransmission timeouts in a row without progress, each after a base-size check sent since
-/// the timeout before was answered, that make a black hole (three timeouts in all, the first
-/// opening the check). More than one: heavy loss of large datagrams alone (congestion) can
-/// cost a timeout, and what follows a black hole (the session ends) is not undone.
+/// Retransmission timeouts in a row without progress, each after a round of checks since the
+/// timeout before in which the base-size ping was answered and no current-size one was, that
+/// make a black hole (three timeouts in all, the first opening the check). More than one:
+/// loss can cost a timeout, and what follows a black hole (the session ends) is not undone.
 pub(crate) const BLACK_HOLE_CONFIRMED: u8 = 2;
+/// Pings at the current size in a round of checks, after the base-size one: on a path that
+/// loses a fifth of its datagrams each way, all of them go unanswered in one round out of
+/// eight (`0.36²`), and a base-size ping answered with them in about one out of twelve.
+pub(crate) const LARGE_PINGS: u8 = 2;
+/// Datagrams in a round of checks.
+const ROUND: u8 = 1 + LARGE_PINGS;
 
 /// What the path-MTU state is doing. Sizes are `u16` (datagrams are at most 65 507 bytes):
 /// every peer carries this, idle or not.
@@ -44,31 +60,56 @@ pub(crate) const BLACK_HOLE_CONFIRMED: u8 = 2;
 enum Phase {
     /// Not searching; the next search starts at `next` (`None`: the ceiling is reached).
     Idle { next: Option<Tick> },
-    /// Probing `size`: tried `tries` times, the last at `sent` (`None`: a try is due now).
+    /// Probing `size`: tried `tries` times, the last at `sent` (`None`: a try is due now);
+    /// `clouded`: data was lost while the last try was out; `spared`: tries not counted in
+    /// `tries` for that reason.
     Probing {
         size: u16,
         tries: u8,
         sent: Option<Tick>,
+        clouded: bool,
+        spared: u8,
     },
-    /// After a retransmission timeout with large frames in flight: a base-size ping, to tell
-    /// a black hole from silence, sent at `sent` (`None`: due now), and whether it was
-    /// answered, and the timeouts in a row so far that each followed an answered check.
-    /// Interrupts a search (`searching`), which goes on where it was when progress ends the
-    /// check: a timeout during a transfer is as often congestion as a smaller path.
+    /// After a retransmission timeout with large frames in flight: rounds of a base-size ping
+    /// and [`LARGE_PINGS`] at the current size, to tell a black hole from silence and from
+    /// loss. The last round started at `sent`; `due` of its datagrams are still to go (the
+    /// base-size one first); `small` and `large`: whether one of each size was answered since
+    /// the last timeout; `confirmed`: the timeouts in a row so far that each followed a small
+    /// answer and no large one. Interrupts a search (`searching`), which goes on where it was
+    /// when progress ends the check: a timeout during a transfer is as often congestion as a
+    /// smaller path.
     Checking {
         sent: Option<Tick>,
-        answered: bool,
+        due: u8,
+        small: bool,
+        large: bool,
         confirmed: u8,
         searching: bool,
     },
+}
+
+impl Phase {
+    /// A size's first try, due now.
+    fn probing(size: u16) -> Self {
+        Self::Probing {
+            size,
+            tries: 0,
+            sent: None,
+            clouded: false,
+            spared: 0,
+        }
+    }
 }
 
 /// One peer's path MTU and its search.
 #[derive(Debug, Clone)]
 pub(crate) struct PathMtu {
     phase: Phase,
-    /// Token of the last probe or check sent; its pong is matched against it.
+    /// Token of the last probe or check sent; a probe's pong is matched against it.
     token: u64,
+    /// Token of the base-size ping of the current round of checks; the round's pings at the
+    /// current size follow it, up to `token`.
+    round: u64,
     base: u16,
     ceiling: u16,
     /// The largest datagram known to pass.
@@ -100,6 +141,7 @@ impl PathMtu {
         let mut p = Self {
             phase: Phase::Idle { next: None },
             token: token_seed,
+            round: token_seed,
             base,
             ceiling,
             current: base,
@@ -123,7 +165,8 @@ impl PathMtu {
     /// [`on_timeout`](Self::on_timeout), not here.
     pub(crate) fn due(&self) -> Option<usize> {
         match self.phase {
-            Phase::Checking { sent: None, .. } => Some(self.base.into()),
+            Phase::Checking { due: ROUND, .. } => Some(self.base.into()),
+            Phase::Checking { due: 1.., .. } => Some(self.current.into()),
             Phase::Probing {
                 size, sent: None, ..
             } => Some(size.into()),
@@ -137,10 +180,22 @@ impl PathMtu {
         let size = self.due()?;
         self.token = self.token.wrapping_add(1);
         match &mut self.phase {
-            Phase::Checking { sent, .. } => *sent = Some(now),
-            Phase::Probing { tries, sent, .. } => {
+            Phase::Checking { sent, due, .. } => {
+                if *due == ROUND {
+                    self.round = self.token;
+                    *sent = Some(now);
+                }
+                *due -= 1;
+            }
+            Phase::Probing {
+                tries,
+                sent,
+                clouded,
+                ..
+            } => {
                 *tries += 1;
                 *sent = Some(now);
+                *clouded = false;
             }
             Phase::Idle { .. } => {}
         }
@@ -158,40 +213,46 @@ impl PathMtu {
             Phase::Idle { next } => next,
             Phase::Probing { sent, .. } => sent.map(|t| t + wait()),
             Phase::Checking {
-                sent,
-                answered: false,
+                sent: Some(t),
+                due: 0,
+                small: false,
                 ..
-            } => sent.map(|t| t + wait()),
-            Phase::Checking { answered: true, .. } => None,
+            } => Some(t + wait()),
+            Phase::Checking { .. } => None,
         }
     }
 
-    /// Timer work: a probe unanswered for `wait` is tried again or given up; a check is sent
-    /// again (silence proves nothing); a search due starts.
+    /// Timer work: a probe unanswered for `wait` is tried again or given up; a round of checks
+    /// whose base-size ping is unanswered is sent again (silence proves nothing); a search due
+    /// starts.
     pub(crate) fn on_timeout(&mut self, now: Tick, wait: Duration) {
         match &mut self.phase {
             Phase::Idle { next: Some(at) } if *at <= now => self.start_search(),
             Phase::Probing {
                 size,
                 tries,
-                sent: Some(t),
-            } if *t + wait <= now => {
-                if *tries >= MAX_PROBES as u8 {
+                sent: sent @ Some(_),
+                clouded,
+                spared,
+            } if sent.is_some_and(|t| t + wait <= now) => {
+                if *clouded && *spared < MAX_SPARED {
+                    // Data was lost too: this try proves nothing about the size.
+                    *spared += 1;
+                    *tries -= 1;
+                    *sent = None;
+                } else if *tries >= MAX_PROBES as u8 {
                     let size = *size;
                     self.refused(size, now);
                 } else {
-                    self.phase = Phase::Probing {
-                        size: *size,
-                        tries: *tries,
-                        sent: None,
-                    };
+                    *sent = None;
                 }
             }
             Phase::Checking {
-                sent: sent @ Some(_),
-                answered: false,
+                sent: Some(t),
+                due: due @ 0,
+                small: false,
                 ..
-            } if sent.is_some_and(|t| t + wait <= now) => *sent = None,
+            } if *t + wait <= now => *due = ROUND,
             _ => {}
         }
     }
@@ -209,26 +270,36 @@ impl PathMtu {
         }
     }
 
-    /// A pong: true if it answered our last probe or check (the caller then ignores it).
+    /// A pong: true if it answered our last probe or a ping of the current round of checks
+    /// (the caller then ignores it).
     pub(crate) fn on_pong(&mut self, token: u64, now: Tick) -> bool {
+        if let Phase::Checking { small, large, .. } = &mut self.phase {
+            // Tokens wrap: measured from the round's first.
+            let (k, last) = (
+                token.wrapping_sub(self.round),
+                self.token.wrapping_sub(self.round),
+            );
+            if k > last {
+                return false;
+            }
+            if k == 0 {
+                *small = true;
+            } else {
+                *large = true;
+            }
+            return true;
+        }
         if token != self.token {
             return false;
         }
-        match &mut self.phase {
-            Phase::Checking {
-                sent: Some(_),
-                answered,
-                ..
-            } => *answered = true,
-            Phase::Probing {
-                size,
-                sent: Some(_),
-                ..
-            } => {
-                self.current = self.current.max(*size);
-                self.next_step(now);
-            }
-            _ => {}
+        if let Phase::Probing {
+            size,
+            sent: Some(_),
+            ..
+        } = self.phase
+        {
+            self.current = self.current.max(size);
+            self.next_step(now);
         }
         true
     }
@@ -246,35 +317,50 @@ impl PathMtu {
         }
     }
 
+    /// Data sent to the peer was found lost: a probe out now may have been lost the same way,
+    /// whatever its size.
+    pub(crate) fn on_data_lost(&mut self) {
+        if let Phase::Probing {
+            sent: Some(_),
+            clouded,
+            ..
+        } = &mut self.phase
+        {
+            *clouded = true;
+        }
+    }
+
     /// The retransmission timer fired with a frame too large for the base size the oldest in
     /// flight. Returns true when this is a black hole: the [`BLACK_HOLE_CONFIRMED`]th timeout
-    /// in a row, without an acknowledgement of anything new, that follows an answered check.
-    /// Every timeout sends a new check.
+    /// in a row, without an acknowledgement of anything new, that follows an answered
+    /// base-size ping and no answered current-size one. Every timeout sends a new round.
     pub(crate) fn on_rto(&mut self) -> bool {
         if self.current <= self.base {
             return false;
         }
         match &mut self.phase {
             Phase::Checking {
-                sent,
-                answered,
+                due,
+                small,
+                large,
                 confirmed,
                 ..
             } => {
-                *confirmed = if *answered {
+                *confirmed = if *small && !*large {
                     confirmed.saturating_add(1)
                 } else {
                     0
                 };
-                *answered = false;
-                *sent = None;
+                (*small, *large, *due) = (false, false, ROUND);
                 *confirmed >= BLACK_HOLE_CONFIRMED
             }
             _ => {
                 let searching = matches!(self.phase, Phase::Probing { .. });
                 self.phase = Phase::Checking {
                     sent: None,
-                    answered: false,
+                    due: ROUND,
+                    small: false,
+                    large: false,
                     confirmed: 0,
                     searching,
                 };
@@ -295,11 +381,7 @@ impl PathMtu {
         self.phase = if self.current >= self.ceiling {
             Phase::Idle { next: None }
         } else {
-            Phase::Probing {
-                size: self.ceiling,
-                tries: 0,
-                sent: None,
-            }
+            Phase::probing(self.ceiling)
         };
     }
 
@@ -316,11 +398,7 @@ impl PathMtu {
         if self.current >= self.ceiling || usize::from(self.too_big - self.current) <= GRANULARITY {
             self.settle(now);
         } else {
-            self.phase = Phase::Probing {
-                size: self.current + (self.too_big - self.current) / 2,
-                tries: 0,
-                sent: None,
-            };
+            self.phase = Phase::probing(self.current + (self.too_big - self.current) / 2);
         }
     }
 }
@@ -444,6 +522,67 @@ mod tests {
             (q.current(), q.due(), q.deadline(|| WAIT)),
             (9000, None, None)
         );
+    }
+
+    /// A try lost while data was lost too is tried again without counting, at most
+    /// `MAX_SPARED` times per size; then tries count again.
+    #[test]
+    fn a_probe_lost_with_data_is_spared_a_bounded_number_of_times() {
+        let mut now = Tick::ZERO;
+        let mut p = PathMtu::new(1200, 9000, 0);
+        let mut sent = 0;
+        // Every try clouded by data loss: MAX_SPARED spared, then MAX_PROBES counted.
+        for _ in 0..100 {
+            if p.due() != Some(9000) {
+                break;
+            }
+            p.on_sent(now).unwrap();
+            sent += 1;
+            p.on_data_lost();
+            now = now + WAIT;
+            p.on_timeout(now, WAIT);
+        }
+        assert_eq!(sent, u32::from(MAX_SPARED) + MAX_PROBES);
+        assert!(p.due().is_some_and(|s| s < 9000));
+        // Loss found before a try went out does not spare it.
+        let mut q = PathMtu::new(1200, 9000, 0);
+        q.on_data_lost();
+        for i in 0..MAX_PROBES {
+            assert_eq!(q.on_sent(now).map(|d| d.size), Some(9000), "try {i}");
+            now = now + WAIT;
+            q.on_timeout(now, WAIT);
+        }
+        assert!(q.due().is_some_and(|s| s < 9000));
+    }
+
+    /// A round of checks is a base-size ping and `LARGE_PINGS` at the current size; an
+    /// answer to a large one shows the size passes, so the timeouts were loss: no black hole,
+    /// however many come in a row.
+    #[test]
+    fn an_answered_large_ping_shows_loss_not_a_black_hole() {
+        let now = Tick::ZERO;
+        let mut p = PathMtu::new(1200, 9000, 0);
+        let d = p.on_sent(now).unwrap();
+        assert!(p.on_pong(d.token, now));
+        for _ in 0..10 {
+            assert!(!p.on_rto());
+            let round: Vec<ProbeDatagram> = std::iter::from_fn(|| p.on_sent(now)).collect();
+            let sizes: Vec<usize> = round.iter().map(|d| d.size).collect();
+            assert_eq!(sizes, [1200, 9000, 9000]);
+            // The small one and the second large one answered (the first lost).
+            assert!(p.on_pong(round[0].token, now));
+            assert!(p.on_pong(round[2].token, now));
+        }
+        // A pong from an earlier round is not this one's.
+        assert!(!p.on_rto());
+        let round: Vec<ProbeDatagram> = std::iter::from_fn(|| p.on_sent(now)).collect();
+        assert!(p.on_pong(round[0].token, now));
+        assert!(!p.on_pong(round[0].token.wrapping_sub(1), now));
+        assert!(!p.on_rto(), "one confirmed");
+        let _ = std::iter::from_fn(|| p.on_sent(now)).count();
+        assert!(!p.on_pong(round[2].token, now), "last round's");
+        assert!(p.on_pong(p.round, now));
+        assert!(p.on_rto(), "small answered, no large: confirmed twice");
     }
 
     #[test]
