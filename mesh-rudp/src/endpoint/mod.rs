@@ -5,6 +5,7 @@ mod recv;
 mod transmit;
 
 use std::cell::Cell;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use mesh_wire::{SeqRange, UnreliableFrame, CLOSE_NORMAL, HEADER_LEN};
 use tracing::{debug, trace_span};
 
 use crate::config::EndpointConfig;
-use crate::peer::{KeepaliveGrid, Peer, RecvOutcome};
+use crate::peer::{Added, KeepaliveGrid, Peer, RecvOutcome};
 use crate::time::Tick;
 use rand_core::{Rng, SeedableRng};
 
@@ -177,6 +178,16 @@ pub struct Endpoint {
     deadline_memo: Cell<(Tick, Instant)>,
 }
 
+/// A random session id (never 0).
+fn nonzero(rng: &mut rand_pcg::Pcg64Mcg) -> u64 {
+    loop {
+        let v = rng.next_u64();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
 /// The endpoint's agenda: peers with datagrams to send, in turn, and each peer's next deadline.
 #[derive(Debug)]
 struct Schedule {
@@ -190,11 +201,44 @@ impl Schedule {
     /// Re-evaluates a peer after a change: transmit readiness and its timer. For a caller that
     /// holds the peer already (no second lookup).
     fn touch(&mut self, config: &EndpointConfig, p: &mut Peer, addr: SocketAddr, now: Tick) {
+        self.mark_ready(p, addr, now);
+        self.retime(p, addr, config);
+    }
+
+    /// Puts the peer in the transmit queue if it has something to send and is not there.
+    fn mark_ready(&mut self, p: &mut Peer, addr: SocketAddr, now: Tick) {
         if !p.in_ready && p.wants_transmit(now) {
             p.in_ready = true;
             self.ready.push_back(addr);
         }
-        self.retime(p, addr, config);
+    }
+
+    /// [`touch`](Self::touch) after a change that moved no deadline but added `added` (see
+    /// [`Peer::queue_reliable`]): the timer filed is earlier than every deadline the peer had,
+    /// so it is refiled only if `added` comes before it (a send computes no deadline).
+    fn touch_added(
+        &mut self,
+        config: &EndpointConfig,
+        p: &mut Peer,
+        addr: SocketAddr,
+        now: Tick,
+        added: Added,
+    ) {
+        self.mark_ready(p, addr, now);
+        match (p.timer, added) {
+            (Some(filed), None) => self.check_filed(p, filed, config),
+            (Some(filed), Some(t)) if filed <= t => self.check_filed(p, filed, config),
+            _ => self.retime(p, addr, config),
+        }
+    }
+
+    /// In debug builds (every test), that a timer left as it was is no later than the peer's
+    /// deadline: what [`touch_added`](Self::touch_added) relies on.
+    fn check_filed(&self, p: &Peer, filed: Tick, config: &EndpointConfig) {
+        debug_assert!(
+            filed <= p.deadline(config, &self.grid),
+            "a send moved the peer's deadline before its filed timer"
+        );
     }
 
     /// Files the peer's next deadline in `timers` if it moved earlier. A deadline that moved
@@ -261,12 +305,7 @@ impl Endpoint {
 
     /// A random non-zero id (a session id, a stray's reply).
     fn next_id(&mut self) -> u64 {
-        loop {
-            let v = self.rng.next_u64();
-            if v != 0 {
-                return v;
-            }
-        }
+        nonzero(&mut self.rng)
     }
 
     /// `now` on the endpoint's clock. A driver passes the same `now` to several calls in a
@@ -372,14 +411,13 @@ impl Endpoint {
                 limit: self.config.max_message_size,
             });
         }
-        self.ensure_peer(now, peer)?;
         let id = MessageId(self.next_message_id);
-        let p = self.peers.get_mut(&peer).expect("ensured");
-        if !p.queue_reliable(now, id, data, delivery, lazy, &self.config) {
+        let (p, sched, config) = self.peer_for_send(now, peer)?;
+        let Some(added) = p.queue_reliable(now, id, data, delivery, lazy, config) else {
             return Err(SendError::QueueFull);
-        }
+        };
+        sched.touch_added(config, p, peer, now, added);
         self.next_message_id += 1;
-        self.sched.touch(&self.config, p, peer, now);
         Ok(id)
     }
 
@@ -402,44 +440,41 @@ impl Endpoint {
                 limit: self.max_unreliable_size(),
             });
         }
-        self.ensure_peer(now, peer)?;
-        let p = self.peers.get_mut(&peer).expect("ensured");
-        if !p.queue_unreliable(now, data, &self.config) {
+        let (p, sched, config) = self.peer_for_send(now, peer)?;
+        let (kept, added) = p.queue_unreliable(now, data, config);
+        sched.touch_added(config, p, peer, now, added);
+        if !kept {
             self.stats.dropped_unreliable += 1;
         }
-        self.touch(peer, now);
         Ok(())
     }
 
-    fn ensure_peer(&mut self, now: Tick, peer: SocketAddr) -> Result<(), SendError> {
-        if self.peers.contains_key(&peer) {
-            return Ok(());
-        }
-        if self.peers.len() >= self.config.max_peers {
-            return Err(SendError::TooManyPeers);
-        }
-        let id = self.next_id();
-        self.peers.insert(
-            peer,
-            Box::new(Peer::new(
-                id,
-                0,
-                self.config.ceiling_for(peer),
-                now,
-                &self.config,
-            )),
-        );
-        self.stats.peers = self.peers.len();
-        Ok(())
-    }
-
-    /// Re-evaluates a peer after a change: transmit readiness and its timer.
-    fn touch(&mut self, addr: SocketAddr, now: Tick) {
-        // One lookup: this runs for every datagram and every send.
-        let Some(p) = self.peers.get_mut(&addr) else {
-            return;
+    /// The peer to queue a message to, its session opened if there is none (one lookup: this
+    /// runs for every message sent). Returned with the fields a send needs besides it.
+    fn peer_for_send(
+        &mut self,
+        now: Tick,
+        peer: SocketAddr,
+    ) -> Result<(&mut Peer, &mut Schedule, &EndpointConfig), SendError> {
+        let n = self.peers.len();
+        let p = match self.peers.entry(peer) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                if n >= self.config.max_peers {
+                    return Err(SendError::TooManyPeers);
+                }
+                let id = nonzero(&mut self.rng);
+                self.stats.peers = n + 1;
+                e.insert(Box::new(Peer::new(
+                    id,
+                    0,
+                    self.config.ceiling_for(peer),
+                    now,
+                    &self.config,
+                )))
+            }
         };
-        self.sched.touch(&self.config, p, addr, now);
+        Ok((p, &mut self.sched, &self.config))
     }
 
     fn update_timer(&mut self, addr: SocketAddr) {

@@ -134,6 +134,19 @@ fn window_allows(recovery: &Recovery, cc: &impl Controller, len: usize) -> bool 
         && (recovery.in_flight_bytes == 0 || recovery.in_flight_bytes + len <= cc.window())
 }
 
+/// The earliest deadline a change to a peer added to its timers, if any (see
+/// [`Peer::queue_reliable`]): when the change moved nothing else, the peer's timer needs
+/// refiling only if this is earlier than the one filed.
+pub(crate) type Added = Option<Tick>;
+
+/// The earlier of two deadlines, either of which may be absent.
+fn earlier(a: Added, b: Added) -> Added {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// One peer's session: its sending and receiving halves, and its liveness. Generic over its
 /// congestion controller (stored inline: an idle peer's size is budgeted).
 #[derive(Debug)]
@@ -253,6 +266,9 @@ impl<C: Controller> Peer<C> {
             && self.send.queued_messages() < (limit / MESSAGE_CHARGE).max(1)
     }
 
+    /// Queues a reliable message; `None` when the queue has no room for it. Otherwise the
+    /// earliest deadline queueing added (the progress timeout it started, the flush it
+    /// scheduled): nothing else about the peer's timers changes.
     pub(crate) fn queue_reliable(
         &mut self,
         now: Tick,
@@ -261,38 +277,44 @@ impl<C: Controller> Peer<C> {
         delivery: Delivery,
         lazy: bool,
         config: &EndpointConfig,
-    ) -> bool {
+    ) -> Option<Added> {
         if !self.queue_has_room(data.len(), config) {
-            return false;
+            return None;
         }
+        let mut added = None;
         if !self.send.has_outstanding() {
             // Progress is measured from the moment there is something to acknowledge.
             self.last_progress = now;
+            added = Some(now + config.peer_timeout);
         }
         let mtu = self.pmtu.current();
         self.send
             .queue_reliable(id, data, delivery, lazy, |ordered| {
                 Self::payload_sizes(mtu, ordered)
             });
-        self.hold_for_flush(now, config);
-        true
+        Some(earlier(added, self.hold_for_flush(now, config)))
     }
 
+    /// Queues an unreliable message (false: the oldest queued was dropped for it), and the
+    /// deadline queueing added, as [`queue_reliable`](Self::queue_reliable) returns it.
     pub(crate) fn queue_unreliable(
         &mut self,
         now: Tick,
         data: Bytes,
         config: &EndpointConfig,
-    ) -> bool {
+    ) -> (bool, Added) {
         let kept = self.send.queue_unreliable(data, config.unreliable_queue);
-        self.hold_for_flush(now, config);
-        kept
+        (kept, self.hold_for_flush(now, config))
     }
 
-    fn hold_for_flush(&mut self, now: Tick, config: &EndpointConfig) {
+    /// Schedules the flush of what was just queued, unless one is scheduled; returns the new
+    /// deadline.
+    fn hold_for_flush(&mut self, now: Tick, config: &EndpointConfig) -> Added {
         if let (Some(interval), None) = (config.flush_interval, self.flush_at) {
             self.flush_at = Some(now + interval);
+            return self.flush_at;
         }
+        None
     }
 
     fn flush_allows(&self, now: Tick) -> bool {

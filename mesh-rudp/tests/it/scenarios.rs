@@ -688,3 +688,28 @@ fn lost_acknowledgements_do_not_inflate_the_round_trip_estimate() {
         }
     }
 }
+
+/// With `flush_interval`, a send to an idle session is held at most that long: the flush's
+/// deadline moves the peer's timer earlier than the keep-alive it had filed (a send files no
+/// timer unless what it added comes first).
+#[test]
+fn a_held_send_to_an_idle_session_goes_when_its_interval_ends() {
+    let hold = Duration::from_millis(20);
+    let mut config = EndpointConfig::default();
+    config.flush_interval(Some(hold));
+    let (mut sim, a, b) = pair(31, config);
+    sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
+    sim.run_until_idle(10_000).unwrap();
+    assert_eq!(messages(&sim.take_events(b)), [1]);
+    // Idle: the next deadline is a keep-alive, far off.
+    let now = sim.now();
+    let filed = sim.endpoint(a).poll_timeout().expect("a keep-alive");
+    assert!(filed > now + hold * 10, "{:?}", filed - now);
+    sim.send(a, b, payload(2, 10), Delivery::Unordered).unwrap();
+    let due = sim.endpoint(a).poll_timeout().expect("the flush");
+    assert!(due <= now + hold, "{:?}", due - now);
+    // Held, then sent: there within the hold and a one-way delay.
+    sim.run_for(hold + Duration::from_millis(5), 10_000)
+        .unwrap();
+    assert_eq!(messages(&sim.take_events(b)), [2]);
+}
