@@ -365,7 +365,8 @@ impl Endpoint {
         data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<MessageId, SendError> {
-        self.queue_message(self.tick(now), peer, data.into(), delivery, false)
+        let now = self.tick(now);
+        self.queue_message(now, peer, &mut Some(data.into()), delivery, false)
     }
 
     /// [`send_reliable`](Self::send_reliable) for a message whose acknowledgement nobody waits
@@ -379,7 +380,26 @@ impl Endpoint {
         data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<MessageId, SendError> {
-        self.queue_message(self.tick(now), peer, data.into(), delivery, true)
+        let now = self.tick(now);
+        self.queue_message(now, peer, &mut Some(data.into()), delivery, true)
+    }
+
+    /// [`send_reliable`](Self::send_reliable), or [`send_reliable_lazy`] with `lazy`, that
+    /// takes `data` only when it queues it: on [`SendError::QueueFull`] it is left in place,
+    /// for the caller to send once there is room (an empty `data` reads as a full queue).
+    /// One look at the peer instead of [`has_room`](Self::has_room)'s and the send's.
+    ///
+    /// [`send_reliable_lazy`]: Self::send_reliable_lazy
+    pub(crate) fn send_reliable_kept(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        data: &mut Option<Payload>,
+        delivery: Delivery,
+        lazy: bool,
+    ) -> Result<MessageId, SendError> {
+        let now = self.tick(now);
+        self.queue_message(now, peer, data, delivery, lazy)
     }
 
     /// Whether a reliable send of `len` bytes to `peer` would not fail with
@@ -394,28 +414,35 @@ impl Endpoint {
                 .is_none_or(|p| p.queue_has_room(len, &self.config))
     }
 
+    /// Queues `data`, taken unless the peer's queue is full (see
+    /// [`send_reliable_kept`](Self::send_reliable_kept)).
     fn queue_message(
         &mut self,
         now: Tick,
         peer: SocketAddr,
-        data: Payload,
+        data: &mut Option<Payload>,
         delivery: Delivery,
         lazy: bool,
     ) -> Result<MessageId, SendError> {
         if self.closing {
             return Err(SendError::Closed);
         }
-        if data.len() > self.config.max_message_size {
+        let Some(len) = data.as_ref().map(Payload::len) else {
+            return Err(SendError::QueueFull);
+        };
+        if len > self.config.max_message_size {
             return Err(SendError::TooLarge {
-                size: data.len(),
+                size: len,
                 limit: self.config.max_message_size,
             });
         }
         let id = MessageId(self.next_message_id);
         let (p, sched, config) = self.peer_for_send(now, peer)?;
-        let Some(added) = p.queue_reliable(now, id, data, delivery, lazy, config) else {
+        if !p.queue_has_room(len, config) {
             return Err(SendError::QueueFull);
-        };
+        }
+        let data = data.take().expect("looked at above");
+        let added = p.queue_reliable(now, id, data, delivery, lazy, config);
         sched.touch_added(config, p, peer, now, added);
         self.next_message_id += 1;
         Ok(id)

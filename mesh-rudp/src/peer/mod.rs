@@ -266,9 +266,9 @@ impl<C: Controller> Peer<C> {
             && self.send.queued_messages() < (limit / MESSAGE_CHARGE).max(1)
     }
 
-    /// Queues a reliable message; `None` when the queue has no room for it. Otherwise the
-    /// earliest deadline queueing added (the progress timeout it started, the flush it
-    /// scheduled): nothing else about the peer's timers changes.
+    /// Queues a reliable message the queue has room for ([`queue_has_room`](Self::queue_has_room),
+    /// asked first). Returns the earliest deadline queueing added (the progress timeout it
+    /// started, the flush it scheduled): nothing else about the peer's timers changes.
     pub(crate) fn queue_reliable(
         &mut self,
         now: Tick,
@@ -277,10 +277,8 @@ impl<C: Controller> Peer<C> {
         delivery: Delivery,
         lazy: bool,
         config: &EndpointConfig,
-    ) -> Option<Added> {
-        if !self.queue_has_room(data.len(), config) {
-            return None;
-        }
+    ) -> Added {
+        debug_assert!(self.queue_has_room(data.len(), config));
         let mut added = None;
         if !self.send.has_outstanding() {
             // Progress is measured from the moment there is something to acknowledge.
@@ -292,7 +290,7 @@ impl<C: Controller> Peer<C> {
             .queue_reliable(id, data, delivery, lazy, |ordered| {
                 Self::payload_sizes(mtu, ordered)
             });
-        Some(earlier(added, self.hold_for_flush(now, config)))
+        earlier(added, self.hold_for_flush(now, config))
     }
 
     /// Queues an unreliable message (false: the oldest queued was dropped for it), and the

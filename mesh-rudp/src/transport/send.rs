@@ -184,20 +184,10 @@ impl Transport {
         if st.shutdown {
             return Some(Err(SendError::Closed.into()));
         }
-        if !st
-            .endpoint
-            .has_room(peer, data.as_ref().map_or(0, Payload::len))
-        {
-            return None;
-        }
-        let data = data.take()?;
         let now = Instant::now().into_std();
-        let queued = if options.lazy_ack {
+        let queued =
             st.endpoint
-                .send_reliable_lazy(now, peer, data, options.delivery)
-        } else {
-            st.endpoint.send_reliable(now, peer, data, options.delivery)
-        };
+                .send_reliable_kept(now, peer, data, options.delivery, options.lazy_ack);
         match queued {
             Ok(id) => {
                 let rx = match tally {
@@ -218,6 +208,8 @@ impl Transport {
                 }
                 Some(Ok(rx))
             }
+            // `data` is still there: the caller waits for room.
+            Err(SendError::QueueFull) => None,
             Err(e) => Some(Err(e.into())),
         }
     }
