@@ -273,7 +273,14 @@ impl PathMtu {
     /// A pong: true if it answered our last probe or a ping of the current round of checks
     /// (the caller then ignores it).
     pub(crate) fn on_pong(&mut self, token: u64, now: Tick) -> bool {
-        if let Phase::Checking { small, large, .. } = &mut self.phase {
+        if let Phase::Checking {
+            small, large, due, ..
+        } = &mut self.phase
+        {
+            if *due == ROUND {
+                // The round's first ping is not out yet: whatever this answers is older.
+                return false;
+            }
             // Tokens wrap: measured from the round's first.
             let (k, last) = (
                 token.wrapping_sub(self.round),
@@ -566,6 +573,8 @@ mod tests {
         assert!(p.on_pong(d.token, now));
         for _ in 0..10 {
             assert!(!p.on_rto());
+            // Before the round goes out, no answer is this round's (here: the last one sent).
+            assert!(!p.on_pong(p.token, now));
             let round: Vec<ProbeDatagram> = std::iter::from_fn(|| p.on_sent(now)).collect();
             let sizes: Vec<usize> = round.iter().map(|d| d.size).collect();
             assert_eq!(sizes, [1200, 9000, 9000]);
