@@ -365,8 +365,7 @@ impl Endpoint {
         data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<MessageId, SendError> {
-        let now = self.tick(now);
-        self.queue_message(now, peer, &mut Some(data.into()), delivery, false)
+        self.send_reliable_kept(now, peer, &mut Some(data.into()), delivery, false)
     }
 
     /// [`send_reliable`](Self::send_reliable) for a message whose acknowledgement nobody waits
@@ -380,8 +379,7 @@ impl Endpoint {
         data: impl Into<Payload>,
         delivery: Delivery,
     ) -> Result<MessageId, SendError> {
-        let now = self.tick(now);
-        self.queue_message(now, peer, &mut Some(data.into()), delivery, true)
+        self.send_reliable_kept(now, peer, &mut Some(data.into()), delivery, true)
     }
 
     /// [`send_reliable`](Self::send_reliable), or [`send_reliable_lazy`] with `lazy`, that
@@ -399,31 +397,6 @@ impl Endpoint {
         lazy: bool,
     ) -> Result<MessageId, SendError> {
         let now = self.tick(now);
-        self.queue_message(now, peer, data, delivery, lazy)
-    }
-
-    /// Whether a reliable send of `len` bytes to `peer` would not fail with
-    /// [`SendError::QueueFull`] now. A send refused for another reason (too large, closing)
-    /// counts as having room: waiting would not change its fate.
-    pub fn has_room(&self, peer: SocketAddr, len: usize) -> bool {
-        self.closing
-            || len > self.config.max_message_size
-            || self
-                .peers
-                .get(&peer)
-                .is_none_or(|p| p.queue_has_room(len, &self.config))
-    }
-
-    /// Queues `data`, taken unless the peer's queue is full (see
-    /// [`send_reliable_kept`](Self::send_reliable_kept)).
-    fn queue_message(
-        &mut self,
-        now: Tick,
-        peer: SocketAddr,
-        data: &mut Option<Payload>,
-        delivery: Delivery,
-        lazy: bool,
-    ) -> Result<MessageId, SendError> {
         if self.closing {
             return Err(SendError::Closed);
         }
@@ -446,6 +419,18 @@ impl Endpoint {
         sched.touch_added(config, p, peer, now, added);
         self.next_message_id += 1;
         Ok(id)
+    }
+
+    /// Whether a reliable send of `len` bytes to `peer` would not fail with
+    /// [`SendError::QueueFull`] now. A send refused for another reason (too large, closing)
+    /// counts as having room: waiting would not change its fate.
+    pub fn has_room(&self, peer: SocketAddr, len: usize) -> bool {
+        self.closing
+            || len > self.config.max_message_size
+            || self
+                .peers
+                .get(&peer)
+                .is_none_or(|p| p.queue_has_room(len, &self.config))
     }
 
     /// Queues an unreliable message: sent once, never retransmitted, maybe lost. It must fit

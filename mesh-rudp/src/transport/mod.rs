@@ -280,10 +280,10 @@ impl Transport {
     /// (7.3 context switches per round trip between two processes on one CPU, against 4 for a
     /// plain tokio UDP ping-pong). It must be quick.
     pub fn set_intercept(&self, hook: Option<Intercept>) {
-        *self.shared.intercept.write() = hook.map(|hook| Hook {
-            wants: |_| true,
-            hook,
-        });
+        match hook {
+            Some(hook) => self.set_intercept_filtered(|_| true, hook),
+            None => *self.shared.intercept.write() = None,
+        }
     }
 
     /// [`set_intercept`](Self::set_intercept) for a hook that wants only some messages:
