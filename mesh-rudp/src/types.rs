@@ -271,6 +271,10 @@ pub struct EndpointStats {
     /// [`EndpointConfig::recycle_bytes`](crate::EndpointConfig::recycle_bytes)) rather than in
     /// fresh memory.
     pub recycled_buffers: u64,
+    /// Sends the socket refused for lack of room (a full send buffer: a slow link's queue
+    /// holds what was sent). The transport holds such output and sends it as room comes;
+    /// always 0 for a bare [`Endpoint`](crate::Endpoint), which does no I/O.
+    pub sends_held: u64,
 }
 
 /// Counters and estimates of one peer. Pull them with [`crate::Endpoint::peer_stats`].

@@ -423,6 +423,29 @@ fn sixteen_mib_cross_a_1280_byte_link_intact() {
     }
 }
 
+/// A sender whose socket runs out of room (its link's queue holds what it sent, counted
+/// against its send buffer) holds that output and sends it as room comes: one large message
+/// to four peers at once, through a 50 Mbit/s link, arrives intact at each; and the sender's
+/// socket did refuse output, so the holding is what ran.
+#[test]
+fn a_sender_out_of_socket_room_holds_its_output_and_delivers_it_intact() {
+    let net = net(5, &[]);
+    // Small socket buffers (the kernel grants 128 KiB for 64): four peers' windows together
+    // outgrow the sender's send buffer, and the link's queue (50 ms of it) holds more.
+    let mut v = nodes(&net, &["--socket-buffer", "65536"]);
+    net.set_rate(0, "50mbit").unwrap();
+    let to: Vec<String> = v[1..].iter().map(Node::addr).collect();
+    let (sent, took) = timed(|| v[0].cmd(&format!("big {} {}", to.join(","), 2 << 20)));
+    assert_eq!(sent["ok"], true, "{sent}");
+    for n in &mut v[1..] {
+        let r = received_when(n, |r| num(r, "big_ok") + num(r, "big_bad") >= 1);
+        assert_eq!((num(&r, "big_ok"), num(&r, "big_bad")), (1, 0), "{r}");
+    }
+    let held = num(&v[0].cmd("stats"), "sends_held");
+    eprintln!("4 x 2 MiB through 50 Mbit/s in {took:?}: the socket refused {held} sends");
+    assert!(held > 0, "the sender's socket never ran out of room");
+}
+
 #[test]
 fn a_relay_tree_reports_the_host_that_is_down_and_reaches_every_other_once() {
     let net = net(5, &[]);

@@ -238,6 +238,7 @@ impl MeshNode {
             ("transport.messages_failed", t.messages_failed),
             ("transport.retransmitted", t.retransmitted),
             ("transport.duplicates", t.duplicates),
+            ("transport.sends_held", t.sends_held),
             ("discovery.registry_calls", d.registry_calls),
             ("discovery.registry_errors", d.registry_errors),
             ("discovery.skipped_records", d.skipped_records),

@@ -696,6 +696,12 @@ impl Endpoint {
         s
     }
 
+    /// Counts a send the socket refused for lack of room (the transport's I/O).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn count_held_send(&mut self) {
+        self.stats.sends_held += 1;
+    }
+
     /// Counters and estimates for one peer, if it has state.
     pub fn peer_stats(&self, peer: SocketAddr) -> Option<PeerStats> {
         self.peers

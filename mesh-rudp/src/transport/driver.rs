@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::batch::next_batch;
 use super::io::{recv_batch, send_blocked, transmit, RECV_SLOT};
+use super::socket::WriteWatch;
 #[cfg(doc)]
 use super::Transport;
 use super::{flush, route_events, Received, Shared, State};
@@ -77,6 +78,8 @@ pub struct Driver {
     pub(super) hooked: Vec<Received>,
     /// What the hook gave back of them, on the way to the inbox (kept: no allocation per turn).
     pub(super) back: Vec<Received>,
+    /// Armed while output waits for room in the socket.
+    pub(super) watch: WriteWatch,
 }
 
 impl std::fmt::Debug for Driver {
@@ -154,6 +157,7 @@ impl Driver {
             batch,
             hooked,
             back,
+            watch,
         } = self;
         let shared = &**shared;
         // Read once per turn and once per batch received: the clock is not free on every
@@ -182,7 +186,7 @@ impl Driver {
                 st.flush_wanted = false;
                 now = Instant::now().into_std();
                 flush(shared, &mut st, Some(now));
-                if !st.blocked_tx.is_empty() && shared.socket.poll_send_ready(cx).is_ready() {
+                if !st.blocked_tx.is_empty() && watch.poll_writable(&shared.socket, cx).is_ready() {
                     send_blocked(shared, &mut st);
                     flush(shared, &mut st, Some(now));
                 }
@@ -262,11 +266,13 @@ impl Driver {
                 // their requesters already).
                 flush(shared, &mut st, None);
             }
-            if st.flush_wanted || shared.socket.poll_recv_ready(cx).is_ready() {
+            if st.flush_wanted || shared.socket.poll_read_ready(cx).is_ready() {
                 continue;
             }
             st.armed_writable = !st.blocked_tx.is_empty();
-            if st.armed_writable && shared.socket.poll_send_ready(cx).is_ready() {
+            if !st.armed_writable {
+                watch.disarm();
+            } else if watch.poll_writable(&shared.socket, cx).is_ready() {
                 continue;
             }
             // The turn's clock reading: at most a read of the socket old.

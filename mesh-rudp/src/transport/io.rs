@@ -56,7 +56,7 @@ pub(super) fn new_socket(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocke
 /// of every datagram; the driver reads none of them, and each costs the kernel a control message
 /// per datagram (the timestamp, a clock read too). Turned off where the OS allows; GRO stays.
 #[cfg(target_os = "linux")]
-pub(super) fn quiet_ancillary_data(socket: &UdpSocket, local: SocketAddr) {
+pub(super) fn quiet_ancillary_data(socket: &super::socket::Raw, local: SocketAddr) {
     use nix::sys::socket::{setsockopt, sockopt};
     let off = |r: nix::Result<()>| {
         if let Err(e) = r {
@@ -76,7 +76,7 @@ pub(super) fn quiet_ancillary_data(socket: &UdpSocket, local: SocketAddr) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn quiet_ancillary_data(_: &UdpSocket, _: SocketAddr) {}
+pub(super) fn quiet_ancillary_data(_: &super::socket::Raw, _: SocketAddr) {}
 
 /// Hands every datagram the endpoint has ready to the socket, runs of same-sized datagrams to
 /// one destination as one GSO send.
@@ -158,11 +158,14 @@ pub(super) fn transmit(shared: &Shared, st: &mut State, now: Option<std::time::I
                 };
                 match sent {
                     Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked_tx.push_back(Run {
-                        to,
-                        bytes: contiguous(),
-                        segment,
-                    }),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        endpoint.count_held_send();
+                        blocked_tx.push_back(Run {
+                            to,
+                            bytes: contiguous(),
+                            segment,
+                        });
+                    }
                     Err(e) if too_large(&e) => endpoint.path_refused(now, to, segment),
                     // A send error is like a lost datagram: the protocol recovers or reports.
                     Err(e) => debug!(%to, error = %e, "send failed"),
@@ -199,9 +202,9 @@ pub(super) fn send_run(
         segment_size: segment,
         src_ip: None,
     };
-    shared.socket.try_io(tokio::io::Interest::WRITABLE, || {
-        shared.udp.try_send((&shared.socket).into(), &t)
-    })
+    shared
+        .socket
+        .try_write(|socket| shared.udp.try_send(socket.into(), &t))
 }
 
 /// Whether datagrams are sent with scatter-gather I/O, their large payloads straight from the
@@ -237,9 +240,9 @@ pub(super) fn send_gathered(
     let size = segment.map(|s| s as u16);
     let cmsg = size.as_ref().map(ControlMessage::UdpGsoSegments);
     let cmsgs = cmsg.as_slice();
-    shared.socket.try_io(tokio::io::Interest::WRITABLE, || {
+    shared.socket.try_write(|socket| {
         sendmsg(
-            shared.socket.as_raw_fd(),
+            socket.as_raw_fd(),
             &iov,
             cmsgs,
             MsgFlags::empty(),
@@ -269,6 +272,7 @@ pub(super) fn send_blocked(shared: &Shared, st: &mut State) {
         match send_run(shared, run.to, &run.bytes, segment) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                st.endpoint.count_held_send();
                 st.blocked_tx.push_front(run);
                 return;
             }
@@ -311,10 +315,8 @@ pub(super) fn recv_batch(
         *b = IoSliceMut::new(slot);
     }
     let mut drained = 0;
-    match shared.socket.try_io(tokio::io::Interest::READABLE, || {
-        let n = shared
-            .udp
-            .recv((&shared.socket).into(), &mut bufs[..batch], metas)?;
+    match shared.socket.try_read(|socket| {
+        let n = shared.udp.recv(socket.into(), &mut bufs[..batch], metas)?;
         if n < batch {
             // Fewer than asked for: the queue is empty now. Saying "would block" clears the
             // readiness, which saves the syscall that would only learn so. A datagram that

@@ -5,12 +5,14 @@
 //! - [`types`]: settings, received messages, queue options, errors;
 //! - [`send`]: queueing messages (the one entry point and its options);
 //! - [`driver`]: the [`Driver`] future;
-//! - [`io`]: the socket and its system calls; [`batch`]: the pure decisions they follow.
+//! - [`io`]: the socket's system calls; [`batch`]: the pure decisions they follow;
+//!   [`socket`]: the socket as the reactor watches it (for reading; for room only when needed).
 
 mod batch;
 mod driver;
 mod io;
 mod send;
+mod socket;
 mod tally;
 mod types;
 
@@ -127,7 +129,7 @@ struct Shared {
     state: Mutex<State>,
     intercept: parking_lot::RwLock<Option<Hook>>,
     foreign: parking_lot::RwLock<Option<Foreign>>,
-    socket: UdpSocket,
+    socket: socket::Socket,
     /// Batched I/O (GSO for sends, GRO and `recvmmsg` for receives) where the OS has it.
     udp: quinn_udp::UdpSocketState,
     /// Wakes whoever waits for sends to progress (queue space, acknowledgements for close).
@@ -210,16 +212,17 @@ impl Transport {
         if config.endpoint.seed.is_none() {
             config.endpoint.seed(os_seed());
         }
-        if let Ok(granted) = socket2::SockRef::from(&socket).recv_buffer_size() {
+        let (socket, watch) = socket::Socket::new(socket)?;
+        if let Ok(granted) = socket2::SockRef::from(socket.raw()).recv_buffer_size() {
             let window = receive_window(granted, &config.endpoint);
             if window < config.endpoint.max_cwnd_bytes {
                 config.endpoint.max_cwnd_bytes(window);
             }
         }
         let endpoint = Endpoint::new(config.endpoint.clone(), StartTime::read())?;
-        let local_addr = socket.local_addr()?;
-        let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
-        quiet_ancillary_data(&socket, local_addr);
+        let local_addr = socket.raw().local_addr()?;
+        let udp = quinn_udp::UdpSocketState::new(socket.raw().into())?;
+        quiet_ancillary_data(socket.raw(), local_addr);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 endpoint,
@@ -259,6 +262,7 @@ impl Transport {
             batch: MIN_BATCH.min(slots),
             hooked: Vec::new(),
             back: Vec::new(),
+            watch,
         };
         Ok((
             Self {

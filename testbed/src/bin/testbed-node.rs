@@ -5,12 +5,12 @@
 //! ```text
 //! testbed-node --redis redis://10.99.0.250:6379 [--nic eth0 | --address IP] [--type T]
 //!              [--prefix P] [--value NAME=JSON]... [--peer-timeout-ms N] [--update-ms N]
-//!              [--request-timeout-ms N]
+//!              [--request-timeout-ms N] [--socket-buffer BYTES]
 //! ```
 //!
 //! Commands: `nodes`; `ask ADDR TIMEOUT_MS` (an echo request); `send ADDR COUNT SIZE`
-//! (reliable messages, up to 256 in flight); `received`; `big ADDR SIZE` (one message whose
-//! receiver checks every byte); `stats`; `fanout SIZE RELAY_LIMIT` (to every other node in the
+//! (reliable messages, up to 256 in flight); `received`; `big ADDR[,ADDR]... SIZE` (one message
+//! whose receivers check every byte, to each address at once); `stats`; `fanout SIZE RELAY_LIMIT` (to every other node in the
 //! view); `so-create MAX TTL_MS`, `so-get MID`, `so-inc MID DELTA COUNT`, `so-value MID`
 //! (shared objects with one number `n` within `0..=MAX`); `quit`.
 
@@ -173,6 +173,9 @@ async fn start(
             if let Some(t) = ms(args, "--request-timeout-ms") {
                 c.request_timeout = t;
             }
+            if let Some(b) = arg(args, "--socket-buffer").and_then(|b| b.parse().ok()) {
+                c.socket_buffer = b;
+            }
             c.max_message_size = 17 << 20;
             for (k, v) in values {
                 c.values.insert(k, v);
@@ -312,15 +315,19 @@ async fn command(
                    "big_ok": r.big_ok, "big_bad": r.big_bad})
         }
         "big" => {
-            let Some(to) = words.get(1).and_then(|a| key(a)) else {
-                return err("big ADDR SIZE");
+            let to: Option<Vec<NodeKey>> = words
+                .get(1)
+                .map(|list| list.split(',').map(key).collect())
+                .unwrap_or_default();
+            let Some(to) = to.filter(|t| !t.is_empty()) else {
+                return err("big ADDR[,ADDR]... SIZE");
             };
             let size = (num(2) as usize).max(8);
             let mut p: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
             let h = fnv(&p[8..]);
             p[..8].copy_from_slice(&h.to_le_bytes());
             match node
-                .send_bytes(BIG, [to], Bytes::from(p), SendOptions::default())
+                .send_bytes(BIG, to, Bytes::from(p), SendOptions::default())
                 .await
             {
                 Ok(r) if r.is_ok() => json!({"ok": true}),
@@ -339,7 +346,8 @@ async fn command(
                 .collect();
             json!({"retransmitted": t.retransmitted, "datagrams_sent": t.datagrams_sent,
                    "datagrams_received": t.datagrams_received, "duplicates": t.duplicates,
-                   "messages_failed": t.messages_failed, "peers": t.peers, "mtu": mtu})
+                   "messages_failed": t.messages_failed, "peers": t.peers,
+                   "sends_held": t.sends_held, "mtu": mtu})
         }
         "fanout" => {
             let size = (num(1) as usize).max(16);
