@@ -18,55 +18,78 @@ impl<'a> Reader<'a> {
     }
 
     /// Bytes consumed so far.
+    #[inline]
     pub(crate) fn position(&self) -> usize {
         self.pos
     }
 
+    #[inline]
     pub(crate) fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
 
+    #[inline(always)]
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.remaining() < n {
-            return Err(DecodeError::Truncated {
-                offset: self.pos,
-                needed: n - self.remaining(),
-            });
-        }
-        let out = &self.bytes[self.pos..self.pos + n];
+        let Some(out) = self.bytes.get(self.pos..).and_then(|rest| rest.get(..n)) else {
+            return Err(self.truncated(n));
+        };
         self.pos += n;
         Ok(out)
     }
 
+    /// The error of a read of `n` bytes past the end (out of line: the hot path is the read).
+    #[cold]
+    #[inline(never)]
+    fn truncated(&self, n: usize) -> DecodeError {
+        DecodeError::Truncated {
+            offset: self.pos,
+            needed: n - self.remaining(),
+        }
+    }
+
     /// The rest of the input, consuming it.
+    #[inline]
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         let out = &self.bytes[self.pos..];
         self.pos = self.bytes.len();
         out
     }
 
+    #[inline(always)]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
+        let Some(Ok(out)) = self
+            .bytes
+            .get(self.pos..)
+            .and_then(|rest| rest.get(..N))
+            .map(<[u8; N]>::try_from)
+        else {
+            return Err(self.truncated(N));
+        };
+        self.pos += N;
         Ok(out)
     }
 
+    #[inline(always)]
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])
     }
 
+    #[inline(always)]
     pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.array()?))
     }
 
+    #[inline(always)]
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
 
+    #[inline(always)]
     pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array()?))
     }

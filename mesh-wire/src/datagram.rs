@@ -55,8 +55,16 @@ impl Header {
     }
 }
 
+/// A fresh CRC-32 state: copied from one made once (making one looks up the CPU's features
+/// each time).
+fn hasher() -> crc32fast::Hasher {
+    static FRESH: std::sync::LazyLock<crc32fast::Hasher> =
+        std::sync::LazyLock::new(crc32fast::Hasher::new);
+    FRESH.clone()
+}
+
 fn checksum(datagram: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
+    let mut h = hasher();
     h.update(&datagram[..CRC_OFFSET]);
     h.update(&datagram[HEADER_LEN..]);
     h.finalize()
@@ -252,7 +260,7 @@ impl<'b> DatagramWriter<'b> {
         debug_assert_eq!(self.detached, payload.len(), "not the detached payload");
         let head = &mut self.out[self.start..];
         if head[FLAGS_OFFSET] & FLAG_NO_CHECKSUM == 0 {
-            let mut h = crc32fast::Hasher::new();
+            let mut h = hasher();
             h.update(&head[..CRC_OFFSET]);
             h.update(&head[HEADER_LEN..]);
             h.update(payload);
