@@ -266,6 +266,7 @@ pub(crate) fn rtt(args: &Args, placements: &[Placement], extra: &[String]) -> Ve
         for p in &mut pairs {
             let _ = p.run("rtt 200"); // warm up
         }
+        let mut ping = PingCli::start(args, placement);
         for _ in 0..args.rounds {
             for (p, t) in pairs.iter_mut().zip(&mut tallies) {
                 let (line, cpu) = p.run(&format!("rtt {}", slice.as_millis()));
@@ -275,6 +276,9 @@ pub(crate) fn rtt(args: &Args, placements: &[Placement], extra: &[String]) -> Ve
                 t.latencies.extend(l);
                 t.cpu_ns += cpu;
             }
+            if let Some(p) = ping.as_mut() {
+                p.round();
+            }
         }
         let scenario = format!("rtt {}", placement.label());
         let mut group: Vec<Row> = RTT
@@ -283,7 +287,7 @@ pub(crate) fn rtt(args: &Args, placements: &[Placement], extra: &[String]) -> Ve
             .map(|((_, name), t)| t.row(&scenario, name))
             .collect();
         drop(pairs);
-        if let Some(row) = ping_cli(args, placement, &scenario) {
+        if let Some(row) = ping.and_then(|p| p.finish(&scenario)) {
             group.insert(1, row);
         }
         crate::report::ratios(&mut group);
@@ -447,47 +451,89 @@ struct PingRun {
 
 /// `mesh-link ping --interval 0` against a `mesh-link node`, both the real command-line tool
 /// as a user runs them: the median over the rounds of each run's percentiles, and the CPU
-/// time of both processes per ping.
-fn ping_cli(args: &Args, placement: &Placement, scenario: &str) -> Option<Row> {
-    if placement.netns.is_some() {
-        // The node and ping run on loopback; across namespaces the mesh-link request row
-        // stands for them.
-        return None;
-    }
-    let Some(bin) = mesh_link_binary() else {
-        eprintln!(
-            "mesh-link ping row skipped: build the tool first (cargo build --release -p \
-             mesh-link --features cli)"
-        );
-        return None;
-    };
-    let pinned = |c: &mut Command| {
-        if placement.one_cpu {
-            let mut t = Command::new("taskset");
-            t.args(["-c", "0"]).arg(&bin);
-            *c = t;
+/// time of both processes per ping. Its rounds run between the other contenders' (see
+/// [`rtt`]), so that its ratios to them come from the same minutes.
+struct PingCli {
+    bin: std::path::PathBuf,
+    one_cpu: bool,
+    port: u16,
+    server: Child,
+    /// Pings per round.
+    count: u64,
+    rounds: Vec<PingRun>,
+}
+
+impl PingCli {
+    /// Starts the node and warms it up; `None` (said why) when the tool is not built, the
+    /// placement is across namespaces, or the node does not answer.
+    fn start(args: &Args, placement: &Placement) -> Option<Self> {
+        if placement.netns.is_some() {
+            // The node and ping run on loopback; across namespaces the mesh-link request row
+            // stands for them.
+            return None;
         }
-    };
-    let port = mesh_discovery::testing::free_port();
-    let mut server = Command::new(&bin);
-    pinned(&mut server);
-    let mut server = server
-        .args(["node", "--bind", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let server_pid = server.id();
-    let run = |count: u64| -> Option<PingRun> {
-        let mut c = Command::new(&bin);
-        pinned(&mut c);
-        let before = cpu_ns(server_pid);
-        let out = c
-            .args(["ping", "127.0.0.1", &port.to_string(), "--interval", "0"])
+        let Some(bin) = mesh_link_binary() else {
+            eprintln!(
+                "mesh-link ping row skipped: build the tool first (cargo build --release -p \
+                 mesh-link --features cli)"
+            );
+            return None;
+        };
+        let port = mesh_discovery::testing::free_port();
+        let one_cpu = placement.one_cpu;
+        let server = Self::command(&bin, one_cpu)
+            .args(["node", "--bind", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let cli = Self {
+            bin,
+            one_cpu,
+            port,
+            server,
+            count: (slice(args, RTT.len() + 1).as_micros() / 40).max(1000) as u64,
+            rounds: Vec::new(),
+        };
+        // Until the node answers (it registers on its in-memory registry first).
+        let ready = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            cli.ping(1).is_some()
+        });
+        if !ready {
+            eprintln!("mesh-link ping row skipped: the node did not answer");
+            return None;
+        }
+        let _ = cli.ping(2000); // warm up
+        Some(cli)
+    }
+
+    /// The tool, pinned to CPU 0 on the one-CPU placement.
+    fn command(bin: &std::path::Path, one_cpu: bool) -> Command {
+        if one_cpu {
+            let mut t = Command::new("taskset");
+            t.args(["-c", "0"]).arg(bin);
+            t
+        } else {
+            Command::new(bin)
+        }
+    }
+
+    /// One run of `count` pings.
+    fn ping(&self, count: u64) -> Option<PingRun> {
+        let before = cpu_ns(self.server.id());
+        let out = Self::command(&self.bin, self.one_cpu)
+            .args([
+                "ping",
+                "127.0.0.1",
+                &self.port.to_string(),
+                "--interval",
+                "0",
+            ])
             .args(["--quiet", "--count", &count.to_string()])
             .output()
             .ok()?;
-        let server_ns = cpu_ns(server_pid) - before;
+        let server_ns = cpu_ns(self.server.id()) - before;
         let text = String::from_utf8_lossy(&out.stdout);
         // "N answers of N, p50 X µs, p90 Y µs, p99 Z µs, CPU per ping W µs"
         let nums: Vec<f64> = text
@@ -502,40 +548,43 @@ fn ping_cli(args: &Args, placement: &Placement, scenario: &str) -> Option<Row> {
             percentiles: [p50, p90, p99],
             cpu_us: cpu + server_ns as f64 / 1e3 / n,
         })
-    };
-    // Until the node answers (it registers on its in-memory registry first).
-    let ready = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        run(1).is_some()
-    });
-    let mut rounds = Vec::new();
-    if ready {
-        let _ = run(2000); // warm up
-        let count = (slice(args, RTT.len() + 1).as_micros() / 40).max(1000) as u64;
-        for _ in 0..args.rounds {
-            if let Some(r) = run(count) {
-                rounds.push(r);
-            }
+    }
+
+    /// One measured round.
+    fn round(&mut self) {
+        if let Some(r) = self.ping(self.count) {
+            self.rounds.push(r);
         }
     }
-    let _ = server.kill();
-    let _ = server.wait();
-    if rounds.is_empty() {
-        eprintln!("mesh-link ping row skipped: the node did not answer");
-        return None;
+
+    /// The row, if any round answered (the node stops when `self` drops).
+    fn finish(self, scenario: &str) -> Option<Row> {
+        if self.rounds.is_empty() {
+            eprintln!("mesh-link ping row skipped: the node did not answer");
+            return None;
+        }
+        let rounds = &self.rounds;
+        let median = |f: fn(&PingRun) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mut row = Row::new(scenario, "mesh-link ping CLI (--interval 0)");
+        row.p50_us = Some(median(|r| r.percentiles[0]));
+        row.p90_us = Some(median(|r| r.percentiles[1]));
+        row.p99_us = Some(median(|r| r.percentiles[2]));
+        row.cpu_us_per_op = Some(median(|r| r.cpu_us));
+        row.samples = rounds.len();
+        Some(row)
     }
-    let median = |f: fn(&PingRun) -> f64| {
-        let mut v: Vec<f64> = rounds.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let mut row = Row::new(scenario, "mesh-link ping CLI (--interval 0)");
-    row.p50_us = Some(median(|r| r.percentiles[0]));
-    row.p90_us = Some(median(|r| r.percentiles[1]));
-    row.p99_us = Some(median(|r| r.percentiles[2]));
-    row.cpu_us_per_op = Some(median(|r| r.cpu_us));
-    row.samples = rounds.len();
-    Some(row)
+}
+
+impl Drop for PingCli {
+    fn drop(&mut self) {
+        // Ours, by its pid (through the handle).
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
 }
 
 /// What node-compare runs: mesh-link as two processes (unpinned, loopback, as the Node
