@@ -62,15 +62,8 @@ impl<'a> Reader<'a> {
 
     #[inline(always)]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let Some(Ok(out)) = self
-            .bytes
-            .get(self.pos..)
-            .and_then(|rest| rest.get(..N))
-            .map(<[u8; N]>::try_from)
-        else {
-            return Err(self.truncated(N));
-        };
-        self.pos += N;
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
 

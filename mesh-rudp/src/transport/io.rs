@@ -5,7 +5,6 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -41,15 +40,15 @@ pub(super) fn receive_window(granted: usize, config: &EndpointConfig) -> usize {
     (granted / 4 * 3).max(4 * largest)
 }
 
-pub(super) fn new_socket(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+pub(super) fn new_socket(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // The kernel caps these; asking for more is harmless.
     let _ = socket.set_recv_buffer_size(buffer);
     let _ = socket.set_send_buffer_size(buffer);
-    socket.set_nonblocking(true)?;
+    // Nonblocking: set where every socket the transport takes is registered.
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// quinn-udp asks the kernel for a receive timestamp, the TOS byte and the destination address

@@ -184,7 +184,7 @@ impl Transport {
     /// tokio runtime.
     pub async fn bind(addr: SocketAddr, config: TransportConfig) -> Result<Self, TransportError> {
         let socket = new_socket(addr, config.socket_buffer)?;
-        Self::with_socket(socket, config)
+        Self::build(socket, config).map(Self::spawn_driver)
     }
 
     /// Binds a socket on `addr` (port 0 for any) and returns its [`Driver`] for the caller to
@@ -194,19 +194,30 @@ impl Transport {
         config: TransportConfig,
     ) -> Result<(Self, Driver), TransportError> {
         let socket = new_socket(addr, config.socket_buffer)?;
-        Self::with_socket_and_driver(socket, config)
+        Self::build(socket, config)
     }
 
     /// Wraps an already bound socket and spawns its driver task.
     pub fn with_socket(socket: UdpSocket, config: TransportConfig) -> Result<Self, TransportError> {
-        let (t, driver) = Self::with_socket_and_driver(socket, config)?;
-        *t.driver.lock() = Some(tokio::spawn(driver.run()));
-        Ok(t)
+        Self::with_socket_and_driver(socket, config).map(Self::spawn_driver)
     }
 
     /// Wraps an already bound socket and returns its [`Driver`] for the caller to poll.
     pub fn with_socket_and_driver(
         socket: UdpSocket,
+        config: TransportConfig,
+    ) -> Result<(Self, Driver), TransportError> {
+        // Taken out of tokio's registration: the transport registers it its own way.
+        Self::build(socket.into_std()?, config)
+    }
+
+    fn spawn_driver((t, driver): (Self, Driver)) -> Self {
+        *t.driver.lock() = Some(tokio::spawn(driver.run()));
+        t
+    }
+
+    fn build(
+        socket: std::net::UdpSocket,
         mut config: TransportConfig,
     ) -> Result<(Self, Driver), TransportError> {
         if config.endpoint.seed.is_none() {

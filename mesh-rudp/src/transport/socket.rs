@@ -36,13 +36,12 @@ pub(super) struct Socket {
 }
 
 impl Socket {
-    /// Takes over a bound socket from tokio (it must be in a runtime), and makes the driver's
-    /// watch for room.
-    pub(super) fn new(socket: tokio::net::UdpSocket) -> io::Result<(Self, WriteWatch)> {
+    /// Registers a bound socket (it must be in a runtime), and makes the driver's watch for
+    /// room.
+    pub(super) fn new(socket: std::net::UdpSocket) -> io::Result<(Self, WriteWatch)> {
+        socket.set_nonblocking(true)?;
         #[cfg(unix)]
         {
-            let socket = socket.into_std()?;
-            socket.set_nonblocking(true)?;
             // Made now, so that a process out of descriptors fails at bind, not while output
             // waits.
             let spare = socket.try_clone()?;
@@ -56,7 +55,8 @@ impl Socket {
         }
         #[cfg(not(unix))]
         {
-            Ok((Self { fd: socket }, WriteWatch {}))
+            let fd = tokio::net::UdpSocket::from_std(socket)?;
+            Ok((Self { fd }, WriteWatch {}))
         }
     }
 
@@ -144,29 +144,29 @@ impl WriteWatch {
     pub(super) fn poll_writable(&mut self, socket: &Socket, cx: &mut Context<'_>) -> Poll<()> {
         #[cfg(unix)]
         {
-            if self.armed.is_none() {
-                let spare = match self.spare.take() {
-                    Some(s) => Ok(s),
-                    // A failed arming lost it: another duplicate.
-                    None => socket.raw().try_clone(),
-                };
-                match spare.and_then(|s| register(s, Interest::WRITABLE)) {
-                    Ok(fd) => {
-                        self.armed = Some(fd);
-                        self.failing = false;
-                    }
-                    Err(e) => {
-                        if !self.failing {
-                            warn!(error = %e, "cannot watch the socket for room: sending again without waiting");
+            let fd = match &mut self.armed {
+                Some(fd) => fd,
+                armed @ None => {
+                    let spare = match self.spare.take() {
+                        Some(s) => Ok(s),
+                        // A failed arming lost it: another duplicate.
+                        None => socket.raw().try_clone(),
+                    };
+                    match spare.and_then(|s| register(s, Interest::WRITABLE)) {
+                        Ok(fd) => {
+                            self.failing = false;
+                            armed.insert(fd)
                         }
-                        self.failing = true;
-                        // As a socket watched both ways would, when it cannot tell: try.
-                        return Poll::Ready(());
+                        Err(e) => {
+                            if !self.failing {
+                                warn!(error = %e, "cannot watch the socket for room: sending again without waiting");
+                            }
+                            self.failing = true;
+                            // As a socket watched both ways would, when it cannot tell: try.
+                            return Poll::Ready(());
+                        }
                     }
                 }
-            }
-            let Some(fd) = &self.armed else {
-                return Poll::Ready(());
             };
             match fd.poll_write_ready(cx) {
                 Poll::Ready(Ok(mut guard)) => {
