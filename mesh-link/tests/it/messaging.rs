@@ -810,3 +810,52 @@ async fn an_outbox_reports_each_message_once_with_its_index() {
     let _ = a.stop().await;
     let _ = b.stop().await;
 }
+
+/// A handler whose runs sometimes finish at once and sometimes wait (its allocation kept for
+/// the next run in the first case, handed to the waiting run in the second) answers every
+/// request with its own answer, in sequence and with many in flight, and keeps serving after
+/// a run that panicked or was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_finish_at_once_or_wait_answer_every_request_right() {
+    let (_r, a, _am, b, _bm) = pair().await;
+    let bk = b.local_key();
+    b.on_request(21, |n: u64, _c| async move {
+        if n % 3 == 1 {
+            tokio::task::yield_now().await;
+        }
+        if n % 3 == 2 && n.is_multiple_of(7) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if n == 500 {
+            panic!("the five hundredth");
+        }
+        Ok::<_, HandlerError>(n * 3 + 1)
+    })
+    .unwrap();
+    for n in 0..300u64 {
+        let got: u64 = a.request(21, bk, &n).await.unwrap();
+        assert_eq!(got, n * 3 + 1, "request {n}");
+    }
+    let many = (300..700u64).map(|n| {
+        let a = a.clone();
+        async move { (n, a.request::<_, u64>(21, bk, &n).await) }
+    });
+    for (n, r) in futures_util::future::join_all(many).await {
+        match (n, r) {
+            (500, Err(RequestError::Handler { message, .. })) => {
+                assert!(message.contains("panicked"), "{message}")
+            }
+            (n, r) => assert_eq!(r.unwrap(), n * 3 + 1, "request {n}"),
+        }
+    }
+    // Refused (undecodable), then served again.
+    let e = a
+        .request::<_, u64>(21, bk, &"not a number")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RequestError::BadRequest { .. }), "{e:?}");
+    let got: u64 = a.request(21, bk, &7u64).await.unwrap();
+    assert_eq!(got, 22);
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+}
