@@ -107,6 +107,7 @@ impl<Fut: Future<Output = Outcome>> Future for Slot<Fut> {
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
         match self.get_mut().0.as_mut().as_pin_mut() {
             Some(run) => run.poll(cx),
+            // Never: a slot waits only with the run it started, and is dropped when done.
             None => Poll::Pending,
         }
     }
