@@ -1,5 +1,6 @@
 //! Pure decisions of the driver's I/O, kept apart so they can be tested without a socket:
-//! how outgoing datagrams are grouped into GSO runs, and how many slots a read asks for.
+//! how outgoing datagrams are grouped into GSO runs and `sendmmsg` calls, and how many slots a
+//! read asks for.
 
 use std::net::SocketAddr;
 
@@ -35,6 +36,32 @@ pub(super) fn run_end(
         }
     }
     (end, len)
+}
+
+/// Most datagrams of one `sendmmsg`: the kernel's own limit (`UIO_MAXIOV`).
+pub(super) const MAX_MMSG: usize = 1024;
+
+/// The end (exclusive) of the datagrams from `start` in `meta` that are each a run of their
+/// own (see [`run_end`]; one that starts a longer run ends them), at most [`MAX_MMSG`], and
+/// the sum of their `heads`: lone datagrams, most to different destinations, that one
+/// `sendmmsg` can carry.
+pub(super) fn lone_end(
+    meta: &[(SocketAddr, usize)],
+    heads: &[usize],
+    start: usize,
+    max_segments: usize,
+    max_bytes: usize,
+) -> (usize, usize) {
+    let mut end = start;
+    let mut bytes = 0;
+    while end < meta.len() && end - start < MAX_MMSG {
+        if run_end(meta, end, max_segments, max_bytes).0 > end + 1 {
+            break;
+        }
+        bytes += heads[end];
+        end += 1;
+    }
+    (end, bytes)
 }
 
 /// How many slots the next read asks for, after one that filled `n` slots with `bytes`:
@@ -120,6 +147,41 @@ mod tests {
             runs(&[(a, 10), (a, 10)], 1, 65_000),
             vec![(0, 1, 10), (1, 2, 10)]
         );
+    }
+
+    #[test]
+    fn lone_datagrams_are_gathered_until_one_starts_a_run() {
+        let (a, b, c) = (at(1), at(2), at(3));
+        // A probe to each of three peers, then two equal datagrams to one (a GSO run), then
+        // lone ones again.
+        let meta = [
+            (a, 40),
+            (b, 40),
+            (c, 40),
+            (a, 1200),
+            (a, 1200),
+            (b, 300),
+            (c, 900),
+        ];
+        let heads = [40, 40, 40, 30, 30, 300, 20];
+        assert_eq!(lone_end(&meta, &heads, 0, 64, 65_000), (3, 120));
+        assert_eq!(
+            lone_end(&meta, &heads, 3, 64, 65_000),
+            (3, 0),
+            "a run starts here"
+        );
+        assert_eq!(lone_end(&meta, &heads, 4, 64, 65_000), (7, 350));
+        // Two datagrams to one destination, the second longer: each its own run, so both go.
+        assert_eq!(
+            lone_end(&[(a, 500), (a, 1200)], &[500, 1200], 0, 64, 65_000),
+            (2, 1700)
+        );
+        // GSO off (one segment a run): every datagram is lone.
+        assert_eq!(lone_end(&meta, &heads, 0, 1, 65_000), (7, 500));
+        // At most MAX_MMSG at a time.
+        let many = vec![(a, 10); MAX_MMSG + 5];
+        let h = vec![10; MAX_MMSG + 5];
+        assert_eq!(lone_end(&many, &h, 0, 1, 65_000), (MAX_MMSG, 10 * MAX_MMSG));
     }
 
     #[test]

@@ -127,20 +127,33 @@ pub(super) fn transmit(shared: &Shared, st: &mut State, now: Option<std::time::I
             let (to, segment) = out_meta[i];
             let (j, len) = batch::run_end(out_meta, i, max_segments, MAX_GSO_BYTES);
             let heads: usize = out_heads[i..j].iter().sum();
+            if MMSG && j == i + 1 && blocked_tx.is_empty() {
+                // Lone datagrams to several destinations (probes, acknowledgements, a
+                // fan-out): one `sendmmsg` for all that follow one another.
+                let (end, bytes) =
+                    batch::lone_end(out_meta, out_heads, i, max_segments, MAX_GSO_BYTES);
+                if end > i + 1 {
+                    let lone = Batch {
+                        meta: &out_meta[i..end],
+                        heads: &out_heads[i..end],
+                        tails: &out_tails[i..end],
+                        bytes: &out[offset..offset + bytes],
+                    };
+                    send_lone(shared, endpoint, blocked_tx, &lone, now);
+                    offset += bytes;
+                    i = end;
+                    continue;
+                }
+            }
             let gathered = out_tails[i..j].iter().any(Option::is_some);
             let gso = (j - i > 1).then_some(segment);
             let contiguous = || {
-                if !gathered {
-                    return out[offset..offset + len].to_vec();
-                }
-                let mut v = Vec::with_capacity(len);
-                let mut at = offset;
-                for (head, tail) in out_heads[i..j].iter().zip(&out_tails[i..j]) {
-                    v.extend_from_slice(&out[at..at + head]);
-                    v.extend_from_slice(tail.as_deref().unwrap_or_default());
-                    at += head;
-                }
-                v
+                contiguous(
+                    &out[offset..offset + heads],
+                    &out_heads[i..j],
+                    &out_tails[i..j],
+                    len,
+                )
             };
             if blocked_tx.is_empty() {
                 let sent = if gathered {
@@ -180,6 +193,146 @@ pub(super) fn transmit(shared: &Shared, st: &mut State, now: Option<std::time::I
             i = j;
         }
     }
+}
+
+/// The datagrams of a batch, each `heads[k]` bytes of `bytes` (in order) followed by
+/// `tails[k]`.
+struct Batch<'a> {
+    meta: &'a [(SocketAddr, usize)],
+    heads: &'a [usize],
+    tails: &'a [Option<Bytes>],
+    bytes: &'a [u8],
+}
+
+/// One copy of datagrams whose heads are `bytes` (in order) and tails `tails`: what a socket
+/// that would block holds.
+fn contiguous(bytes: &[u8], heads: &[usize], tails: &[Option<Bytes>], len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    let mut at = 0;
+    for (head, tail) in heads.iter().zip(tails) {
+        v.extend_from_slice(&bytes[at..at + head]);
+        v.extend_from_slice(tail.as_deref().unwrap_or_default());
+        at += head;
+    }
+    v
+}
+
+/// Whether runs of lone datagrams are sent with one `sendmmsg` (Linux).
+const MMSG: bool = cfg!(target_os = "linux");
+
+/// Sends lone datagrams, each to its own destination, with as few `sendmmsg` calls as the
+/// socket takes them in. A datagram the socket refuses is handled as a lone send's error
+/// would be; one it would block on is held with every one after it.
+#[cfg(target_os = "linux")]
+fn send_lone(
+    shared: &Shared,
+    endpoint: &mut crate::Endpoint,
+    blocked_tx: &mut std::collections::VecDeque<Run>,
+    batch: &Batch<'_>,
+    now: std::time::Instant,
+) {
+    use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let n = batch.meta.len();
+    let mut starts = Vec::with_capacity(n + 1);
+    let mut at = 0;
+    for &head in batch.heads {
+        starts.push(at);
+        at += head;
+    }
+    starts.push(at);
+    let iovs: Vec<[IoSlice<'_>; 2]> = (0..n)
+        .map(|k| {
+            [
+                IoSlice::new(&batch.bytes[starts[k]..starts[k + 1]]),
+                IoSlice::new(batch.tails[k].as_deref().unwrap_or_default()),
+            ]
+        })
+        .collect();
+    let addrs: Vec<Option<SockaddrStorage>> = batch
+        .meta
+        .iter()
+        .map(|&(to, _)| Some(SockaddrStorage::from(to)))
+        .collect();
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n, None);
+    let mut k = 0;
+    // Each call sends at least one datagram or settles the first one's fate.
+    while k < n {
+        let sent = shared.socket.try_write(|socket| {
+            sendmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                &iovs[k..],
+                &addrs[k..],
+                [],
+                MsgFlags::empty(),
+            )
+            .map(|r| r.count())
+            .map_err(io::Error::from)
+        });
+        let (to, size) = batch.meta[k];
+        match sent {
+            Ok(0) => {
+                // Never from Linux for a nonempty batch; held rather than looped on.
+                hold(endpoint, blocked_tx, batch, &starts, k);
+                return;
+            }
+            Ok(m) => k += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                hold(endpoint, blocked_tx, batch, &starts, k);
+                return;
+            }
+            Err(e) => {
+                if too_large(&e) {
+                    endpoint.path_refused(now, to, size);
+                } else {
+                    // A send error is like a lost datagram: the protocol recovers or reports.
+                    debug!(%to, error = %e, "send failed");
+                }
+                k += 1;
+            }
+        }
+    }
+}
+
+/// Holds datagrams `from..` of `batch` for a socket that would block.
+#[cfg(target_os = "linux")]
+fn hold(
+    endpoint: &mut crate::Endpoint,
+    blocked_tx: &mut std::collections::VecDeque<Run>,
+    batch: &Batch<'_>,
+    starts: &[usize],
+    from: usize,
+) {
+    endpoint.count_held_send();
+    for k in from..batch.meta.len() {
+        if !blocked_tx.is_empty() && blocked_tx.len() >= MAX_BLOCKED_TX {
+            break;
+        }
+        let (to, size) = batch.meta[k];
+        blocked_tx.push_back(Run {
+            to,
+            bytes: contiguous(
+                &batch.bytes[starts[k]..starts[k + 1]],
+                &batch.heads[k..=k],
+                &batch.tails[k..=k],
+                size,
+            ),
+            segment: size,
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_lone(
+    _: &Shared,
+    _: &mut crate::Endpoint,
+    _: &mut std::collections::VecDeque<Run>,
+    _: &Batch<'_>,
+    _: std::time::Instant,
+) {
+    unreachable!("MMSG is off here")
 }
 
 /// Sends one datagram, or with `segment` a run of them as one GSO send. A lone datagram goes
