@@ -261,6 +261,7 @@ impl Driver {
             // Nothing more to do now: sleep until the socket, the timer or a command wakes us.
             let mut st = shared.state.lock();
             if received > 0 {
+                st.received_since_flush = true;
                 // What the datagrams just read owe (acknowledgements), without another turn
                 // (the socket is drained, and answers taken by the intercept hook are with
                 // their requesters already).

@@ -81,6 +81,8 @@ struct State {
     last_inline_flush: Option<std::time::Instant>,
     /// A send left its datagrams for the driver to flush (packed with those that follow).
     flush_wanted: bool,
+    /// Whether the driver read datagrams since a send last flushed from its own task.
+    received_since_flush: bool,
 }
 
 /// Who waits on a tracked message's outcome.
@@ -254,6 +256,7 @@ impl Transport {
                 hooked: Vec::new(),
                 last_inline_flush: None,
                 flush_wanted: false,
+                received_since_flush: false,
             }),
             intercept: parking_lot::RwLock::new(None),
             foreign: parking_lot::RwLock::new(None),

@@ -251,19 +251,36 @@ impl Drop for ProgressWait<'_> {
     }
 }
 
+/// How many times [`TransportConfig::cork`] a send still counts as part of a burst when
+/// nothing was received since the last send that flushed from its task (see
+/// [`flush_or_cork`]).
+const CORK_QUIET: u32 = 10;
+
 /// After a send: flushes from the caller's task, or corks (see [`TransportConfig::cork`]) and
-/// returns the
-/// driver's waker so that it flushes once the caller yields. Called with the lock held.
+/// returns the driver's waker so that it flushes once the caller yields. Called with the lock
+/// held.
+///
+/// A send is part of a burst, and corked, when it comes within `cork` of the last send that
+/// flushed from its task, or within `CORK_QUIET` times that when nothing arrived in between.
+/// A sender whose process shares a CPU with its receiver is preempted by the receiver each
+/// time it flushes, and comes back tens of microseconds later: with `cork` alone, every such
+/// return flushed again, a datagram or two at a time, each flush another preemption (one-way
+/// messages through an `Outbox`, both processes on one CPU: 1.57-1.84 µs of CPU per message
+/// against 0.90-1.13 with this rule). A request, or a send after an answer or an
+/// acknowledgement, follows something received and still goes at once.
 fn flush_or_cork(shared: &Shared, st: &mut State, now: std::time::Instant) -> Option<Waker> {
-    let burst = st
-        .last_inline_flush
-        .is_some_and(|t| now.saturating_duration_since(t) < shared.config.cork);
+    let cork = shared.config.cork;
+    let burst = st.last_inline_flush.is_some_and(|t| {
+        let since = now.saturating_duration_since(t);
+        since < cork || (!st.received_since_flush && since < cork.saturating_mul(CORK_QUIET))
+    });
     if burst {
         st.flush_wanted = true;
         pull_timer_earlier(st);
         return st.driver_waker.take();
     }
     flush(shared, st, Some(now));
+    st.received_since_flush = false;
     // Measured after the flush: a burst's sends follow one another closely only in between.
     st.last_inline_flush = Some(Instant::now().into_std());
     driver_to_wake(st)

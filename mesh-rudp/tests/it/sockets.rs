@@ -379,6 +379,70 @@ async fn a_burst_of_sends_is_packed_into_few_datagrams() {
     b.close().await;
 }
 
+/// A send more than `cork` after the last one that flushed goes out from the sending task
+/// at once when something arrived in between (an answer, an acknowledgement: a request loop),
+/// and is corked when nothing did and it is within ten times `cork` (a burst whose sender
+/// was away, preempted). Seen in `datagrams_sent`, which a flush from the sending task moves
+/// before `queue_now` returns; on a current-thread runtime the driver cannot run until the
+/// test yields. Long intervals (cork 500 ms) so that a slow machine cannot blur them.
+#[tokio::test]
+async fn a_send_after_something_arrived_goes_at_once_and_one_after_a_quiet_pause_is_corked() {
+    let mut config = TransportConfig::default();
+    config.cork = Duration::from_millis(500);
+    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let b = transport().await;
+    let to = b.local_addr();
+    let queue = |tag: u64| {
+        a.queue_now(to, &mut Some(payload(tag, 64).into()), Default::default())
+            .expect("room in an empty queue")
+            .expect("queued")
+            .expect("tracked")
+    };
+    let settled = |rx: mesh_rudp::Outcome| async move {
+        tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .expect("settled within 20 s")
+            .expect("an outcome")
+            .expect("delivered")
+    };
+    // The first send flushes from its task; its acknowledgement arrives while the test waits.
+    settled(queue(0)).await;
+    // A second later (twice `cork`), after the acknowledgement: at once. The thread sleeps
+    // without yielding, so nothing runs in between.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = a.stats().datagrams_sent;
+    let one = queue(1);
+    assert!(
+        a.stats().datagrams_sent > before,
+        "a send after an acknowledgement was held"
+    );
+    // A second after that, with nothing read since (the acknowledgement of 1 waits in the
+    // socket): corked, sent by the driver once the test yields.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = a.stats().datagrams_sent;
+    let two = queue(2);
+    assert_eq!(
+        a.stats().datagrams_sent,
+        before,
+        "a send after a quiet pause within ten corks went out from its task"
+    );
+    settled(one).await;
+    settled(two).await;
+    let mut tags = Vec::new();
+    while tags.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(20), b.recv())
+            .await
+            .expect("arrived within 20 s")
+            .expect("open");
+        tags.push(tag_of(&m.data));
+    }
+    assert_eq!(tags, vec![0, 1, 2]);
+    a.close().await;
+    b.close().await;
+}
+
 /// A message larger than the peer's whole send queue is refused as too large at once, not
 /// left waiting for room that can never come.
 #[tokio::test]
