@@ -216,6 +216,9 @@ impl Driver {
                 received += n;
                 read_unacked += bytes;
                 let mut st = shared.state.lock();
+                // Whatever it holds, a send that follows it is not mid-burst (see
+                // `flush_or_cork`): set before the messages are handed over and answered.
+                st.received_since_flush = true;
                 let now = stamp.take().unwrap_or_else(|| Instant::now().into_std());
                 for (meta, slot) in metas.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
                     let stride = meta.stride.max(1);
@@ -261,7 +264,6 @@ impl Driver {
             // Nothing more to do now: sleep until the socket, the timer or a command wakes us.
             let mut st = shared.state.lock();
             if received > 0 {
-                st.received_since_flush = true;
                 // What the datagrams just read owe (acknowledgements), without another turn
                 // (the socket is drained, and answers taken by the intercept hook are with
                 // their requesters already).

@@ -443,6 +443,56 @@ async fn a_send_after_something_arrived_goes_at_once_and_one_after_a_quiet_pause
     b.close().await;
 }
 
+/// An answer to a message just taken with `recv` goes out at once, however long ago its
+/// sender last flushed: the message counts as something received before it is handed over.
+/// Current-thread runtime and a 500 ms cork, as above.
+#[tokio::test]
+async fn an_answer_to_a_message_just_received_goes_at_once() {
+    let mut config = TransportConfig::default();
+    config.cork = Duration::from_millis(500);
+    let a = transport().await;
+    let b = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let (to_a, to_b) = (a.local_addr(), b.local_addr());
+    let queue = |from: &Transport, to, tag: u64| {
+        from.queue_now(to, &mut Some(payload(tag, 64).into()), Default::default())
+            .expect("room in an empty queue")
+            .expect("queued")
+            .expect("tracked")
+    };
+    let settled = |rx: mesh_rudp::Outcome| async move {
+        tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .expect("settled within 20 s")
+            .expect("an outcome")
+            .expect("delivered")
+    };
+    settled(queue(&b, to_a, 0)).await;
+    // A second later (after the acknowledgement): from its task; then nothing is read.
+    std::thread::sleep(Duration::from_secs(1));
+    let one = queue(&b, to_a, 1);
+    std::thread::sleep(Duration::from_secs(1));
+    // A second after b's last flush, a message comes and b answers it at once.
+    let request = queue(&a, to_b, 100);
+    let got = tokio::time::timeout(Duration::from_secs(20), b.recv())
+        .await
+        .expect("arrived within 20 s")
+        .expect("open");
+    assert_eq!(tag_of(&got.data), 100);
+    let before = b.stats().datagrams_sent;
+    let answer = queue(&b, to_a, 101);
+    assert!(
+        b.stats().datagrams_sent > before,
+        "an answer to a message just received was held for the driver"
+    );
+    for rx in [one, request, answer] {
+        settled(rx).await;
+    }
+    a.close().await;
+    b.close().await;
+}
+
 /// A message larger than the peer's whole send queue is refused as too large at once, not
 /// left waiting for room that can never come.
 #[tokio::test]
