@@ -379,6 +379,24 @@ async fn a_burst_of_sends_is_packed_into_few_datagrams() {
     b.close().await;
 }
 
+/// Queues a 64-byte message tagged `tag` with one attempt that must succeed (`queue_now`),
+/// and returns its outcome.
+fn queue_tagged(from: &Transport, to: SocketAddr, tag: u64) -> mesh_rudp::Outcome {
+    from.queue_now(to, &mut Some(payload(tag, 64).into()), Default::default())
+        .expect("room in an empty queue")
+        .expect("queued")
+        .expect("tracked")
+}
+
+/// Waits up to 20 s for an outcome, which must be a delivery.
+async fn settled(rx: mesh_rudp::Outcome) {
+    tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("settled within 20 s")
+        .expect("an outcome")
+        .expect("delivered")
+}
+
 /// A send more than `cork` after the last one that flushed goes out from the sending task
 /// at once when something arrived in between (an answer, an acknowledgement: a request loop),
 /// and is corked when nothing did and it is within ten times `cork` (a burst whose sender
@@ -394,19 +412,7 @@ async fn a_send_after_something_arrived_goes_at_once_and_one_after_a_quiet_pause
         .unwrap();
     let b = transport().await;
     let to = b.local_addr();
-    let queue = |tag: u64| {
-        a.queue_now(to, &mut Some(payload(tag, 64).into()), Default::default())
-            .expect("room in an empty queue")
-            .expect("queued")
-            .expect("tracked")
-    };
-    let settled = |rx: mesh_rudp::Outcome| async move {
-        tokio::time::timeout(Duration::from_secs(20), rx)
-            .await
-            .expect("settled within 20 s")
-            .expect("an outcome")
-            .expect("delivered")
-    };
+    let queue = |tag| queue_tagged(&a, to, tag);
     // The first send flushes from its task; its acknowledgement arrives while the test waits.
     settled(queue(0)).await;
     // A second later (twice `cork`), after the acknowledgement: at once. The thread sleeps
@@ -455,33 +461,20 @@ async fn an_answer_to_a_message_just_received_goes_at_once() {
         .await
         .unwrap();
     let (to_a, to_b) = (a.local_addr(), b.local_addr());
-    let queue = |from: &Transport, to, tag: u64| {
-        from.queue_now(to, &mut Some(payload(tag, 64).into()), Default::default())
-            .expect("room in an empty queue")
-            .expect("queued")
-            .expect("tracked")
-    };
-    let settled = |rx: mesh_rudp::Outcome| async move {
-        tokio::time::timeout(Duration::from_secs(20), rx)
-            .await
-            .expect("settled within 20 s")
-            .expect("an outcome")
-            .expect("delivered")
-    };
-    settled(queue(&b, to_a, 0)).await;
+    settled(queue_tagged(&b, to_a, 0)).await;
     // A second later (after the acknowledgement): from its task; then nothing is read.
     std::thread::sleep(Duration::from_secs(1));
-    let one = queue(&b, to_a, 1);
+    let one = queue_tagged(&b, to_a, 1);
     std::thread::sleep(Duration::from_secs(1));
     // A second after b's last flush, a message comes and b answers it at once.
-    let request = queue(&a, to_b, 100);
+    let request = queue_tagged(&a, to_b, 100);
     let got = tokio::time::timeout(Duration::from_secs(20), b.recv())
         .await
         .expect("arrived within 20 s")
         .expect("open");
     assert_eq!(tag_of(&got.data), 100);
     let before = b.stats().datagrams_sent;
-    let answer = queue(&b, to_a, 101);
+    let answer = queue_tagged(&b, to_a, 101);
     assert!(
         b.stats().datagrams_sent > before,
         "an answer to a message just received was held for the driver"
