@@ -12,7 +12,12 @@ use tokio::net::UdpSocket;
 use crate::util::{payload, tag_of};
 
 async fn transport() -> Transport {
-    Transport::bind("127.0.0.1:0".parse().unwrap(), TransportConfig::default())
+    transport_with(TransportConfig::default()).await
+}
+
+/// A transport on a free loopback port, with `config`.
+async fn transport_with(config: TransportConfig) -> Transport {
+    Transport::bind("127.0.0.1:0".parse().unwrap(), config)
         .await
         .unwrap()
 }
@@ -195,9 +200,7 @@ async fn through_a_chaos_relay_everything_arrives_exactly_once() {
 async fn raw_ping_is_answered_when_asked() {
     let mut config = TransportConfig::default();
     config.answer_raw_ping = true;
-    let t = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+    let t = transport_with(config).await;
     let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     probe.send_to(b"ping", t.local_addr()).await.unwrap();
     let mut buf = [0u8; 16];
@@ -213,9 +216,7 @@ async fn raw_ping_is_answered_when_asked() {
 async fn send_to_a_silent_address_fails_after_the_timeout() {
     let mut config = TransportConfig::default();
     config.endpoint.peer_timeout(Duration::from_millis(300));
-    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+    let a = transport_with(config).await;
     // A bound socket that never answers.
     let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let r = a.send(silent.local_addr().unwrap(), &b"anyone?"[..]).await;
@@ -235,9 +236,7 @@ async fn send_to_a_silent_address_fails_after_the_timeout() {
 async fn close_reports_what_was_not_delivered_and_fails_those_sends() {
     let mut config = TransportConfig::default();
     config.close_timeout = Duration::from_millis(200);
-    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+    let a = transport_with(config).await;
     let b = transport().await;
     // Delivered before the close: not in the report.
     a.send(b.local_addr(), payload(1, 100)).await.unwrap();
@@ -347,9 +346,7 @@ async fn a_lone_lost_datagram_is_retransmitted_by_the_timer() {
 async fn a_burst_of_sends_is_packed_into_few_datagrams() {
     let mut config = TransportConfig::default();
     config.cork = Duration::from_secs(30);
-    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+    let a = transport_with(config).await;
     let b = transport().await;
     let mut acks = Vec::new();
     for t in 0..100u64 {
@@ -407,9 +404,7 @@ async fn settled(rx: mesh_rudp::Outcome) {
 async fn a_send_after_something_arrived_goes_at_once_and_one_after_a_quiet_pause_is_corked() {
     let mut config = TransportConfig::default();
     config.cork = Duration::from_millis(500);
-    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+    let a = transport_with(config).await;
     let b = transport().await;
     let to = b.local_addr();
     let queue = |tag| queue_tagged(&a, to, tag);
@@ -457,9 +452,7 @@ async fn an_answer_to_a_message_just_received_goes_at_once() {
     let mut config = TransportConfig::default();
     config.cork = Duration::from_millis(500);
     let a = transport().await;
-    let b = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+    let b = transport_with(config).await;
     let (to_a, to_b) = (a.local_addr(), b.local_addr());
     settled(queue_tagged(&b, to_a, 0)).await;
     // A second later (after the acknowledgement): from its task; then nothing is read.
@@ -495,9 +488,7 @@ async fn a_message_larger_than_the_send_queue_is_refused_not_held() {
         .endpoint
         .max_message_size(1 << 20)
         .send_queue_per_peer(1 << 20);
-    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+    let a = transport_with(config).await;
     let b = transport().await;
     // The peer is known first, with its queue empty.
     a.send(b.local_addr(), &b"hello"[..]).await.unwrap();
@@ -528,9 +519,7 @@ async fn a_full_send_queue_waits_and_is_woken_by_acknowledgements() {
         .endpoint
         .max_message_size(512 << 10)
         .send_queue_per_peer(1 << 20);
-    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+    let a = transport_with(config).await;
     let b = transport().await;
     let to = b.local_addr();
     for i in 0..8u8 {
@@ -624,17 +613,13 @@ async fn one_message_to_each_of_many_peers_at_once() {
     // show as one (the message would still arrive, retransmitted).
     let rto = Duration::from_secs(5);
     let mut config = TransportConfig::default();
-    config.endpoint = config
+    config
         .endpoint
-        .clone()
         .initial_rto(rto)
         .min_rto(rto)
         .max_rto(rto)
-        .peer_timeout(Duration::from_secs(30))
-        .clone();
-    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+        .peer_timeout(Duration::from_secs(30));
+    let a = transport_with(config).await;
     let mut peers = Vec::new();
     for _ in 0..24 {
         peers.push(transport().await);
@@ -698,9 +683,7 @@ async fn a_tally_counts_each_message_once_through_loss_silence_and_close() {
     let mut config = TransportConfig::default();
     config.endpoint.peer_timeout(Duration::from_millis(500));
     config.close_timeout = Duration::from_millis(100);
-    let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+    let a = transport_with(config).await;
     let b = transport().await;
     let (via_for_a, via_for_b, relay) = chaos_relay(a.local_addr(), b.local_addr(), 10, 7).await;
     let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
