@@ -337,6 +337,20 @@ impl<'a> Datagram<'a> {
         key: Option<&ClusterKey>,
         loopback: bool,
     ) -> Result<Self, DecodeError> {
+        Self::open(bytes, key, loopback)?.check()
+    }
+
+    /// Checks everything [`decode_from`](Self::decode_from) checks but the frames: the header,
+    /// the checksum (or its absence, on loopback), the authentication, and that there is at
+    /// least one frame. The frames are then read once, by [`Opened::frames`], as the receiver
+    /// acts on them, instead of once to check them and again to use them; the first malformed
+    /// one ends the reading with its error, after the frames before it were read. A receiver
+    /// that must not act on any part of a malformed datagram calls [`Opened::check`] first.
+    pub fn open(
+        bytes: &'a [u8],
+        key: Option<&ClusterKey>,
+        loopback: bool,
+    ) -> Result<Opened<'a>, DecodeError> {
         let header = Self::decode_header(bytes)?;
         let stored = u32::from_le_bytes([
             bytes[CRC_OFFSET],
@@ -375,20 +389,14 @@ impl<'a> Datagram<'a> {
             }
             _ => return Err(DecodeError::Unauthenticated),
         };
-        let mut r = Reader::new(body);
-        let mut count = 0;
-        while !r.is_empty() {
-            Frame::read(&mut r)?;
-            count += 1;
-        }
-        if count == 0 {
+        if body.is_empty() {
             return Err(DecodeError::Empty);
         }
-        Ok(Self {
+        Ok(Opened {
             header,
             frames: body,
-            count,
             packet_number,
+            len: bytes.len(),
         })
     }
 
@@ -466,5 +474,85 @@ impl<'a> Iterator for Frames<'a> {
         }
         // Validated in Datagram::decode; an error here cannot happen, and would end iteration.
         Frame::read(&mut self.reader).ok()
+    }
+}
+
+/// A datagram whose header, checksum and authentication have been checked and whose frames
+/// have not been read yet: what [`Datagram::open`] returns. Its frames are read once, as they
+/// are used ([`frames`](Self::frames)), or all checked at once ([`check`](Self::check)).
+#[derive(Debug, Clone, Copy)]
+pub struct Opened<'a> {
+    header: Header,
+    frames: &'a [u8],
+    packet_number: Option<u64>,
+    len: usize,
+}
+
+impl<'a> Opened<'a> {
+    /// The header.
+    pub fn header(&self) -> Header {
+        self.header
+    }
+
+    /// The packet number of an authenticated datagram (see [`Datagram::packet_number`]).
+    pub fn packet_number(&self) -> Option<u64> {
+        self.packet_number
+    }
+
+    /// Bytes of the whole datagram.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: an opened datagram holds at least one byte of frames.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Reads the frames in order, each once: `Ok` for each well-formed frame, then, if one is
+    /// malformed, its error, and nothing after it.
+    pub fn frames(&self) -> FrameReader<'a> {
+        FrameReader {
+            reader: Reader::new(self.frames),
+        }
+    }
+
+    /// Reads every frame: the checked [`Datagram`] if all are well-formed (what
+    /// [`Datagram::decode_from`] returns), else the first one's error.
+    pub fn check(&self) -> Result<Datagram<'a>, DecodeError> {
+        let mut count = 0;
+        for frame in self.frames() {
+            frame?;
+            count += 1;
+        }
+        Ok(Datagram {
+            header: self.header,
+            frames: self.frames,
+            count,
+            packet_number: self.packet_number,
+        })
+    }
+}
+
+/// Iterator over the frames of an [`Opened`] datagram, read as it goes: ends after the first
+/// malformed frame's error.
+#[derive(Debug, Clone)]
+pub struct FrameReader<'a> {
+    reader: Reader<'a>,
+}
+
+impl<'a> Iterator for FrameReader<'a> {
+    type Item = Result<Frame<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.reader.is_empty() {
+            return None;
+        }
+        let frame = Frame::read(&mut self.reader);
+        if frame.is_err() {
+            // Nothing after a malformed frame can be found: it ends the reading.
+            self.reader = Reader::new(&[]);
+        }
+        Some(frame)
     }
 }

@@ -33,6 +33,37 @@ pub fn decode_datagram(data: &[u8]) {
         }
         assert_eq!(w.finish(), data, "re-encoding differs from the input");
     }
+    // Read once, as a receiver that acts on each frame reads them: the checked decode's frames
+    // when it passes, and when it refuses the datagram for a frame, that frame's error, last.
+    for loopback in [false, true] {
+        let checked = Datagram::decode_from(data, None, loopback);
+        match Datagram::open(data, None, loopback) {
+            Ok(opened) => {
+                assert_eq!(opened.len(), data.len());
+                let read: Vec<_> = opened.frames().collect();
+                match &checked {
+                    Ok(d) => {
+                        let frames: Vec<Frame<'_>> = d.frames().collect();
+                        let read: Vec<Frame<'_>> = read
+                            .into_iter()
+                            .map(|f| f.expect("a checked datagram's frames read"))
+                            .collect();
+                        assert_eq!(read, frames);
+                    }
+                    Err(e) => {
+                        let (last, before) = read.split_last().expect("refused for a frame");
+                        assert_eq!(last.as_ref().err(), Some(e), "the same error, last");
+                        assert!(before.iter().all(Result::is_ok));
+                    }
+                }
+                assert_eq!(
+                    opened.check().map(|d| d.frame_count()).ok(),
+                    checked.map(|d| d.frame_count()).ok()
+                );
+            }
+            Err(e) => assert_eq!(checked.err(), Some(e), "open refuses what decode refuses"),
+        }
+    }
     // The same bytes to a receiver with a cluster key: only a valid tag passes (the fuzzer
     // cannot forge one, but every rejection path runs), and what passes re-encodes exactly.
     let key = crate::ClusterKey::from_secret(b"fuzz");

@@ -61,8 +61,8 @@ pub mod fuzzing;
 
 pub use auth::{ClusterKey, AUTH_TRAILER_LEN, TAG_LEN};
 pub use datagram::{
-    reseal, Datagram, DatagramWriter, Frames, Header, FLAG_AUTH, FLAG_NO_CHECKSUM, HEADER_LEN,
-    MAGIC, MAX_DATAGRAM_LEN, VERSION,
+    reseal, Datagram, DatagramWriter, FrameReader, Frames, Header, Opened, FLAG_AUTH,
+    FLAG_NO_CHECKSUM, HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN, VERSION,
 };
 pub use envelope::{
     fingerprint, is_system_handler, Envelope, EnvelopeKind, ErrorBody, ErrorCode, SYSTEM_HANDLERS,

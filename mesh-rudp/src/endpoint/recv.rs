@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use mesh_wire::{Datagram, DecodeError, Frame, CLOSE_PROTOCOL_ERROR, CLOSE_UNKNOWN_SESSION};
+use mesh_wire::{
+    Datagram, DecodeError, Frame, FrameReader, CLOSE_PROTOCOL_ERROR, CLOSE_UNKNOWN_SESSION,
+};
 use tracing::{debug, trace, trace_span};
 
 use super::*;
@@ -15,15 +17,17 @@ use crate::types::{DownReason, Event};
 
 impl Endpoint {
     /// Takes one received datagram. Invalid input is counted in [`stats`](Self::stats) and
-    /// dropped before any peer state is created.
+    /// dropped before any peer state is created. The frames of a datagram of a known session
+    /// are read once, each acted on as it is read: one that turns out malformed part-way
+    /// (which only a faulty peer sends: its checksum and session ids were right) is acted on up
+    /// to that frame and counted as invalid.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         let now = self.tick(now);
         let _span = trace_span!("peer", peer = %from).entered();
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
-        let datagram =
-            match Datagram::decode_from(bytes, self.config.cluster_key.as_ref(), is_loopback(from))
-            {
+        let opened =
+            match Datagram::open(bytes, self.config.cluster_key.as_ref(), is_loopback(from)) {
                 Ok(d) => d,
                 Err(e @ (DecodeError::BadTag | DecodeError::Unauthenticated)) => {
                     trace!(%from, error = %e, "unauthenticated datagram");
@@ -36,12 +40,12 @@ impl Endpoint {
                     return;
                 }
             };
-        let h = datagram.header();
+        let h = opened.header();
         if h.src_session == 0 {
             self.stats.dropped_invalid += 1;
             return;
         }
-        let pn = datagram.packet_number();
+        let pn = opened.packet_number();
         // The common case, a datagram of the session we know (what the general path below
         // does for it, with one lookup of the peer instead of three).
         if let Some(p) = self.peers.get_mut(&from) {
@@ -51,10 +55,20 @@ impl Endpoint {
                     self.stats.dropped_replay += 1;
                     return;
                 }
-                self.process_frames(now, from, &datagram, bytes.len());
+                self.process_frames(now, from, opened.frames(), bytes.len());
                 return;
             }
         }
+        // Off the common path every frame is checked before anything is done: a malformed
+        // datagram creates no peer and ends no session.
+        let datagram = match opened.check() {
+            Ok(d) => d,
+            Err(e) => {
+                trace!(%from, error = %e, "invalid datagram");
+                self.stats.dropped_invalid += 1;
+                return;
+            }
+        };
         if let Some(pn) = pn {
             if !self.fresh(now, from, h.src_session, pn) {
                 trace!(%from, pn, "replayed datagram");
@@ -113,7 +127,7 @@ impl Endpoint {
                 p.replay.accept(pn);
             }
         }
-        self.process_frames(now, from, &datagram, bytes.len());
+        self.process_frames(now, from, opened.frames(), bytes.len());
     }
 
     /// A datagram named a session of ours that is gone: count it, and (unless it was itself a
@@ -159,7 +173,7 @@ impl Endpoint {
         true
     }
 
-    fn process_frames(&mut self, now: Tick, from: SocketAddr, d: &Datagram<'_>, len: usize) {
+    fn process_frames(&mut self, now: Tick, from: SocketAddr, frames: FrameReader<'_>, len: usize) {
         let mut out = std::mem::take(&mut self.recv_scratch);
         out.delivered.clear();
         out.charge = 0;
@@ -171,7 +185,15 @@ impl Endpoint {
             let p = self.peers.get_mut(&from).expect("caller ensured");
             p.last_recv = now;
             p.stats.bytes_received += len as u64;
-            for frame in d.frames() {
+            for frame in frames {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        trace!(%from, error = %e, "malformed frame");
+                        self.stats.dropped_invalid += 1;
+                        break;
+                    }
+                };
                 match frame {
                     Frame::Data(data) => {
                         let room = Room {

@@ -219,3 +219,118 @@ fn keyed_and_unkeyed_endpoints_do_not_talk() {
     assert!(sim.endpoint(b).stats().dropped_unauthenticated > 0);
     assert!(sim.take_events(b).is_empty());
 }
+
+/// A datagram for the session `h` names, holding `frames` and then `tail` (raw bytes), with
+/// a right checksum: what a faulty peer, or anyone who read the session ids, could send.
+fn crafted(h: mesh_wire::Header, frames: &[mesh_wire::Frame<'_>], tail: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let header = mesh_wire::Header::new(h.src_session, h.dst_session);
+    let mut w = mesh_wire::DatagramWriter::new(&mut buf, header, 1200);
+    for f in frames {
+        w.push(f).unwrap();
+    }
+    let mut out = w.finish().to_vec();
+    out.extend_from_slice(tail);
+    mesh_wire::reseal(&mut out);
+    out
+}
+
+/// An unknown frame type: the frame, and the datagram holding it, are malformed.
+const MALFORMED: &[u8] = &[0xEE, 1, 2, 3];
+
+/// The pongs in what `e` sends next.
+fn pongs_sent(e: &mut mesh_rudp::Endpoint, now: std::time::Instant) -> Vec<u64> {
+    let mut buf = Vec::new();
+    let mut tokens = Vec::new();
+    while let Some(t) = e.poll_transmit(now, &mut buf) {
+        let d = mesh_wire::Datagram::decode_from(&buf[..t.size], None, true).unwrap();
+        for f in d.frames() {
+            if let mesh_wire::Frame::Pong { token } = f {
+                tokens.push(token);
+            }
+        }
+    }
+    tokens
+}
+
+#[test]
+fn a_datagram_with_a_malformed_frame_from_a_new_sender_creates_no_peer() {
+    use mesh_rudp::Endpoint;
+    use mesh_wire::{Frame, Header};
+
+    let mut b = Endpoint::new(
+        EndpointConfig::default().seed(Some(2)).clone(),
+        StartTime::read(),
+    )
+    .unwrap();
+    let now = std::time::Instant::now();
+    // A new session (no destination id yet) whose first frame is well-formed.
+    let bytes = crafted(
+        Header::new(0x5eed, 0),
+        &[Frame::Ping { token: 7 }],
+        MALFORMED,
+    );
+    b.handle_datagram(now, attacker(1), &bytes);
+    let s = b.stats();
+    assert_eq!((s.peers, s.dropped_invalid), (0, 1), "{s:?}");
+    assert!(pongs_sent(&mut b, now).is_empty());
+    // The same without the malformed tail is a new peer, answered.
+    let bytes = crafted(Header::new(0x5eed, 0), &[Frame::Ping { token: 7 }], &[]);
+    b.handle_datagram(now, attacker(1), &bytes);
+    assert_eq!(b.stats().peers, 1);
+    assert_eq!(pongs_sent(&mut b, now), [7]);
+}
+
+#[test]
+fn a_malformed_frame_from_a_known_peer_ends_its_datagram_there() {
+    use mesh_rudp::Endpoint;
+    use mesh_wire::{Datagram, Frame};
+
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+    );
+    let config = |seed| EndpointConfig::default().seed(Some(seed)).clone();
+    let mut a = Endpoint::new(config(1), StartTime::read()).unwrap();
+    let mut b = Endpoint::new(config(2), StartTime::read()).unwrap();
+    let now = std::time::Instant::now();
+    // A session both ways: a message from a, answered by b, so a learns b's id.
+    a.send_reliable(now, b_addr, payload(1, 10), Delivery::Unordered)
+        .unwrap();
+    let mut buf = Vec::new();
+    let t = a.poll_transmit(now, &mut buf).unwrap();
+    b.handle_datagram(now, a_addr, &buf[..t.size]);
+    let t = b.poll_transmit(now, &mut buf).unwrap();
+    a.handle_datagram(now, b_addr, &buf[..t.size]);
+    a.send_reliable(now, b_addr, payload(2, 10), Delivery::Unordered)
+        .unwrap();
+    let t = a.poll_transmit(now, &mut buf).unwrap();
+    let h = Datagram::decode_from(&buf[..t.size], None, true)
+        .unwrap()
+        .header();
+    assert_ne!(h.dst_session, 0, "a knows b's id");
+    b.handle_datagram(now, a_addr, &buf[..t.size]);
+    while b.poll_event().is_some() {}
+    let _ = pongs_sent(&mut b, now);
+    let invalid = b.stats().dropped_invalid;
+
+    // Two pings, a malformed frame, then a ping after it.
+    let after = crafted(h, &[Frame::Ping { token: 3 }], &[]);
+    let body = &after[mesh_wire::HEADER_LEN..];
+    let mut tail = MALFORMED.to_vec();
+    tail.extend_from_slice(body);
+    let bytes = crafted(
+        h,
+        &[Frame::Ping { token: 1 }, Frame::Ping { token: 2 }],
+        &tail,
+    );
+    b.handle_datagram(now, a_addr, &bytes);
+    let s = b.stats();
+    assert_eq!(s.dropped_invalid, invalid + 1, "{s:?}");
+    assert_eq!(s.peers, 1, "the session goes on");
+    assert_eq!(
+        pongs_sent(&mut b, now),
+        [1, 2],
+        "acted on up to the malformed frame"
+    );
+}

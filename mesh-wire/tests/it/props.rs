@@ -362,6 +362,52 @@ fn specific_rejections_have_specific_errors() {
 }
 
 #[test]
+fn an_opened_datagram_reads_its_frames_until_a_malformed_one() {
+    let mut bytes = write(
+        Header::new(3, 4),
+        &[OwnedFrame::Ping(1), OwnedFrame::Pong(2)],
+    );
+    let clean = bytes.clone();
+    // An unknown frame type, then a well-formed frame that must not be read.
+    bytes.push(0xEE);
+    bytes.extend_from_slice(&clean[mesh_wire::HEADER_LEN..]);
+    mesh_wire::reseal(&mut bytes);
+    let refused = Datagram::decode(&bytes).unwrap_err();
+    assert_eq!(refused, DecodeError::UnknownFrame(0xEE));
+    let opened = Datagram::open(&bytes, None, false).unwrap();
+    let read: Vec<_> = opened.frames().collect();
+    assert_eq!(
+        read,
+        [
+            Ok(Frame::Ping { token: 1 }),
+            Ok(Frame::Pong { token: 2 }),
+            Err(DecodeError::UnknownFrame(0xEE)),
+        ]
+    );
+    assert_eq!(opened.check().unwrap_err(), refused);
+    // Well-formed: the same frames as the checked decode, which `check` returns.
+    let opened = Datagram::open(&clean, None, false).unwrap();
+    let read: Vec<Frame<'_>> = opened.frames().map(Result::unwrap).collect();
+    let checked = opened.check().unwrap();
+    assert_eq!(read, checked.frames().collect::<Vec<_>>());
+    assert_eq!(checked.frame_count(), 2);
+    // What the checked decode refuses before the frames, open refuses the same way.
+    let mut noisy = clean.clone();
+    noisy[mesh_wire::HEADER_LEN] ^= 0x40;
+    assert_eq!(
+        Datagram::open(&noisy, None, false).unwrap_err(),
+        DecodeError::Checksum
+    );
+    let mut empty = write(Header::new(3, 4), &[OwnedFrame::Ping(1)]);
+    empty.truncate(mesh_wire::HEADER_LEN);
+    mesh_wire::reseal(&mut empty);
+    assert_eq!(
+        Datagram::open(&empty, None, false).unwrap_err(),
+        DecodeError::Empty
+    );
+}
+
+#[test]
 fn empty_datagram_with_valid_checksum_is_rejected() {
     let mut buf = Vec::new();
     let w = DatagramWriter::new(&mut buf, Header::new(1, 2), 1200);
