@@ -556,3 +556,5 @@ impl<'a> Iterator for FrameReader<'a> {
         Some(frame)
     }
 }
+
+impl std::iter::FusedIterator for FrameReader<'_> {}

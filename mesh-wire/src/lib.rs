@@ -39,9 +39,10 @@
 //! ```
 //!
 //! # Guarantees on untrusted input
-//! [`Datagram::decode`], [`Frame::decode`], [`Envelope::decode`] and [`ErrorBody::decode`]
-//! never panic, never allocate, check every length and count against the input, and return a
-//! typed [`DecodeError`]. The `fuzz/` targets hold them to that.
+//! [`Datagram::decode`] (and [`Datagram::open`] with the frames it reads), [`Frame::decode`],
+//! [`Envelope::decode`] and [`ErrorBody::decode`] never panic, never allocate, check every
+//! length and count against the input, and return a typed [`DecodeError`]. The `fuzz/`
+//! targets hold them to that.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

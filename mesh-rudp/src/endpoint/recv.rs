@@ -20,7 +20,7 @@ impl Endpoint {
     /// dropped before any peer state is created. The frames of a datagram of a known session
     /// are read once, each acted on as it is read: one that turns out malformed part-way
     /// (which only a faulty peer sends: its checksum and session ids were right) is acted on up
-    /// to that frame and counted as invalid.
+    /// to that frame, its arrival counting as word from the peer, and counted as invalid.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         let now = self.tick(now);
         let _span = trace_span!("peer", peer = %from).entered();
