@@ -441,7 +441,8 @@ impl<'a> Datagram<'a> {
         self.count
     }
 
-    /// Bytes of the whole datagram (header included).
+    /// Bytes of the header and the frames: the whole datagram, but for an authenticated one
+    /// its trailer ([`AUTH_TRAILER_LEN`] bytes), which is not counted.
     pub fn len(&self) -> usize {
         HEADER_LEN + self.frames.len()
     }
