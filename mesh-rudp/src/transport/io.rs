@@ -271,13 +271,14 @@ fn send_lone(
             .map(|r| r.count())
             .map_err(io::Error::from)
         });
+        // No datagram sent and no error: never from Linux for a nonempty batch; held like a
+        // socket that would block rather than looped on.
+        let sent = sent.and_then(|m| match m {
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            m => Ok(m),
+        });
         let (to, size) = batch.meta[k];
         match sent {
-            Ok(0) => {
-                // Never from Linux for a nonempty batch; held rather than looped on.
-                hold(endpoint, blocked_tx, batch, &starts, k);
-                return;
-            }
             Ok(m) => k += m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 hold(endpoint, blocked_tx, batch, &starts, k);
@@ -307,7 +308,7 @@ fn hold(
 ) {
     endpoint.count_held_send();
     for k in from..batch.meta.len() {
-        if !blocked_tx.is_empty() && blocked_tx.len() >= MAX_BLOCKED_TX {
+        if blocked_tx.len() >= MAX_BLOCKED_TX {
             break;
         }
         let (to, size) = batch.meta[k];
