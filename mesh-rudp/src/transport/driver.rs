@@ -284,15 +284,12 @@ impl Driver {
                 .poll_timeout_settled()
                 .unwrap_or(now + IDLE_TIMER);
             if st.timer_at != at {
-                st.timer.as_mut().reset(Instant::from_std(at));
-                st.timer_at = at;
+                arm_timer(&mut st, at);
             }
             if st.timer.as_mut().poll(cx).is_ready() {
                 // Due (tokio's clock rounds up, so `now` may still be a little short of it).
                 st.endpoint.handle_timeout(now.max(at));
-                let idle = now + IDLE_TIMER;
-                st.timer.as_mut().reset(Instant::from_std(idle));
-                st.timer_at = idle;
+                arm_timer(&mut st, now + IDLE_TIMER);
                 continue;
             }
             match &st.driver_waker {
@@ -306,6 +303,29 @@ impl Driver {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// How much later than where tokio's timer wheel holds the driver's timer a new deadline must
+/// be for [`arm_timer`] to file the timer anew rather than move it.
+const REFILE_LATER: Duration = Duration::from_millis(1);
+
+/// Points the driver's timer at `at`, from the driver's task. tokio moves a sleep's deadline
+/// later lazily: its timer wheel keeps the entry where it was and wakes the runtime there, to
+/// find nothing due and file it again. An idle node woke that way once more after every
+/// keep-alive exchange (the probes' retransmission deadline, pushed back by the answers). A
+/// deadline `REFILE_LATER` or more past where the wheel holds the timer gets a new sleep,
+/// filed where it is due (in place: no allocation); a smaller move, as a busy session's
+/// deadlines make datagram by datagram, stays lazy.
+pub(super) fn arm_timer(st: &mut State, at: std::time::Instant) {
+    if at >= st.timer_filed + REFILE_LATER {
+        st.timer
+            .set(tokio::time::sleep_until(Instant::from_std(at)));
+        st.timer_filed = at;
+    } else {
+        st.timer.as_mut().reset(Instant::from_std(at));
+        st.timer_filed = st.timer_filed.min(at);
+    }
+    st.timer_at = at;
 }
 
 /// Takes the turn's messages for the hook out of the state and runs the hook on them with the
@@ -359,4 +379,76 @@ fn on_datagram(
         }
     }
     st.endpoint.handle_datagram(now, from, bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{Transport, TransportConfig};
+
+    /// Parks of a paused-clock runtime while the driver's timer, filed in tokio's wheel at
+    /// `first` (if given) and then moved to `due`, is awaited. The paused clock jumps straight
+    /// to each instant the wheel wakes at, so every wake-up is one park: the wheel's own steps
+    /// for a far deadline, and any for nothing.
+    fn parks_until_due(first: Option<Duration>, due: Duration) -> usize {
+        let parks = Arc::new(AtomicUsize::new(0));
+        let counted = parks.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .on_thread_park(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            })
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let config = TransportConfig::default();
+            let (t, driver) = Transport::bind_with_driver("127.0.0.1:0".parse().unwrap(), config)
+                .await
+                .expect("bind");
+            let shared = driver.shared.clone();
+            let start = Instant::now().into_std();
+            if let Some(first) = first {
+                // Filed in the wheel, as the driver's poll before parking files it.
+                std::future::poll_fn(|cx| {
+                    let mut st = shared.state.lock();
+                    arm_timer(&mut st, start + first);
+                    assert!(st.timer.as_mut().poll(cx).is_pending());
+                    Poll::Ready(())
+                })
+                .await;
+            }
+            // Moved (an acknowledgement came), then waited for.
+            arm_timer(&mut shared.state.lock(), start + due);
+            let before = parks.load(Ordering::SeqCst);
+            std::future::poll_fn(|cx| shared.state.lock().timer.as_mut().poll(cx)).await;
+            assert!(Instant::now().into_std() >= start + due, "fired when due");
+            let parked = parks.load(Ordering::SeqCst) - before;
+            drop((driver, t));
+            parked
+        })
+    }
+
+    #[test]
+    fn a_timer_pushed_far_back_does_not_wake_the_runtime_at_its_old_deadline() {
+        // tokio's lazy reset left it in the wheel at 10 ms: one wake-up more, for nothing.
+        let far = Duration::from_secs(5);
+        assert_eq!(
+            parks_until_due(Some(Duration::from_millis(10)), far),
+            parks_until_due(None, far)
+        );
+    }
+
+    #[test]
+    fn a_timer_pushed_back_a_little_stays_lazy_and_fires_when_due() {
+        // Under REFILE_LATER the wheel wakes at the old deadline, files the timer again, and it
+        // fires at the new one: the wake-up the far case saves, which this count can see.
+        let near = Duration::from_micros(10_500);
+        assert_eq!(
+            parks_until_due(Some(Duration::from_millis(10)), near),
+            parks_until_due(None, near) + 1
+        );
+    }
 }

@@ -73,6 +73,9 @@ struct State {
     timer: Pin<Box<Sleep>>,
     /// When `timer` fires.
     timer_at: std::time::Instant,
+    /// Where tokio's timer wheel holds `timer`: at or before `timer_at`, since a reset to a
+    /// later deadline leaves it where it was (see [`driver::arm_timer`]).
+    timer_filed: std::time::Instant,
     /// Messages for the intercept hook, which the driver runs after letting the lock go.
     hooked: Vec<Received>,
     /// Whether the parked driver waits for the socket to take blocked output.
@@ -252,6 +255,7 @@ impl Transport {
                 driver_waker: None,
                 timer: Box::pin(tokio::time::sleep(IDLE_TIMER)),
                 timer_at: (Instant::now() + IDLE_TIMER).into_std(),
+                timer_filed: (Instant::now() + IDLE_TIMER).into_std(),
                 armed_writable: false,
                 hooked: Vec::new(),
                 last_inline_flush: None,
@@ -605,6 +609,7 @@ fn pull_timer_earlier(st: &mut State) {
         if t < st.timer_at {
             st.timer.as_mut().reset(Instant::from_std(t));
             st.timer_at = t;
+            st.timer_filed = st.timer_filed.min(t);
         }
     }
 }
