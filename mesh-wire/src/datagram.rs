@@ -396,7 +396,6 @@ impl<'a> Datagram<'a> {
             header,
             frames: body,
             packet_number,
-            len: bytes.len(),
         })
     }
 
@@ -486,7 +485,6 @@ pub struct Opened<'a> {
     header: Header,
     frames: &'a [u8],
     packet_number: Option<u64>,
-    len: usize,
 }
 
 impl<'a> Opened<'a> {
@@ -500,9 +498,10 @@ impl<'a> Opened<'a> {
         self.packet_number
     }
 
-    /// Bytes of the whole datagram.
+    /// Bytes of the header and the frames, as [`Datagram::len`] counts them (an authenticated
+    /// datagram's trailer is not counted).
     pub fn len(&self) -> usize {
-        self.len
+        HEADER_LEN + self.frames.len()
     }
 
     /// Always false: an opened datagram holds at least one byte of frames.

@@ -239,6 +239,7 @@ impl Transport {
         let local_addr = socket.raw().local_addr()?;
         let udp = quinn_udp::UdpSocketState::new(socket.raw().into())?;
         quiet_ancillary_data(socket.raw(), local_addr);
+        let idle = Instant::now() + IDLE_TIMER;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 endpoint,
@@ -253,9 +254,9 @@ impl Transport {
                 out_tails: Vec::with_capacity(SEND_BATCH),
                 shutdown: false,
                 driver_waker: None,
-                timer: Box::pin(tokio::time::sleep(IDLE_TIMER)),
-                timer_at: (Instant::now() + IDLE_TIMER).into_std(),
-                timer_filed: (Instant::now() + IDLE_TIMER).into_std(),
+                timer: Box::pin(tokio::time::sleep_until(idle)),
+                timer_at: idle.into_std(),
+                timer_filed: idle.into_std(),
                 armed_writable: false,
                 hooked: Vec::new(),
                 last_inline_flush: None,
