@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mesh_wire::{SeqRange, UnreliableFrame, CLOSE_NORMAL, HEADER_LEN};
@@ -61,12 +61,12 @@ pub struct StartTime {
     /// The monotonic reading.
     pub now: Instant,
     /// The wall-clock time at `now`, since the Unix epoch.
-    pub unix: std::time::Duration,
+    pub unix: Duration,
 }
 
 impl StartTime {
     /// A start at `now`, when the wall clock read `unix`.
-    pub fn new(now: Instant, unix: std::time::Duration) -> Self {
+    pub fn new(now: Instant, unix: Duration) -> Self {
         Self { now, unix }
     }
 
@@ -195,7 +195,14 @@ struct Schedule {
     timers: BTreeSet<(Tick, SocketAddr)>,
     /// When keep-alive probes go out.
     grid: KeepaliveGrid,
+    /// How much later than its filed timer a peer's deadline may be and still be left filed
+    /// when the timers are settled (see [`Endpoint::poll_timeout_settled`]).
+    slack: Duration,
 }
+
+/// The most a settled timer may be early: [`Schedule::slack`] is this, or an eighth of
+/// `min_rto` if that is less.
+const SETTLE_SLACK: Duration = Duration::from_millis(1);
 
 impl Schedule {
     /// Re-evaluates a peer after a change: transmit readiness and its timer. For a caller that
@@ -269,6 +276,7 @@ impl Endpoint {
         let unix_base = u64::try_from(start.unix.as_micros()).unwrap_or(u64::MAX);
         let seed = config.seed.unwrap_or(unix_base);
         let grid = KeepaliveGrid::new(config.keepalive(), Tick::ZERO, start.unix);
+        let slack = SETTLE_SLACK.min(config.min_rto / 8);
         Ok(Self {
             rng: rand_pcg::Pcg64Mcg::seed_from_u64(seed),
             pool: BufferPool::new(config.recycle_bytes),
@@ -280,6 +288,7 @@ impl Endpoint {
                 ready: VecDeque::new(),
                 timers: BTreeSet::new(),
                 grid,
+                slack,
             },
             events: VecDeque::new(),
             incoming: 0,
@@ -639,6 +648,13 @@ impl Endpoint {
     /// datagram pushed a keep-alive back: see `Schedule::retime`). For a caller about to sleep
     /// until then: a stale timer would wake it for nothing (an idle node did, a retransmission
     /// timeout after every keep-alive probe).
+    ///
+    /// A timer whose peer's deadline moved later by less than a millisecond (an eighth of
+    /// `min_rto`, if less) stays where it is: the instant returned may be that much early
+    /// (a call of `handle_timeout` then finds nothing due, and refiles it). A request/response
+    /// exchange pushes its retransmission deadline back by a round trip each time; refiling
+    /// it each time (a removal and an insertion in the timer set, and the caller's own timer
+    /// moved) was about 5 % of a serving process's instructions per round trip.
     pub fn poll_timeout_settled(&mut self) -> Option<Instant> {
         let t = self.settle_timers()?;
         Some(self.instant(t))
@@ -659,7 +675,7 @@ impl Endpoint {
                 continue;
             };
             let due = p.deadline(&self.config, &self.sched.grid);
-            if due <= filed {
+            if due <= filed + self.sched.slack {
                 return Some(filed);
             }
             // Strictly later each time: every timer is refiled at most once.

@@ -713,3 +713,90 @@ fn a_held_send_to_an_idle_session_goes_when_its_interval_ends() {
         .unwrap();
     assert_eq!(messages(&sim.take_events(b)), [2]);
 }
+
+/// A request/response exchange moves the requester's retransmission deadline back by a round
+/// trip each time. The timer an endpoint settles on stays where it was filed while its
+/// deadline moved back by less than a millisecond (it may be that early: a timeout then finds
+/// nothing due and files the true deadline), and follows the deadline once it moved further.
+#[test]
+fn a_timer_moved_back_less_than_the_slack_stays_filed_and_fires_when_due() {
+    use bytes::Bytes;
+    use mesh_rudp::Endpoint;
+    use std::time::Instant;
+
+    let a_addr = "127.0.0.1:4101".parse().unwrap();
+    let b_addr = "127.0.0.1:4102".parse().unwrap();
+    // No path-MTU probes: their timers are not what this looks at.
+    let mut config = EndpointConfig::default()
+        .max_mtu(1200)
+        .loopback_mtu(None)
+        .clone();
+    let mut a = Endpoint::new(config.clone().seed(Some(1)).clone(), StartTime::read()).unwrap();
+    let mut b = Endpoint::new(config.seed(Some(2)).clone(), StartTime::read()).unwrap();
+    let t0 = Instant::now();
+    let at = |us: u64| t0 + Duration::from_micros(us);
+    let mut buf = Vec::new();
+    let mut carry = |from: &mut Endpoint, to: &mut Endpoint, from_addr, now: Instant| {
+        let mut n = 0;
+        while let Some(t) = from.poll_transmit(now, &mut buf) {
+            to.handle_datagram(now, from_addr, &buf[..t.size]);
+            n += 1;
+        }
+        n
+    };
+    // At `us`: the acknowledgement of the last request reaches `a`, which sends the next one.
+    // Returns the deadline that request's retransmission has.
+    let mut exchange = |a: &mut Endpoint, b: &mut Endpoint, us: u64| {
+        carry(b, a, b_addr, at(us));
+        a.send_reliable(
+            at(us),
+            b_addr,
+            Bytes::from_static(b"req"),
+            Delivery::Unordered,
+        )
+        .unwrap();
+        assert_eq!(carry(a, b, a_addr, at(us)), 1);
+        at(us) + a.peer_stats(b_addr).unwrap().rto
+    };
+    exchange(&mut a, &mut b, 0);
+    // Round trips of 0.4 ms: the timeout is the minimum from the first sample on.
+    let filed = exchange(&mut a, &mut b, 400);
+    assert_eq!(
+        a.poll_timeout_settled(),
+        Some(filed),
+        "moved earlier: filed at once"
+    );
+    let due = exchange(&mut a, &mut b, 800);
+    assert_eq!(due - filed, Duration::from_micros(400));
+    assert_eq!(
+        a.poll_timeout_settled(),
+        Some(filed),
+        "0.4 ms later: left filed"
+    );
+    exchange(&mut a, &mut b, 1_200);
+    assert_eq!(
+        a.poll_timeout_settled(),
+        Some(filed),
+        "0.8 ms later: left filed"
+    );
+    let due = exchange(&mut a, &mut b, 1_600);
+    assert_eq!(due - filed, Duration::from_micros(1_200));
+    assert_eq!(a.poll_timeout_settled(), Some(due), "1.2 ms later: refiled");
+
+    // The last request goes unanswered. Its timer, left 0.4 ms early, finds nothing due, and
+    // the true deadline is filed; there, the request is sent again.
+    let filed = due;
+    let due = exchange(&mut a, &mut b, 2_000);
+    assert_eq!(a.poll_timeout_settled(), Some(filed));
+    a.handle_timeout(filed);
+    assert!(
+        a.poll_transmit(filed, &mut buf).is_none(),
+        "nothing due early"
+    );
+    assert_eq!(a.poll_timeout_settled(), Some(due));
+    a.handle_timeout(due);
+    assert!(
+        a.poll_transmit(due, &mut buf).is_some(),
+        "retransmitted when due"
+    );
+}
