@@ -114,7 +114,7 @@ fn num(v: Option<f64>, prec: usize) -> Option<String> {
     v.map(|x| format!("{x:.prec$}"))
 }
 
-const COLUMNS: [Column; 12] = [
+const COLUMNS: [Column; 13] = [
     Column {
         header: "p50 µs",
         cell: |r| num(r.p50_us, 1),
@@ -150,6 +150,11 @@ const COLUMNS: [Column; 12] = [
     Column {
         header: "CPU % of core",
         cell: |r| num(r.cpu_percent, 3),
+    },
+    Column {
+        // The same figure per hour of wall-clock time: what an idle node costs a host.
+        header: "CPU s/hour",
+        cell: |r| num(r.cpu_percent.map(|p| p * 36.0), 2),
     },
     Column {
         header: "×p50",
