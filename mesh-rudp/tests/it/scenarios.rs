@@ -1,10 +1,12 @@
 //! Scripted faults: lost first fragment, lost acks, a peer that dies mid-transfer, a peer that
 //! restarts on the same address.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use mesh_rudp::sim::{LinkConfig, Sim};
-use mesh_rudp::{Delivery, EndpointConfig, Event, SendError, StartTime};
+use mesh_rudp::{Delivery, Endpoint, EndpointConfig, Event, SendError, StartTime};
 
 use crate::util::{payload, tag_of, Outcome};
 
@@ -17,6 +19,17 @@ pub(crate) fn pair(seed: u64, config: EndpointConfig) -> (Sim, usize, usize) {
         ..LinkConfig::default()
     });
     (sim, a, b)
+}
+
+/// Hands `to` every datagram `from` has to send at `at`, as from `from_addr`; how many.
+fn carry(from: &mut Endpoint, to: &mut Endpoint, from_addr: SocketAddr, at: Instant) -> usize {
+    let mut buf = Vec::new();
+    let mut n = 0;
+    while let Some(t) = from.poll_transmit(at, &mut buf) {
+        to.handle_datagram(at, from_addr, &buf[..t.size]);
+        n += 1;
+    }
+    n
 }
 
 pub(crate) fn messages(events: &[Event]) -> Vec<u64> {
@@ -229,7 +242,7 @@ fn tiny_messages_are_bounded_in_number_too() {
         .send_queue_per_peer(64 << 10)
         .clone();
     let (mut sim, a, b) = pair(8, config);
-    let x = || bytes::Bytes::from_static(b"x");
+    let x = || Bytes::from_static(b"x");
     let mut queued = 0u64;
     while sim.send(a, b, x(), Delivery::Unordered).is_ok() {
         queued += 1;
@@ -272,10 +285,6 @@ fn rtt_estimate_tracks_the_link() {
 /// ordinary message's goes at once. The lazy one is still acknowledged by itself in the end.
 #[test]
 fn lazy_acks_are_held_and_eager_ones_are_not() {
-    use bytes::Bytes;
-    use mesh_rudp::Endpoint;
-    use std::time::Instant;
-
     let a_addr = "127.0.0.1:4001".parse().unwrap();
     let b_addr = "127.0.0.1:4002".parse().unwrap();
     // A small minimum, so that the timeout shows the allowance for the held ack. No path-MTU
@@ -288,15 +297,6 @@ fn lazy_acks_are_held_and_eager_ones_are_not() {
     let mut a = Endpoint::new(config.clone().seed(Some(1)).clone(), StartTime::read()).unwrap();
     let mut b = Endpoint::new(config.seed(Some(2)).clone(), StartTime::read()).unwrap();
     let now = Instant::now();
-    let mut buf = Vec::new();
-    let mut carry = |from: &mut Endpoint, to: &mut Endpoint, from_addr, at: Instant| {
-        let mut n = 0;
-        while let Some(t) = from.poll_transmit(at, &mut buf) {
-            to.handle_datagram(at, from_addr, &buf[..t.size]);
-            n += 1;
-        }
-        n
-    };
     let eager = a
         .send_reliable(
             now,
@@ -356,11 +356,6 @@ fn lazy_acks_are_held_and_eager_ones_are_not() {
 
 #[test]
 fn loopback_peers_are_probed_up_to_loopback_mtu_and_others_up_to_max_mtu() {
-    use bytes::Bytes;
-    use mesh_rudp::Endpoint;
-    use std::net::SocketAddr;
-    use std::time::Instant;
-
     // Two endpoints on loopback addresses, datagrams carried between them by hand (no link
     // limit): the largest non-probe datagram from a to b once the search is over.
     let a_addr: SocketAddr = "127.0.0.1:4001".parse().unwrap();
@@ -427,10 +422,7 @@ fn loopback_peers_are_probed_up_to_loopback_mtu_and_others_up_to_max_mtu() {
 
 #[test]
 fn a_message_with_a_head_arrives_whole_when_its_fragments_come_backwards() {
-    use bytes::Bytes;
-    use mesh_rudp::{Endpoint, Payload};
-    use std::net::SocketAddr;
-    use std::time::Instant;
+    use mesh_rudp::Payload;
 
     let a_addr: SocketAddr = "10.0.0.1:4001".parse().unwrap();
     let b_addr: SocketAddr = "10.0.0.2:4002".parse().unwrap();
@@ -521,10 +513,7 @@ fn a_large_message_reuses_the_buffer_of_one_the_application_dropped() {
 #[test]
 fn messages_holding_all_the_room_in_spare_buffers_still_finish() {
     use crate::wire::data_datagram;
-    use mesh_rudp::Endpoint;
     use mesh_wire::Fragment;
-    use std::net::SocketAddr;
-    use std::time::Instant;
 
     const PIECE: usize = 1100;
     const COUNT: u32 = 300;
@@ -550,7 +539,7 @@ fn messages_holding_all_the_room_in_spare_buffers_still_finish() {
         let mut buf = Vec::new();
         while ep.poll_transmit(now, &mut buf).is_some() {}
     };
-    let delivered = |ep: &mut Endpoint| -> Vec<bytes::Bytes> {
+    let delivered = |ep: &mut Endpoint| -> Vec<Bytes> {
         std::iter::from_fn(|| ep.poll_event())
             .filter_map(|e| match e {
                 Event::Message { data, .. } => {
@@ -562,7 +551,7 @@ fn messages_holding_all_the_room_in_spare_buffers_still_finish() {
             })
             .collect()
     };
-    let tags = |got: &[bytes::Bytes]| got.iter().map(|d| d[0]).collect::<Vec<u8>>();
+    let tags = |got: &[Bytes]| got.iter().map(|d| d[0]).collect::<Vec<u8>>();
     // Two messages, both held by the application until both arrived; then dropped, they
     // leave two spare buffers.
     let mut held = Vec::new();
@@ -596,10 +585,7 @@ fn messages_holding_all_the_room_in_spare_buffers_still_finish() {
 
 #[test]
 fn loopback_datagrams_may_go_without_checksum_and_only_loopback_may_send_those() {
-    use mesh_rudp::Endpoint;
     use mesh_wire::{Datagram, FLAG_NO_CHECKSUM};
-    use std::net::SocketAddr;
-    use std::time::Instant;
 
     let now = Instant::now();
     let local: SocketAddr = "127.0.0.1:4001".parse().unwrap();
@@ -607,13 +593,8 @@ fn loopback_datagrams_may_go_without_checksum_and_only_loopback_may_send_those()
     let remote: SocketAddr = "10.0.0.7:4001".parse().unwrap();
     let first = |config: EndpointConfig, to: SocketAddr| {
         let mut a = Endpoint::new(config, StartTime::read()).unwrap();
-        a.send_reliable(
-            now,
-            to,
-            bytes::Bytes::from_static(b"hi"),
-            Delivery::Unordered,
-        )
-        .unwrap();
+        a.send_reliable(now, to, Bytes::from_static(b"hi"), Delivery::Unordered)
+            .unwrap();
         let mut buf = Vec::new();
         let t = a.poll_transmit(now, &mut buf).unwrap();
         buf.truncate(t.size);
@@ -720,10 +701,6 @@ fn a_held_send_to_an_idle_session_goes_when_its_interval_ends() {
 /// nothing due and files the true deadline), and follows the deadline once it moved further.
 #[test]
 fn a_timer_moved_back_less_than_the_slack_stays_filed_and_fires_when_due() {
-    use bytes::Bytes;
-    use mesh_rudp::Endpoint;
-    use std::time::Instant;
-
     let a_addr = "127.0.0.1:4101".parse().unwrap();
     let b_addr = "127.0.0.1:4102".parse().unwrap();
     // No path-MTU probes: their timers are not what this looks at.
@@ -735,18 +712,9 @@ fn a_timer_moved_back_less_than_the_slack_stays_filed_and_fires_when_due() {
     let mut b = Endpoint::new(config.seed(Some(2)).clone(), StartTime::read()).unwrap();
     let t0 = Instant::now();
     let at = |us: u64| t0 + Duration::from_micros(us);
-    let mut buf = Vec::new();
-    let mut carry = |from: &mut Endpoint, to: &mut Endpoint, from_addr, now: Instant| {
-        let mut n = 0;
-        while let Some(t) = from.poll_transmit(now, &mut buf) {
-            to.handle_datagram(now, from_addr, &buf[..t.size]);
-            n += 1;
-        }
-        n
-    };
     // At `us`: the acknowledgement of the last request reaches `a`, which sends the next one.
     // Returns the deadline that request's retransmission has.
-    let mut exchange = |a: &mut Endpoint, b: &mut Endpoint, us: u64| {
+    let exchange = |a: &mut Endpoint, b: &mut Endpoint, us: u64| {
         carry(b, a, b_addr, at(us));
         a.send_reliable(
             at(us),
@@ -788,6 +756,7 @@ fn a_timer_moved_back_less_than_the_slack_stays_filed_and_fires_when_due() {
     let filed = due;
     let due = exchange(&mut a, &mut b, 2_000);
     assert_eq!(a.poll_timeout_settled(), Some(filed));
+    let mut buf = Vec::new();
     a.handle_timeout(filed);
     assert!(
         a.poll_transmit(filed, &mut buf).is_none(),
