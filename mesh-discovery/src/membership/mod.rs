@@ -2,6 +2,7 @@
 //! state; [`sync`] keeps it current.
 
 mod sync;
+mod ticker;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;

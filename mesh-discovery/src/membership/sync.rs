@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::ticker::Ticker;
 use super::{Shared, MAX_BACKOFF_INTERVALS, MAX_DEPARTED};
 use crate::{Backend, MembershipEvent, NodeKey, NodeRecord, Notice, RegistryError};
 
@@ -263,9 +264,7 @@ pub(super) async fn run<R: Backend>(
     healthy: bool,
     mut evidence: Evidence,
 ) {
-    let mut tick = tokio::time::interval(shared.config.update_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate; start() already published
+    let mut tick = Ticker::new(shared.config.update_interval);
     let mut cycle: u64 = 0;
     let mut need_full = !healthy;
     let mut failures: u32 = 0;
@@ -273,7 +272,7 @@ pub(super) async fn run<R: Backend>(
     loop {
         tokio::select! {
             () = shared.stop.notified() => return,
-            _ = tick.tick() => {
+            () = tick.tick() => {
                 cycle += 1;
                 for f in shared.on_update.lock().iter() {
                     f();

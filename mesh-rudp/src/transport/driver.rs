@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::batch::next_batch;
+use super::far_timer::{FarTimer, FAR_AFTER};
 use super::io::{recv_batch, send_blocked, transmit, RECV_SLOT};
 use super::socket::WriteWatch;
 #[cfg(doc)]
@@ -80,6 +81,8 @@ pub struct Driver {
     pub(super) back: Vec<Received>,
     /// Armed while output waits for room in the socket.
     pub(super) watch: WriteWatch,
+    /// The timer for far deadlines (`None`: tokio's takes them all; see [`FarTimer`]).
+    pub(super) far: Option<FarTimer>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -158,6 +161,7 @@ impl Driver {
             hooked,
             back,
             watch,
+            far,
         } = self;
         let shared = &**shared;
         // Read once per turn and once per batch received: the clock is not free on every
@@ -283,7 +287,18 @@ impl Driver {
                 .endpoint
                 .poll_timeout_settled()
                 .unwrap_or(now + IDLE_TIMER);
-            if st.timer_at != at {
+            // A far deadline goes to the far timer (one wake-up, where tokio's wheel takes
+            // two), and tokio's stands aside; a near one to tokio's.
+            let far_set = at >= now + FAR_AFTER && far.as_mut().is_some_and(|f| f.arm(at));
+            if far_set {
+                if !st.timer_aside {
+                    arm_timer(&mut st, now + IDLE_TIMER);
+                    st.timer_aside = true;
+                }
+                st.timer_at = at;
+            } else if st.timer_at != at || st.timer_aside {
+                // The far timer, if set, stays (unpolled): it wakes the driver at most once
+                // for nothing, and the next far deadline sets it anew.
                 arm_timer(&mut st, at);
             }
             if st.timer.as_mut().poll(cx).is_ready() {
@@ -291,6 +306,15 @@ impl Driver {
                 st.endpoint.handle_timeout(now.max(at));
                 arm_timer(&mut st, now + IDLE_TIMER);
                 continue;
+            }
+            // Only when it holds the deadline: a busy session's parks (near deadlines) skip
+            // it (about 80 instructions a round trip, callgrind).
+            if let (true, Some(f)) = (far_set, far.as_mut()) {
+                if let Poll::Ready(due) = f.poll_fired(cx) {
+                    // `now` is the turn's reading, a little before the timer fired.
+                    st.endpoint.handle_timeout(now.max(due));
+                    continue;
+                }
             }
             match &st.driver_waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
@@ -326,6 +350,7 @@ pub(super) fn arm_timer(st: &mut State, at: std::time::Instant) {
         st.timer_filed = st.timer_filed.min(at);
     }
     st.timer_at = at;
+    st.timer_aside = false;
 }
 
 /// Takes the turn's messages for the hook out of the state and runs the hook on them with the
@@ -450,5 +475,94 @@ mod tests {
             parks_until_due(Some(Duration::from_millis(10)), near),
             parks_until_due(None, near) + 1
         );
+    }
+
+    /// A runtime on the system's clock, and a count of its parks (each a wake-up).
+    #[cfg(target_os = "linux")]
+    fn counted_runtime() -> (tokio::runtime::Runtime, Arc<AtomicUsize>) {
+        let parks = Arc::new(AtomicUsize::new(0));
+        let counted = parks.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            })
+            .build()
+            .expect("runtime");
+        (rt, parks)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_far_timer_wakes_the_runtime_once_when_due() {
+        let (rt, parks) = counted_runtime();
+        rt.block_on(async {
+            let mut far = FarTimer::new().expect("a timerfd, on tokio's unpaused clock");
+            // 300 ms: beyond tokio's 64 ms block. A tokio sleep in its place parks this
+            // runtime four times (the assertion below then fails).
+            let due = std::time::Instant::now() + Duration::from_millis(300);
+            assert!(far.arm(due));
+            assert_eq!(far.armed(), Some(due));
+            let before = parks.load(Ordering::SeqCst);
+            let fired = std::future::poll_fn(|cx| far.poll_fired(cx)).await;
+            assert_eq!(fired, due);
+            assert!(std::time::Instant::now() >= due, "fired when due");
+            assert_eq!(parks.load(Ordering::SeqCst) - before, 1, "one wake-up");
+            assert_eq!(far.armed(), None, "fires once per setting");
+        });
+    }
+
+    #[test]
+    fn a_paused_clock_keeps_every_deadline_on_tokios_timer() {
+        // The kernel's clock would not follow tokio's.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(FarTimer::new().is_none());
+        });
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_quiet_drivers_far_deadline_is_on_the_far_timer_and_tokios_stands_aside() {
+        let (rt, _parks) = counted_runtime();
+        rt.block_on(async {
+            let config = TransportConfig::default();
+            let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config.clone())
+                .await
+                .expect("bind");
+            let (b, mut driver) =
+                Transport::bind_with_driver("127.0.0.1:0".parse().unwrap(), config)
+                    .await
+                    .expect("bind");
+            let to = b.local_addr();
+            let sent = tokio::spawn(async move { a.send(to, &b"hi"[..]).await.map(|()| a) });
+            assert_eq!(&driver.recv().await.expect("open").data[..], b"hi");
+            // Drive until `a` has its acknowledgement: then `b` owes nothing, and its next
+            // deadline is the keep-alive, most of a second ahead.
+            let a = tokio::select! {
+                a = sent => a.expect("task").expect("acknowledged"),
+                _ = driver.recv() => unreachable!("nothing more was sent"),
+            };
+            std::future::poll_fn(|cx| {
+                assert!(driver.poll_recv(cx, false).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            let st = driver.shared.state.lock();
+            let at = st.endpoint.poll_timeout().expect("a keep-alive");
+            assert!(at >= Instant::now().into_std() + FAR_AFTER, "{at:?}");
+            assert!(st.timer_aside, "tokio's timer stands aside");
+            assert_eq!(
+                driver.far.as_ref().and_then(FarTimer::armed),
+                Some(st.timer_at)
+            );
+            drop(st);
+            drop(a);
+        });
     }
 }

@@ -10,6 +10,7 @@
 
 mod batch;
 mod driver;
+mod far_timer;
 mod io;
 mod send;
 mod socket;
@@ -76,6 +77,9 @@ struct State {
     /// Where tokio's timer wheel holds `timer`: at or before `timer_at`, since a reset to a
     /// later deadline leaves it where it was (see [`driver::arm_timer`]).
     timer_filed: std::time::Instant,
+    /// Whether `timer` stands aside (an hour ahead) while the driver's far timer holds
+    /// `timer_at` (see [`driver::arm_timer`]).
+    timer_aside: bool,
     /// Messages for the intercept hook, which the driver runs after letting the lock go.
     hooked: Vec<Received>,
     /// Whether the parked driver waits for the socket to take blocked output.
@@ -257,6 +261,7 @@ impl Transport {
                 timer: Box::pin(tokio::time::sleep_until(idle)),
                 timer_at: idle.into_std(),
                 timer_filed: idle.into_std(),
+                timer_aside: false,
                 armed_writable: false,
                 hooked: Vec::new(),
                 last_inline_flush: None,
@@ -282,6 +287,7 @@ impl Transport {
             hooked: Vec::new(),
             back: Vec::new(),
             watch,
+            far: far_timer::FarTimer::new(),
         };
         Ok((
             Self {
@@ -610,6 +616,7 @@ fn pull_timer_earlier(st: &mut State) {
         if t < st.timer_at {
             st.timer.as_mut().reset(Instant::from_std(t));
             st.timer_at = t;
+            st.timer_aside = false;
             st.timer_filed = st.timer_filed.min(t);
         }
     }
