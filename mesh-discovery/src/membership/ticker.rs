@@ -5,8 +5,9 @@
 //! second wakes an idle process at least twice per tick (a 150 ms interval parks a
 //! `current_thread` runtime three times a tick; a `timerfd`, once: this module's test), and
 //! the refresh is most of what an idle node alone does. On Linux the beat is a periodic
-//! `timerfd`, which the kernel fires when due; elsewhere, and when tokio's clock is paused
-//! (`tokio::time::pause`, tests: the kernel's clock would not follow it), tokio's `Interval`.
+//! `timerfd`, which the kernel fires when due; elsewhere, and when tokio's clock is paused as
+//! the loop starts (`tokio::time::pause`, tests: the kernel's clock would not follow it),
+//! tokio's `Interval`.
 
 use std::time::Duration;
 

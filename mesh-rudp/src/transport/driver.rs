@@ -528,6 +528,23 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
+    fn a_clock_paused_after_the_far_timer_was_made_takes_the_deadlines_back() {
+        let (rt, _parks) = counted_runtime();
+        rt.block_on(async {
+            let mut far = FarTimer::new().expect("a timerfd, on tokio's unpaused clock");
+            let due = std::time::Instant::now() + Duration::from_secs(1);
+            assert!(far.arm(due));
+            tokio::time::pause();
+            tokio::time::advance(Duration::from_millis(5)).await;
+            assert!(
+                !far.arm(due + Duration::from_secs(1)),
+                "tokio's timer takes it"
+            );
+        });
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
     fn a_quiet_drivers_far_deadline_is_on_the_far_timer_and_tokios_stands_aside() {
         let (rt, _parks) = counted_runtime();
         rt.block_on(async {

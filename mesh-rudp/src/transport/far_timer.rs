@@ -11,7 +11,7 @@
 //! call each.
 //!
 //! Not used (the driver keeps tokio's timer for every deadline) where there is no `timerfd`,
-//! or when tokio's clock is paused (`tokio::time::pause`, tests): the kernel's clock would
+//! or while tokio's clock is paused (`tokio::time::pause`, tests): the kernel's clock would
 //! not follow it.
 
 use std::task::{Context, Poll};
@@ -103,10 +103,11 @@ mod linux {
         }
 
         /// Sets the timer for `at` (the system's clock, which `std::time::Instant` reads),
-        /// unless it is set for it already. `false` if the system refused: the caller then
-        /// keeps the deadline on tokio's timer.
+        /// unless it is set for it already. `false` if the system refused, or tokio's clock
+        /// was paused since (a test's `tokio::time::pause`): the caller then keeps the
+        /// deadline on tokio's timer.
         pub(in crate::transport) fn arm(&mut self, at: Instant) -> bool {
-            if self.broken {
+            if self.broken || !tokio_clock_is_real() {
                 return false;
             }
             if self.armed == Some(at) {
