@@ -291,12 +291,11 @@ impl Driver {
             // two), and tokio's stands aside; a near one to tokio's.
             let far_set = at >= now + FAR_AFTER && far.as_mut().is_some_and(|f| f.arm(at));
             if far_set {
-                if !st.timer_aside {
+                if !st.timer_aside() {
                     arm_timer(&mut st, now + IDLE_TIMER);
-                    st.timer_aside = true;
                 }
                 st.timer_at = at;
-            } else if st.timer_at != at || st.timer_aside {
+            } else if st.timer_at != at || st.timer_aside() {
                 // The far timer, if set, stays (unpolled): it wakes the driver at most once
                 // for nothing, and the next far deadline sets it anew.
                 arm_timer(&mut st, at);
@@ -350,7 +349,6 @@ pub(super) fn arm_timer(st: &mut State, at: std::time::Instant) {
         st.timer_filed = st.timer_filed.min(at);
     }
     st.timer_at = at;
-    st.timer_aside = false;
 }
 
 /// Takes the turn's messages for the hook out of the state and runs the hook on them with the
@@ -418,16 +416,7 @@ mod tests {
     /// to each instant the wheel wakes at, so every wake-up is one park: the wheel's own steps
     /// for a far deadline, and any for nothing.
     fn parks_until_due(first: Option<Duration>, due: Duration) -> usize {
-        let parks = Arc::new(AtomicUsize::new(0));
-        let counted = parks.clone();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .on_thread_park(move || {
-                counted.fetch_add(1, Ordering::SeqCst);
-            })
-            .build()
-            .expect("runtime");
+        let (rt, parks) = counted_runtime(true);
         rt.block_on(async {
             let config = TransportConfig::default();
             let (t, driver) = Transport::bind_with_driver("127.0.0.1:0".parse().unwrap(), config)
@@ -477,13 +466,14 @@ mod tests {
         );
     }
 
-    /// A runtime on the system's clock, and a count of its parks (each a wake-up).
-    #[cfg(target_os = "linux")]
-    fn counted_runtime() -> (tokio::runtime::Runtime, Arc<AtomicUsize>) {
+    /// A `current_thread` runtime, its clock paused or the system's, and a count of its
+    /// parks (each a wake-up).
+    fn counted_runtime(paused: bool) -> (tokio::runtime::Runtime, Arc<AtomicUsize>) {
         let parks = Arc::new(AtomicUsize::new(0));
         let counted = parks.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(paused)
             .on_thread_park(move || {
                 counted.fetch_add(1, Ordering::SeqCst);
             })
@@ -495,7 +485,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_far_timer_wakes_the_runtime_once_when_due() {
-        let (rt, parks) = counted_runtime();
+        let (rt, parks) = counted_runtime(false);
         rt.block_on(async {
             let mut far = FarTimer::new().expect("a timerfd, on tokio's unpaused clock");
             // 300 ms: beyond tokio's 64 ms block. A tokio sleep in its place parks this
@@ -515,11 +505,7 @@ mod tests {
     #[test]
     fn a_paused_clock_keeps_every_deadline_on_tokios_timer() {
         // The kernel's clock would not follow tokio's.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime");
+        let (rt, _parks) = counted_runtime(true);
         rt.block_on(async {
             tokio::time::sleep(Duration::from_millis(5)).await;
             assert!(FarTimer::new().is_none());
@@ -529,7 +515,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_clock_paused_after_the_far_timer_was_made_takes_the_deadlines_back() {
-        let (rt, _parks) = counted_runtime();
+        let (rt, _parks) = counted_runtime(false);
         rt.block_on(async {
             let mut far = FarTimer::new().expect("a timerfd, on tokio's unpaused clock");
             let due = std::time::Instant::now() + Duration::from_secs(1);
@@ -546,7 +532,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_quiet_drivers_far_deadline_is_on_the_far_timer_and_tokios_stands_aside() {
-        let (rt, _parks) = counted_runtime();
+        let (rt, _parks) = counted_runtime(false);
         rt.block_on(async {
             let config = TransportConfig::default();
             let a = Transport::bind("127.0.0.1:0".parse().unwrap(), config.clone())
@@ -573,7 +559,7 @@ mod tests {
             let st = driver.shared.state.lock();
             let at = st.endpoint.poll_timeout().expect("a keep-alive");
             assert!(at >= Instant::now().into_std() + FAR_AFTER, "{at:?}");
-            assert!(st.timer_aside, "tokio's timer stands aside");
+            assert!(st.timer_aside(), "tokio's timer stands aside");
             assert_eq!(
                 driver.far.as_ref().and_then(FarTimer::armed),
                 Some(st.timer_at)

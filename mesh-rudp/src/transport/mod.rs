@@ -75,11 +75,9 @@ struct State {
     /// When `timer` fires.
     timer_at: std::time::Instant,
     /// Where tokio's timer wheel holds `timer`: at or before `timer_at`, since a reset to a
-    /// later deadline leaves it where it was (see [`driver::arm_timer`]).
+    /// later deadline leaves it where it was (see [`driver::arm_timer`]); after it only while
+    /// `timer` stands aside for the driver's far timer ([`State::timer_aside`]).
     timer_filed: std::time::Instant,
-    /// Whether `timer` stands aside (an hour ahead) while the driver's far timer holds
-    /// `timer_at` (see [`driver::arm_timer`]).
-    timer_aside: bool,
     /// Messages for the intercept hook, which the driver runs after letting the lock go.
     hooked: Vec<Received>,
     /// Whether the parked driver waits for the socket to take blocked output.
@@ -90,6 +88,14 @@ struct State {
     flush_wanted: bool,
     /// Whether the driver read datagrams since a send last flushed from its own task.
     received_since_flush: bool,
+}
+
+impl State {
+    /// Whether `timer` stands aside (filed an hour ahead) while the driver's far timer holds
+    /// `timer_at`: the one case in which tokio's wheel holds it later than `timer_at`.
+    fn timer_aside(&self) -> bool {
+        self.timer_filed > self.timer_at
+    }
 }
 
 /// Who waits on a tracked message's outcome.
@@ -261,7 +267,6 @@ impl Transport {
                 timer: Box::pin(tokio::time::sleep_until(idle)),
                 timer_at: idle.into_std(),
                 timer_filed: idle.into_std(),
-                timer_aside: false,
                 armed_writable: false,
                 hooked: Vec::new(),
                 last_inline_flush: None,
@@ -616,7 +621,6 @@ fn pull_timer_earlier(st: &mut State) {
         if t < st.timer_at {
             st.timer.as_mut().reset(Instant::from_std(t));
             st.timer_at = t;
-            st.timer_aside = false;
             st.timer_filed = st.timer_filed.min(t);
         }
     }
