@@ -214,9 +214,11 @@ impl EndpointConfig {
         /// and every second data frame are acknowledged at once whatever this says.
         max_ack_delay: Duration
     );
-    /// A peer not heard from for this long is probed with a ping. Default: a third of
-    /// [`peer_timeout`](Self::peer_timeout). Set explicitly, it must be at most a third of
-    /// `peer_timeout` ([`validate`](Self::validate) refuses the pair otherwise).
+    /// A peer not heard from for this long is probed with a ping. Default: half of
+    /// [`peer_timeout`](Self::peer_timeout). Set explicitly, it must be at most half of
+    /// `peer_timeout` ([`validate`](Self::validate) refuses the pair otherwise): the end of a
+    /// quiet pair that waits longer (below) then probes by three quarters of the timeout,
+    /// which leaves it a quarter, the longest retransmission timeout, to repeat its probe.
     ///
     /// A probe that goes unanswered is repeated a retransmission timeout later, then after
     /// twice that, and so on (at most this interval apart): a lost probe or answer costs
@@ -284,10 +286,10 @@ impl EndpointConfig {
         max_clock_skew: Duration
     );
 
-    /// How often a quiet peer is probed: the configured interval, or a third of
+    /// How often a quiet peer is probed: the configured interval, or half of
     /// `peer_timeout`.
     pub fn keepalive(&self) -> Duration {
-        self.keepalive_interval.unwrap_or(self.peer_timeout / 3)
+        self.keepalive_interval.unwrap_or(self.peer_timeout / 2)
     }
 
     /// The longest retransmission timeout: `max_rto`, at most a quarter of `peer_timeout`, at
@@ -366,9 +368,9 @@ impl EndpointConfig {
             )));
         }
         if let Some(k) = self.keepalive_interval {
-            if k.is_zero() || k.saturating_mul(3) > self.peer_timeout {
+            if k.is_zero() || k.saturating_mul(2) > self.peer_timeout {
                 return Err(ConfigError::Conflict(format!(
-                    "keepalive_interval ({k:?}) must be positive and at most a third of \
+                    "keepalive_interval ({k:?}) must be positive and at most half of \
                      peer_timeout ({:?}), so a quiet peer is probed before it times out",
                     self.peer_timeout
                 )));

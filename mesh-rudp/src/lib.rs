@@ -44,7 +44,7 @@
 //!   already cut larger cannot be resent smaller, so the session ends with
 //!   [`DownReason::PathMtu`], what was in flight fails with it, and the next session starts at
 //!   the base size and finds the new path. Silence alone is never taken for a smaller path.
-//! - **Liveness**: idle peers are pinged every `keepalive_interval` (by default a third of
+//! - **Liveness**: idle peers are pinged every `keepalive_interval` (by default half of
 //!   `peer_timeout`: the keepalive follows the timeout it must serve), an unanswered ping
 //!   repeated after a retransmission timeout, doubling; a peer that
 //!   answers nothing, or acknowledges nothing while data is in flight, for `peer_timeout` is reported

@@ -270,7 +270,7 @@ mod tests {
             .flush_interval(None)
             .seed(Some(7));
         same(&tc.endpoint, &want);
-        assert_eq!(tc.endpoint.keepalive(), Duration::from_secs(5) / 3);
+        assert_eq!(tc.endpoint.keepalive(), Duration::from_secs(5) / 2);
         assert_eq!(tc.close_timeout, c.stop_timeout);
         assert_eq!(tc.socket_buffer, c.socket_buffer);
         assert!(tc.answer_raw_ping);
@@ -313,7 +313,7 @@ mod tests {
             ..Config::default()
         };
         let tc = transport_config(&c, 1);
-        assert_eq!(tc.endpoint.keepalive(), Duration::from_millis(100) / 3);
+        assert_eq!(tc.endpoint.keepalive(), Duration::from_millis(100) / 2);
         tc.endpoint.validate().unwrap();
     }
 

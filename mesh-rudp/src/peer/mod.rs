@@ -373,7 +373,10 @@ impl<C: Controller> Peer<C> {
         self.pmtu.on_refused(size, now);
     }
 
-    /// A pong: a probe's answer, or a keep-alive's.
+    /// A pong: a probe's answer, or a keep-alive's. A keep-alive's answer is also a round-trip
+    /// sample: each probe, repeats included, carries a token of its own, so the answer names
+    /// the probe it answers (Karn's ambiguity does not arise). An end that sends no data has
+    /// no other, and would repeat its unanswered probes on the initial timeout's schedule.
     pub(crate) fn on_pong(&mut self, token: u64, now: Tick) {
         let before = self.pmtu.current();
         if self.pmtu.on_pong(token, now) {
@@ -381,6 +384,13 @@ impl<C: Controller> Peer<C> {
                 self.cc.on_mtu(self.pmtu.current());
             }
         } else if token == self.ping_token {
+            // While a probe waits to be written it already has the next token: a match is
+            // the answer to the probe sent at `last_ping`.
+            if let (false, Some(sent)) = (self.ping_now, self.last_ping) {
+                self.recovery
+                    .rtt
+                    .sample(now.saturating_duration_since(sent));
+            }
             self.ping_now = false;
         }
     }

@@ -131,7 +131,7 @@ fn keepalive_follows_a_short_peer_timeout() {
     for timeout in [Duration::from_millis(20), Duration::from_millis(100)] {
         let config = EndpointConfig::default().peer_timeout(timeout).clone();
         assert!(
-            config.keepalive() * 3 <= timeout,
+            config.keepalive() * 2 <= timeout,
             "{:?}",
             config.keepalive()
         );
@@ -235,24 +235,34 @@ fn quiet_peers_cost_few_wakeups_and_one_probe_per_pair_per_interval() {
 /// A quiet pair whose next three datagrams each way are lost stays up: an unanswered probe is
 /// repeated a retransmission timeout later (doubling), not a keep-alive interval later. With
 /// probes an interval apart, the third lost probe would leave the next one due at the timeout
-/// itself, and both ends would report the other down.
+/// itself, and both ends would report the other down. Both with a third of the timeout and
+/// with the default half, where the end that waits longer probes at three quarters of it.
 #[test]
 fn lost_probes_are_repeated_within_round_trips_not_intervals() {
     let timeout = Duration::from_secs(3);
-    let mut config = EndpointConfig::default();
-    config.peer_timeout(timeout).keepalive_interval(timeout / 3);
-    let (mut sim, a, b) = pair(41, config);
-    sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
-    sim.run_until_idle(10_000).unwrap();
-    sim.run_for(timeout * 2, 100_000).unwrap();
-    sim.take_events(a);
-    sim.take_events(b);
-    let lost0 = sim.net.dropped;
-    sim.drop_next(a, b, 3);
-    sim.drop_next(b, a, 3);
-    sim.run_for(timeout * 3, 100_000).unwrap();
-    assert_eq!(sim.net.dropped - lost0, 6, "the six datagrams were lost");
-    assert_both_up(&mut sim, a, b, "three lost probes each way");
+    for keepalive in [Some(timeout / 3), None] {
+        let mut config = EndpointConfig::default();
+        config.peer_timeout(timeout);
+        if let Some(k) = keepalive {
+            config.keepalive_interval(k);
+        }
+        assert_eq!(config.keepalive(), keepalive.unwrap_or(timeout / 2));
+        for seed in [41, 42, 43] {
+            let (mut sim, a, b) = pair(seed, config.clone());
+            sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
+            sim.run_until_idle(10_000).unwrap();
+            sim.run_for(timeout * 2, 100_000).unwrap();
+            sim.take_events(a);
+            sim.take_events(b);
+            let lost0 = sim.net.dropped;
+            sim.drop_next(a, b, 3);
+            sim.drop_next(b, a, 3);
+            sim.run_for(timeout * 3, 100_000).unwrap();
+            let what = format!("{keepalive:?}, seed {seed}");
+            assert_eq!(sim.net.dropped - lost0, 6, "{what}: six datagrams lost");
+            assert_both_up(&mut sim, a, b, &format!("{what}: three lost each way"));
+        }
+    }
 }
 
 /// Neither end of the pair reported the other down, and both still hold the session.
@@ -290,9 +300,9 @@ fn a_dead_peer_gets_a_bounded_number_of_probes() {
         peer: addr,
         reason: DownReason::Timeout
     }));
-    // 10 ms (the default floor of the retransmission timeout) doubles to the 1 s interval in
-    // 7 steps; one more per interval of the 3 s timeout, and the first probe.
-    let bound = 1 + 7 + 3;
+    // 10 ms (the default floor of the retransmission timeout) doubles to the 1.5 s interval
+    // in 8 steps; one more per interval of the 3 s timeout, and the first probe.
+    let bound = 1 + 8 + 2;
     assert!(
         probes <= bound,
         "{probes} probes to a dead peer, at most {bound}"
@@ -300,5 +310,42 @@ fn a_dead_peer_gets_a_bounded_number_of_probes() {
     assert!(
         probes >= 4,
         "{probes} probes: the unanswered probe is repeated"
+    );
+}
+
+/// An end that sends no data learns the round-trip time from the answers to its keep-alive
+/// probes, so it repeats an unanswered probe on the path's timeout, not the initial 100 ms
+/// (which, doubling, let three lost datagrams each way take a live peer for dead). Which end
+/// of a quiet pair probes depends on the session ids the seed draws: over a few seeds, the end
+/// that only received data probes in some, and is measured in each of those.
+#[test]
+fn keepalive_answers_measure_the_round_trip() {
+    let config = EndpointConfig::default();
+    let mut measured = 0;
+    for seed in 40..48 {
+        let (mut sim, a, b) = pair(seed, config.clone());
+        sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
+        sim.run_until_idle(10_000).unwrap();
+        let from_b = sim.addr(a);
+        let stats = sim.endpoint(b).peer_stats(from_b).expect("a session");
+        assert!(!stats.rtt_measured, "seed {seed}: b has sent no data");
+        let pings0 = sim.endpoint(b).stats().datagrams_sent;
+        sim.run_for(config.keepalive() * 4, 100_000).unwrap();
+        let sent = sim.endpoint(b).stats().datagrams_sent - pings0;
+        let stats = sim.endpoint(b).peer_stats(from_b).expect("a session");
+        if stats.rtt_measured {
+            measured += 1;
+            // The simulated link: 1 ms each way.
+            assert!(
+                stats.srtt >= Duration::from_millis(2) && stats.srtt < Duration::from_millis(3),
+                "seed {seed}: srtt {:?}",
+                stats.srtt
+            );
+        }
+        assert!(sent > 0, "seed {seed}: b probes or answers");
+    }
+    assert!(
+        measured > 0,
+        "no seed had the receiving end measure its peer"
     );
 }
