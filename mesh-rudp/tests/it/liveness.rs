@@ -168,6 +168,13 @@ fn a_keepalive_that_cannot_serve_the_peer_timeout_is_refused() {
         e.contains("keepalive_interval (1s)") && e.contains("peer_timeout (500ms)"),
         "{e}"
     );
+    // At most half: the end that waits half an interval longer still probes before the
+    // timeout, with a quarter of it left for repeats.
+    config.keepalive_interval(Duration::from_millis(251));
+    let e = config.validate().unwrap_err().to_string();
+    assert!(e.contains("at most half of peer_timeout (500ms)"), "{e}");
+    config.keepalive_interval(Duration::from_millis(250));
+    config.validate().unwrap();
     config.keepalive_interval(Duration::from_millis(150));
     config.validate().unwrap();
 }
