@@ -385,11 +385,15 @@ impl<C: Controller> Peer<C> {
             }
         } else if token == self.ping_token {
             // While a probe waits to be written it already has the next token: a match is
-            // the answer to the probe sent at `last_ping`.
-            if let (false, Some(sent)) = (self.ping_now, self.last_ping) {
-                self.recovery
-                    .rtt
-                    .sample(now.saturating_duration_since(sent));
+            // the answer to the probe sent at `last_ping`. Taken once, so a duplicated answer
+            // gives no second, later sample; an answered probe counts for nothing more
+            // (`last_ping` matters only while later than anything heard).
+            if !self.ping_now {
+                if let Some(sent) = self.last_ping.take() {
+                    self.recovery
+                        .rtt
+                        .sample(now.saturating_duration_since(sent));
+                }
             }
             self.ping_now = false;
         }
