@@ -221,9 +221,11 @@ impl EndpointConfig {
     /// which leaves it a quarter, the longest retransmission timeout, to repeat its probe.
     ///
     /// A probe that goes unanswered is repeated a retransmission timeout later, then after
-    /// twice that, and so on (at most this interval apart): a lost probe or answer costs
-    /// about a round trip, not an interval, so a quiet peer is not taken for dead on a few
-    /// losses, and a dead one is probed a bounded number of times before it is reported.
+    /// twice that, and so on (at most this interval apart, and at most half the time left
+    /// before `peer_timeout`): a lost probe or answer costs about a round trip, not an
+    /// interval, a path that comes back before the timeout is asked again in time, so a quiet
+    /// peer is not taken for dead on a few losses or a short outage, and a dead one is probed
+    /// a bounded number of times before it is reported.
     ///
     /// Probes go out on a grid of half this interval, anchored on wall-clock time, so that an
     /// endpoint probes all its quiet peers in a few wake-ups per interval (and peers with

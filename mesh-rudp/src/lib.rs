@@ -46,7 +46,8 @@
 //!   the base size and finds the new path. Silence alone is never taken for a smaller path.
 //! - **Liveness**: idle peers are pinged every `keepalive_interval` (by default half of
 //!   `peer_timeout`: the keepalive follows the timeout it must serve), an unanswered ping
-//!   repeated after a retransmission timeout, doubling; a peer that
+//!   repeated after a retransmission timeout, doubling, and closer again as the timeout
+//!   nears (at most half the time left); a peer that
 //!   answers nothing, or acknowledges nothing while data is in flight, for `peer_timeout` is reported
 //!   [`Event::PeerDown`], and every message pending to it [`Event::Failed`]. Nothing is lost
 //!   silently.

@@ -723,19 +723,21 @@ impl<C: Controller> Peer<C> {
 
     /// When this peer is next probed, if nothing is heard from it before. A probe still
     /// unanswered is repeated a retransmission timeout after it went out, doubling with each
-    /// probe in a row that goes unanswered, at most a keep-alive interval: a lost probe or
-    /// answer costs about a round trip, and a dead peer a few probes, before `peer_timeout`
-    /// reports it. Otherwise on the endpoint's keep-alive grid, within a keep-alive interval
+    /// probe in a row that goes unanswered, at most a keep-alive interval, and at most half
+    /// the time left before `peer_timeout` (never less than a retransmission timeout): a lost
+    /// probe or answer costs about a round trip, a path that comes back before the timeout is
+    /// asked again before it runs out, and a dead peer costs a few probes (about two per
+    /// doubling from the retransmission timeout to the interval) before it is reported.
+    /// Otherwise on the endpoint's keep-alive grid, within a keep-alive interval
     /// of the last datagram from it. Of the two ends of a session, the one with the larger
     /// session id waits a grid step longer: the other's probe comes first and pushes its own
     /// back, so a quiet pair exchanges one probe and one answer per interval, not two of each.
     fn keepalive_due(&self, config: &EndpointConfig, grid: &KeepaliveGrid) -> Tick {
         if let Some(p) = self.last_ping.filter(|&p| p > self.last_recv) {
-            let backoff = self
-                .recovery
-                .rto(config)
-                .saturating_mul(1 << self.unanswered_pings.min(16));
-            return p + backoff.min(config.keepalive());
+            let rto = self.recovery.rto(config);
+            let backoff = rto.saturating_mul(1 << self.unanswered_pings.min(16));
+            let half_left = (self.last_recv + config.peer_timeout).saturating_duration_since(p) / 2;
+            return p + backoff.min(config.keepalive()).min(half_left.max(rto));
         }
         let heard = self.last_recv;
         let passive = self.remote_id != 0 && self.local_id > self.remote_id;

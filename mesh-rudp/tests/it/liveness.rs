@@ -287,7 +287,8 @@ fn assert_both_up(sim: &mut mesh_rudp::sim::Sim, a: usize, b: usize, what: &str)
 
 /// A peer that is gone is probed a bounded number of times before it is reported down: the
 /// repeats back off (doubling from the retransmission timeout up to the keep-alive interval),
-/// so about log2(interval / timeout floor) of them, plus one per interval.
+/// then come closer as the timeout nears (at most half the time left, at least a
+/// retransmission timeout apart), so about twice log2(interval / timeout floor) of them.
 #[test]
 fn a_dead_peer_gets_a_bounded_number_of_probes() {
     let timeout = Duration::from_secs(3);
@@ -307,9 +308,11 @@ fn a_dead_peer_gets_a_bounded_number_of_probes() {
         peer: addr,
         reason: DownReason::Timeout
     }));
-    // 10 ms (the default floor of the retransmission timeout) doubles to the 1.5 s interval
-    // in 8 steps; one more per interval of the 3 s timeout, and the first probe.
-    let bound = 1 + 8 + 2;
+    // The first probe; 10 ms (the default floor of the retransmission timeout) doubles
+    // toward the 1.5 s interval in at most 8 steps, and the gaps then halve with the time
+    // left before the timeout (at most 1.5 s after the first probe) down to 10 ms in at most
+    // 8 more. Observed: 12 (7 when the repeats only doubled).
+    let bound = 1 + 8 + 8;
     assert!(
         probes <= bound,
         "{probes} probes to a dead peer, at most {bound}"
@@ -355,4 +358,56 @@ fn keepalive_answers_measure_the_round_trip() {
         measured > 0,
         "no seed had the receiving end measure its peer"
     );
+}
+
+/// A path that goes silent and comes back before `peer_timeout` has passed since anything was
+/// heard costs no session: as the timeout nears, an unanswered probe is repeated at least
+/// twice in each remaining half of it, so one goes out, and is answered, after the path
+/// returns. Silence is taken for death only once it has lasted the whole timeout. Here both
+/// ways are cut just after a quiet pair's exchange, for 4 s and 4.5 s of the 5 s timeout: the
+/// pair's probe and its repeats fall in the cut. With repeats only doubling (up to the
+/// interval), the first after the cut came after the timeout, and both ends reported the other
+/// down.
+#[test]
+fn a_silence_shorter_than_the_timeout_takes_no_live_peer_for_dead() {
+    let timeout = Duration::from_secs(5);
+    let config = EndpointConfig::default().peer_timeout(timeout).clone();
+    for (seed, cut) in [(51, 4000u64), (52, 4500), (53, 4000), (54, 4500)] {
+        let (mut sim, a, b) = pair(seed, config.clone());
+        sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
+        sim.run_until_idle(10_000).unwrap();
+        sim.run_for(timeout * 2, 100_000).unwrap();
+        sim.take_events(a);
+        sim.take_events(b);
+        // Wait for the next exchange: both ends have heard from the other since.
+        let heard = |sim: &mut mesh_rudp::sim::Sim| {
+            [a, b].map(|i| sim.endpoint(i).stats().datagrams_received)
+        };
+        let before = heard(&mut sim);
+        for _ in 0..4_000 {
+            let now = heard(&mut sim);
+            if now[0] > before[0] && now[1] > before[1] {
+                break;
+            }
+            sim.run_for(Duration::from_millis(1), 10_000).unwrap();
+        }
+        let now = heard(&mut sim);
+        assert!(
+            now[0] > before[0] && now[1] > before[1],
+            "seed {seed}: no exchange"
+        );
+        let lost0 = sim.net.dropped;
+        sim.partition(a, b, true);
+        sim.run_for(Duration::from_millis(cut), 100_000).unwrap();
+        sim.partition(a, b, false);
+        let lost = sim.net.dropped - lost0;
+        assert!(lost > 0, "seed {seed}: the cut took no probe");
+        sim.run_for(timeout * 2, 100_000).unwrap();
+        assert_both_up(
+            &mut sim,
+            a,
+            b,
+            &format!("seed {seed}: a {cut} ms cut ({lost} datagrams lost)"),
+        );
+    }
 }
