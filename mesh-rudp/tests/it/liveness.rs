@@ -255,12 +255,7 @@ fn lost_probes_are_repeated_within_round_trips_not_intervals() {
         }
         assert_eq!(config.keepalive(), keepalive.unwrap_or(timeout / 2));
         for seed in [41, 42, 43] {
-            let (mut sim, a, b) = pair(seed, config.clone());
-            sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
-            sim.run_until_idle(10_000).unwrap();
-            sim.run_for(timeout * 2, 100_000).unwrap();
-            sim.take_events(a);
-            sim.take_events(b);
+            let (mut sim, a, b) = quiet_pair(seed, config.clone(), timeout * 2);
             let lost0 = sim.net.dropped;
             sim.drop_next(a, b, 3);
             sim.drop_next(b, a, 3);
@@ -270,6 +265,22 @@ fn lost_probes_are_repeated_within_round_trips_not_intervals() {
             assert_both_up(&mut sim, a, b, &format!("{what}: three lost each way"));
         }
     }
+}
+
+/// A pair whose session one message from `a` to `b` opened, then left quiet for `settle`, its
+/// events so far taken.
+fn quiet_pair(
+    seed: u64,
+    config: EndpointConfig,
+    settle: Duration,
+) -> (mesh_rudp::sim::Sim, usize, usize) {
+    let (mut sim, a, b) = pair(seed, config);
+    sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
+    sim.run_until_idle(10_000).unwrap();
+    sim.run_for(settle, 100_000).unwrap();
+    sim.take_events(a);
+    sim.take_events(b);
+    (sim, a, b)
 }
 
 /// Neither end of the pair reported the other down, and both still hold the session.
@@ -293,11 +304,7 @@ fn assert_both_up(sim: &mut mesh_rudp::sim::Sim, a: usize, b: usize, what: &str)
 fn a_dead_peer_gets_a_bounded_number_of_probes() {
     let timeout = Duration::from_secs(3);
     let config = EndpointConfig::default().peer_timeout(timeout).clone();
-    let (mut sim, a, b) = pair(43, config.clone());
-    sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
-    sim.run_until_idle(10_000).unwrap();
-    sim.run_for(timeout * 2, 100_000).unwrap();
-    sim.take_events(a);
+    let (mut sim, a, b) = quiet_pair(43, config.clone(), timeout * 2);
     let sent0 = sim.endpoint(a).stats().datagrams_sent;
     sim.partition(a, b, true);
     let addr = sim.addr(b);
@@ -373,12 +380,7 @@ fn a_silence_shorter_than_the_timeout_takes_no_live_peer_for_dead() {
     let timeout = Duration::from_secs(5);
     let config = EndpointConfig::default().peer_timeout(timeout).clone();
     for (seed, cut) in [(51, 4000u64), (52, 4500), (53, 4000), (54, 4500)] {
-        let (mut sim, a, b) = pair(seed, config.clone());
-        sim.send(a, b, payload(1, 10), Delivery::Unordered).unwrap();
-        sim.run_until_idle(10_000).unwrap();
-        sim.run_for(timeout * 2, 100_000).unwrap();
-        sim.take_events(a);
-        sim.take_events(b);
+        let (mut sim, a, b) = quiet_pair(seed, config.clone(), timeout * 2);
         // Wait for the next exchange: both ends have heard from the other since.
         let heard = |sim: &mut mesh_rudp::sim::Sim| {
             [a, b].map(|i| sim.endpoint(i).stats().datagrams_received)
