@@ -669,7 +669,7 @@ impl<C: Controller> Peer<C> {
 
     /// The next instant this peer needs `handle_timeout`.
     pub(crate) fn deadline(&self, config: &EndpointConfig, grid: &KeepaliveGrid) -> Tick {
-        let mut d = self.last_recv + config.peer_timeout;
+        let mut d = self.silent_until(config);
         if !self.ping_now {
             // While a ping waits to be written, its deadline has already fired.
             d = d.min(self.keepalive_due(config, grid));
@@ -691,6 +691,12 @@ impl<C: Controller> Peer<C> {
         d
     }
 
+    /// When this peer, heard from last at `last_recv`, has been silent for `peer_timeout`
+    /// and is taken for dead.
+    fn silent_until(&self, config: &EndpointConfig) -> Tick {
+        self.last_recv + config.peer_timeout
+    }
+
     /// Timer work. Returns why the session must end, if it must.
     pub(crate) fn on_timeout(
         &mut self,
@@ -698,7 +704,7 @@ impl<C: Controller> Peer<C> {
         config: &EndpointConfig,
         grid: &KeepaliveGrid,
     ) -> Option<DownReason> {
-        if now >= self.last_recv + config.peer_timeout
+        if now >= self.silent_until(config)
             || (self.has_outstanding() && now >= self.last_progress + config.peer_timeout)
         {
             return Some(DownReason::Timeout);
@@ -736,7 +742,7 @@ impl<C: Controller> Peer<C> {
         if let Some(p) = self.last_ping.filter(|&p| p > self.last_recv) {
             let rto = self.recovery.rto(config);
             let backoff = rto.saturating_mul(1 << self.unanswered_pings.min(16));
-            let half_left = (self.last_recv + config.peer_timeout).saturating_duration_since(p) / 2;
+            let half_left = self.silent_until(config).saturating_duration_since(p) / 2;
             return p + backoff.min(config.keepalive()).min(half_left.max(rto));
         }
         let heard = self.last_recv;

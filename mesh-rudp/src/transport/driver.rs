@@ -308,12 +308,11 @@ impl Driver {
             }
             // Only when it holds the deadline: a busy session's parks (near deadlines) skip
             // it (about 80 instructions a round trip, callgrind).
-            if let (true, Some(f)) = (far_set, far.as_mut()) {
-                if let Poll::Ready(due) = f.poll_fired(cx) {
-                    // `now` is the turn's reading, a little before the timer fired.
-                    st.endpoint.handle_timeout(now.max(due));
-                    continue;
-                }
+            let far_fired = far.as_mut().filter(|_| far_set).map(|f| f.poll_fired(cx));
+            if let Some(Poll::Ready(due)) = far_fired {
+                // `now` is the turn's reading, a little before the timer fired.
+                st.endpoint.handle_timeout(now.max(due));
+                continue;
             }
             match &st.driver_waker {
                 Some(w) if w.will_wake(cx.waker()) => {}

@@ -346,9 +346,9 @@ fn keepalive_answers_measure_the_round_trip() {
         let from_b = sim.addr(a);
         let stats = sim.endpoint(b).peer_stats(from_b).expect("a session");
         assert!(!stats.rtt_measured, "seed {seed}: b has sent no data");
-        let pings0 = sim.endpoint(b).stats().datagrams_sent;
+        let sent0 = sim.endpoint(b).stats().datagrams_sent;
         sim.run_for(config.keepalive() * 4, 100_000).unwrap();
-        let sent = sim.endpoint(b).stats().datagrams_sent - pings0;
+        let sent = sim.endpoint(b).stats().datagrams_sent - sent0;
         let stats = sim.endpoint(b).peer_stats(from_b).expect("a session");
         if stats.rtt_measured {
             measured += 1;
